@@ -1,0 +1,1 @@
+"""Weight-space memory-recall probes and attention scores."""

@@ -1,0 +1,1 @@
+"""Data: tiny Shakespeare statistics, the triggered-bigram task, Zipf association data."""
