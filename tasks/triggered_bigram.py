@@ -4,8 +4,9 @@ Each sequence follows the global character-bigram model π_b of the corpus, exce
 tokens q_k are always followed by a per-sequence output token o_k. Predicting o_k after the second
 occurrence of q_k needs an induction head.
 
-The sampler is sequential in time (it is a Markov chain) but vectorized across the batch: one
-`searchsorted` on the cumulative bigram table per position, no Python loop over sequences.
+The sampler is sequential in time (it is a Markov chain) but vectorized across the batch: a few
+table look-ups per position (exact inverse-CDF sampling from the bigram counts, with each
+sequence's triggers redirected to their outputs), no Python loop over sequences.
 """
 
 from __future__ import annotations
@@ -71,9 +72,11 @@ class Batch:
 
 def occurrence_counter(inputs: torch.Tensor, triggers: torch.Tensor) -> torch.Tensor:
     """[B, T] counter: n where inputs[b, t] is the n-th occurrence of one of b's triggers, else 0."""
-    match = rearrange(inputs, "b t -> b t 1") == rearrange(triggers, "b k -> b 1 k")
-    counts = match.long().cumsum(dim=1)
-    return (counts * match).sum(dim=-1)
+    # [B, K, T] so that the running count is a cumsum along the contiguous last dimension
+    match = rearrange(triggers, "b k -> b k 1") == rearrange(inputs, "b t -> b 1 t")
+    dtype = torch.int16 if inputs.shape[1] < 2**15 else torch.int64
+    counts = match.to(dtype).cumsum_(dim=2).mul_(match)
+    return counts.sum(dim=1, dtype=dtype).long()  # at most one trigger matches per position
 
 
 class TriggeredBigram:
@@ -90,13 +93,27 @@ class TriggeredBigram:
         self.device = torch.device(device)
         self.vocab_size = self.stats.vocab_size
         self.config.validate(self.vocab_size)
-        # float64 cumulative tables so that searchsorted never lands past the last token
+        # float64 cumulative unigram table so that searchsorted never lands past the last token
         self.unigram = self.stats.unigram_probs.to(self.device)
         self.bigram = self.stats.bigram_probs.to(self.device)
-        self.bigram_cdf = self.bigram.cumsum(dim=1)
-        self.bigram_cdf[:, -1] = 1.0
         self.unigram_cdf = self.unigram.cumsum(dim=0)
         self.unigram_cdf[-1] = 1.0
+        # Exact bigram sampling by table look-up: row i of π_b is the segment
+        # table[offset[i] : offset[i] + count[i]] holding next-token j bigram_counts[i, j] times, so
+        # table[offset[i] + floor(u * count[i])] ~ π_b(. | i) for u ~ U[0, 1). N extra entries
+        # (token v at len + v) serve the forced step q_k -> o_k as a segment of length one.
+        counts = self.stats.bigram_counts.to(self.device)
+        row_counts = counts.sum(dim=1)
+        if bool((row_counts == 0).any()):
+            empty = self.stats.decode(torch.nonzero(row_counts == 0).flatten().tolist())
+            raise ValueError(f"stats: the bigram rows of {empty!r} are empty (no next character)")
+        n = self.vocab_size
+        ids = torch.arange(n, device=self.device)
+        self.bigram_table = torch.cat([torch.repeat_interleave(ids.repeat(n), counts.flatten()), ids])
+        # float64 offsets and counts for one fused `addcmul` per step; the counts are shrunk by
+        # 2^-20 so that offset + u * count always stays below offset + count after rounding
+        self.row_offset = (torch.cumsum(row_counts, dim=0) - row_counts).double()  # [N]
+        self.row_count = row_counts.double() - 2.0**-20  # [N]
         c = self.config
         ranking = self.stats.frequency_ranking().to(self.device)
         self.fixed_triggers = ranking[c.trigger_offset : c.trigger_offset + c.n_triggers]
@@ -135,22 +152,31 @@ class TriggeredBigram:
         if isinstance(gen, int):
             gen = self.generator(gen)
         T = self.config.seq_len
+        n = self.vocab_size
         triggers = self.sample_triggers(batch_size, gen)
         outputs = self.sample_outputs(triggers, gen)
-        # all uniforms drawn at once: column 0 for z_1, column t for the step z_t -> z_{t+1}
-        u = torch.rand(batch_size, T + 1, generator=gen, device=self.device, dtype=torch.float64)
-        tokens = torch.empty(batch_size, T + 1, dtype=torch.long, device=self.device)
-        cur = torch.searchsorted(self.unigram_cdf, u[:, 0].contiguous(), right=True)
-        tokens[:, 0] = cur
-        arange_b = torch.arange(batch_size, device=self.device)
+        # all uniforms drawn at once: row 0 for z_1, row t for the step z_t -> z_{t+1}
+        u = torch.rand(T + 1, batch_size, generator=gen, device=self.device, dtype=torch.float64)
+        # per-sequence look-up rows [B*N]: a trigger q_k of sequence b points at the length-one
+        # segment of its output o_k, every other token at its bigram row
+        offset = self.row_offset.repeat(batch_size, 1)
+        count = self.row_count.repeat(batch_size, 1)
+        if triggers.shape[1]:
+            offset.scatter_(1, triggers, (self.bigram_table.shape[0] - n + outputs).double())
+            count.scatter_(1, triggers, 1.0 - 2.0**-20)
+        offset, count = offset.view(-1), count.view(-1)
+        base = torch.arange(batch_size, device=self.device) * n
+        tokens = torch.empty(T + 1, batch_size, dtype=torch.long, device=self.device)
+        torch.searchsorted(self.unigram_cdf, u[0], right=True, out=tokens[0])
+        # a few small ops per step into preallocated buffers: the step cost is dispatch overhead
+        key, pos = torch.empty_like(base), torch.empty_like(base)
+        off_k, cnt_k = torch.empty_like(u[0]), torch.empty_like(u[0])
         for t in range(1, T + 1):
-            nxt = torch.searchsorted(self.bigram_cdf[cur], u[:, t : t + 1], right=True).squeeze(1)
-            if triggers.shape[1]:
-                hit = cur.unsqueeze(1) == triggers  # [B, K], at most one True per row
-                is_trig = hit.any(dim=1)
-                forced = outputs[arange_b, hit.long().argmax(dim=1)]
-                nxt = torch.where(is_trig, forced, nxt)
-            tokens[:, t] = nxt
-            cur = nxt
+            torch.add(tokens[t - 1], base, out=key)
+            torch.index_select(offset, 0, key, out=off_k)
+            torch.index_select(count, 0, key, out=cnt_k)
+            pos.copy_(off_k.addcmul_(u[t], cnt_k))  # offset + floor(u * count), floor by the cast
+            torch.index_select(self.bigram_table, 0, pos, out=tokens[t])
+        tokens = tokens.t().contiguous()
         counter = occurrence_counter(tokens[:, :-1], triggers)
         return Batch(tokens, counter, triggers, outputs)

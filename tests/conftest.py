@@ -1,0 +1,38 @@
+"""Shared test settings: nothing may touch the network or the user's home."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+
+
+@pytest.fixture(autouse=True)
+def _offline(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def tiny_config():
+    """A training config that runs in about a second on CPU."""
+    from training.config import QUICK
+
+    return dataclasses.replace(
+        QUICK,
+        d_model=16,
+        seq_len=16,
+        batch_size=8,
+        eval_batch_size=16,
+        eval_every=2,
+        checkpoint_every=4,
+        steps=12,
+        lr=0.5,
+    )

@@ -1,0 +1,109 @@
+"""Checkpoints: written atomically (temp file + rename), read with `weights_only=True`.
+
+A checkpoint holds plain data only (tensors, numbers, strings, dicts, lists): the run config,
+the step, the model and optimizer state dicts. Loading never executes pickled code.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT_VERSION = 1
+_CKPT = re.compile(r"step_(\d{6,})\.pt$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupted or does not match the run."""
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    config: dict,
+    step: int,
+    model_state: dict,
+    optimizer_state: dict,
+    train_loss: float | None = None,
+) -> None:
+    atomic_torch_save(
+        {
+            "format_version": FORMAT_VERSION,
+            "config": config,
+            "step": step,
+            "model": model_state,
+            "optimizer": optimizer_state,
+            "train_loss": train_loss,  # last training loss, so a resumed run logs the same rows
+        },
+        path,
+    )
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means an unreadable file
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint: {err}") from None
+    required = {"format_version", "config", "step", "model", "optimizer"}
+    if not isinstance(ckpt, dict) or not required <= set(ckpt):
+        raise CheckpointError(f"checkpoint {path} lacks the fields {sorted(required)}")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {ckpt['format_version']}, expected {FORMAT_VERSION}"
+        )
+    return ckpt
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:06d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _CKPT.fullmatch(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    return found[-1][1]
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: Path | str = "checkpoint") -> None:
+    """Load a state dict strictly, turning shape/key mismatches into one clear error."""
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not match the model: {first}") from None

@@ -1,0 +1,395 @@
+"""Training loop for the triggered-bigram transformer, with evaluation, probes and checkpoints.
+
+Data: a fresh batch every step, drawn from a generator seeded by (seed, step), so a batch depends
+only on its step and a resumed run sees exactly the batches an uninterrupted run would.
+Evaluation: every `eval_every` steps (and at the end) on one fixed held-out batch.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from birth.model import build_model, fast_logits, native, trainable_parameters
+from probes.recall import all_probes
+from tasks.shakespeare import load_stats
+from tasks.triggered_bigram import Batch, TriggeredBigram
+from training.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
+from training.config import TrainConfig
+from training.logger import MetricsFile, WandbLogger, read_metrics
+
+THRESHOLD = 0.9  # a probe "has learned" its memory once it reaches this recall
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device cuda was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+def step_seed(seed: int, step: int) -> int:
+    """Seed of the training batch at `step`: distinct for every (seed, step), fits in 63 bits."""
+    return (seed * 0x9E3779B97F4A7C15 + step * 0x632BE59BD9B4E019 + 1) % (2**63)
+
+
+def logits_of(model: nn.Module, tokens: torch.Tensor, fast: bool) -> torch.Tensor:
+    return fast_logits(model, tokens) if fast else model(tokens)
+
+
+def loss_mask(batch: Batch, loss_on: str) -> torch.Tensor:
+    if loss_on == "outputs":
+        return batch.counter >= 2
+    return torch.ones_like(batch.counter, dtype=torch.bool)
+
+
+def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits[mask], targets[mask])
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batch: Batch,
+    config: TrainConfig,
+    probe_triggers: torch.Tensor | None,
+) -> dict[str, float]:
+    """Held-out metrics (paper Fig. 3): loss, in-context accuracy (counter >= 2), first-occurrence
+    accuracy (counter == 1), bigram loss (counter == 0) and the memory-recall probes."""
+    logits = logits_of(model, batch.inputs, config.fast_path)
+    targets, counter = batch.targets, batch.counter
+    correct = logits.argmax(dim=-1) == targets
+
+    def acc(mask: torch.Tensor) -> float:
+        return correct[mask].float().mean().item() if mask.any() else float("nan")
+
+    def ce(mask: torch.Tensor) -> float:
+        return masked_ce(logits, targets, mask).item() if mask.any() else float("nan")
+
+    row = {
+        "eval/loss": ce(loss_mask(batch, config.loss_on)),
+        "eval/icl_acc": acc(counter >= 2),
+        "eval/first_acc": acc(counter == 1),
+        "eval/trigger_acc": acc(counter >= 1),
+        "eval/bigram_loss": ce(counter == 0),
+        "eval/bigram_acc": acc(counter == 0),
+    }
+    for name, value in all_probes(model, probe_triggers).items():
+        row[f"probes/{name}"] = value
+    return row
+
+
+def learning_order(rows: list[dict], threshold: float = THRESHOLD) -> dict[str, int | None]:
+    """First step at which each probe reaches `threshold` (None if never)."""
+    keys = [k for k in (rows[0] if rows else {}) if k.startswith("probes/")]
+    order: dict[str, int | None] = {}
+    for key in keys:
+        hit = [r["step"] for r in rows if r.get(key) is not None and r[key] >= threshold]
+        order[key.removeprefix("probes/")] = min(hit) if hit else None
+    return order
+
+
+def format_order(order: dict[str, int | None]) -> str:
+    reached = sorted((s, k) for k, s in order.items() if s is not None)
+    text = " → ".join(f"{k} ({s})" for s, k in reached)
+    missing = [k for k, s in order.items() if s is None]
+    if missing:
+        text += ("; " if text else "") + "not reached: " + ", ".join(missing)
+    return text or "no probes"
+
+
+@dataclass
+class RunResult:
+    status: str  # completed | interrupted | diverged
+    step: int
+    run_dir: Path
+    final: dict[str, float] = field(default_factory=dict)
+    order: dict[str, int | None] = field(default_factory=dict)
+    seconds_per_step: float = float("nan")
+
+    @property
+    def exit_code(self) -> int:
+        return {"completed": 0, "interrupted": 130, "diverged": 1}[self.status]
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self, signum, frame) -> None:  # signal handler: only sets the flag
+        self.signum = signum
+
+
+@contextmanager
+def _stop_on_signals(flag: _StopFlag) -> Iterator[None]:
+    """SIGINT/SIGTERM set a flag; the loop then checkpoints and returns (main thread only)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, flag) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
+    return torch.optim.AdamW(
+        params, lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
+    )
+
+
+def _same_run(a: dict, b: dict) -> bool:
+    """Two run configs describe the same run; `steps` may differ (a resume may extend a run)."""
+    return {**a, "steps": None} == {**b, "steps": None}
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
+    """Create a fresh run directory; refuse one that already holds files."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise ValueError(
+            f"run directory {run_dir} already exists and is not empty; "
+            f"use --resume {run_dir} to continue it or choose another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        return TrainConfig.from_dict(json.loads(path.read_text()))
+    except (json.JSONDecodeError, TypeError) as err:
+        raise ValueError(f"{path} is not a valid run config: {err}") from None
+
+
+def train(
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    device: str = "auto",
+    wandb_mode: str = "off",
+    progress: bool = True,
+    on_step: Callable[[int], None] | None = None,
+    log: Callable[[str], None] = print,
+) -> RunResult:
+    """Train (or resume) one run in `run_dir`. `on_step(step)` is called after each update."""
+    run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    stats = load_stats()
+    config.validate(stats.vocab_size)
+
+    start_step = 0
+    ckpt = None
+    if resume:
+        saved = read_run_config(run_dir)
+        if not _same_run(saved.to_dict(), config.to_dict()):
+            raise ValueError(f"--resume: the config differs from {run_dir / 'config.json'}")
+        ckpt_path = latest_checkpoint(run_dir)
+        ckpt = load_checkpoint(ckpt_path, map_location=dev)
+        if not _same_run(ckpt["config"], saved.to_dict()):
+            raise CheckpointError(f"{ckpt_path} was written by a different run config")
+        start_step = int(ckpt["step"])
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    else:
+        prepare_run_dir(run_dir, config)
+
+    task = TriggeredBigram(config.task_config(), stats, device=dev)
+    model = build_model(config.model_config(stats.vocab_size), device=dev)
+    params = trainable_parameters(model)
+    optimizer = make_optimizer(params, config)
+    if ckpt is not None:
+        load_model_state(native(model), ckpt["model"], ckpt_path)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as err:
+            raise CheckpointError(f"{ckpt_path}: optimizer state does not match: {err}") from None
+
+    probe_triggers = task.fixed_triggers if config.trigger_mode == "fixed" else None
+    eval_batch = task.sample(config.eval_batch_size, task.generator(config.eval_seed))
+    metrics = MetricsFile(run_dir / "metrics.jsonl", resume_step=start_step if resume else None)
+    wandb_id_file = run_dir / "wandb_id.txt"
+    wb = WandbLogger(
+        wandb_mode,
+        run_dir,
+        config.to_dict(),
+        name=run_dir.name,
+        resume_id=wandb_id_file.read_text().strip() if resume and wandb_id_file.is_file() else None,
+    )
+    if wb.run_id:
+        wandb_id_file.write_text(wb.run_id)
+
+    def save(step: int) -> Path:
+        path = checkpoint_path(run_dir, step)
+        save_checkpoint(
+            path,
+            config=config.to_dict(),
+            step=step,
+            model_state=native(model).state_dict(),
+            optimizer_state=optimizer.state_dict(),
+            train_loss=train_loss,
+        )
+        return path
+
+    def do_eval(step: int, train_loss: float | None) -> dict:
+        model.eval()
+        row = {"step": step, **evaluate(model, eval_batch, config, probe_triggers)}
+        if train_loss is not None:
+            row["train/loss"] = train_loss
+        metrics.write(row)
+        wb.log(row)
+        if config.heatmap_every and step % config.heatmap_every == 0 and wb.run is not None:
+            _log_heatmaps(wb, model, task, eval_batch, step, run_dir)
+        model.train()
+        return row
+
+    flag = _StopFlag()
+    status, step, last_row = "completed", start_step, {}
+    train_loss: float | None = ckpt.get("train_loss") if ckpt is not None else None
+    last_saved = start_step if resume else None
+    bar = None
+    t_start, n_updates = time.perf_counter(), 0
+    try:
+        with _stop_on_signals(flag):
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=config.steps, initial=start_step, desc="train", dynamic_ncols=True)
+            model.train()
+            for step in range(start_step, config.steps):
+                if step % config.eval_every == 0:
+                    last_row = do_eval(step, train_loss)
+                    if bar is not None:
+                        bar.set_postfix_str(_postfix(last_row))
+                batch = task.sample(config.batch_size, task.generator(step_seed(config.seed, step)))
+                logits = logits_of(model, batch.inputs, config.fast_path)
+                loss = masked_ce(logits, batch.targets, loss_mask(batch, config.loss_on))
+                if not torch.isfinite(loss):
+                    status = "diverged"
+                    where = f"last good checkpoint: {checkpoint_path(run_dir, last_saved)}" if (
+                        last_saved is not None
+                    ) else "no checkpoint was written yet"
+                    log(f"loss became {loss.item()} at step {step}; stopping ({where})")
+                    break
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                train_loss = loss.item()
+                n_updates += 1
+                if bar is not None:
+                    bar.update(1)
+                done = step + 1
+                if done % config.checkpoint_every == 0 and done < config.steps:
+                    save(done)
+                    last_saved = done
+                if on_step is not None:
+                    on_step(done)
+                if flag.signum is not None:
+                    status = "interrupted"
+                    step = done
+                    break
+            else:
+                step = config.steps
+            if status != "diverged":
+                if status == "completed":
+                    last_row = do_eval(step, train_loss)
+                if last_saved != step:
+                    save(step)
+                    last_saved = step
+    finally:
+        if bar is not None:
+            bar.close()
+        metrics.close()
+
+    elapsed = time.perf_counter() - t_start
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    order = learning_order(rows)
+    result = RunResult(
+        status=status,
+        step=step,
+        run_dir=run_dir,
+        final=last_row,
+        order=order,
+        seconds_per_step=elapsed / n_updates if n_updates else float("nan"),
+    )
+    summary = {
+        "status": status,
+        "step": step,
+        **{f"final/{k}": v for k, v in last_row.items() if k != "step"},
+        **{f"order/{k}": v for k, v in order.items()},
+        "seconds_per_step": result.seconds_per_step,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    wb.summary(summary)
+    wb.finish()
+    if status == "interrupted":
+        log(f"interrupted at step {step}; checkpoint written. Continue with: birth train --resume {run_dir}")
+    return result
+
+
+def _postfix(row: dict) -> str:
+    parts = [f"icl {row.get('eval/icl_acc', float('nan')):.3f}"]
+    for k, v in row.items():
+        if k.startswith("probes/"):
+            parts.append(f"{k.removeprefix('probes/')} {v:.2f}")
+    return " ".join(parts)
+
+
+def _log_heatmaps(wb: WandbLogger, model, task, batch, step: int, run_dir: Path) -> None:
+    """Attention heatmaps of the first held-out sequence, as W&B images."""
+    try:
+        from probes.attention import save_attention_heatmaps
+    except ImportError:  # inspection module not installed
+        return
+    try:
+        paths = save_attention_heatmaps(model, task.stats, batch, run_dir / "heatmaps", step=step)
+    except Exception as err:  # noqa: BLE001 - a figure must never stop training
+        print(f"warning: attention heatmap failed: {err}", file=sys.stderr)
+        return
+    for layer, path in enumerate(paths):
+        wb.log_image(f"attention/layer{layer + 1}", path, step)
+
+
+def print_summary(result: RunResult, log: Callable[[str], None] = print) -> None:
+    f = result.final
+    log(f"run {result.run_dir}: {result.status} at step {result.step} "
+        f"({result.seconds_per_step:.3f} s/step)")
+    if f:
+        log(f"  in-context accuracy (counter >= 2): {f.get('eval/icl_acc', float('nan')):.4f}   "
+            f"first-occurrence accuracy: {f.get('eval/first_acc', float('nan')):.4f}   "
+            f"bigram loss: {f.get('eval/bigram_loss', float('nan')):.4f}")
+        probes = {k.removeprefix("probes/"): v for k, v in f.items() if k.startswith("probes/")}
+        if probes:
+            log("  probes: " + "   ".join(f"{k} {v:.3f}" for k, v in probes.items()))
+    log(f"  learning order (first step >= {THRESHOLD}): {format_order(result.order)}")
