@@ -158,20 +158,41 @@ def _first_layer_table(
     return tok_table[tokens] + pos_table
 
 
-def fast_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits [B, T, N] equal to `model(tokens)`, for training and evaluation.
+def _is_frozen_identity(lin: nn.Linear) -> bool:
+    """W_Q of the simplified model: a frozen identity with zero bias, so q = x needs no matmul."""
+    w = lin.weight
+    return (
+        not w.requires_grad
+        and w.shape[0] == w.shape[1]
+        and not lin.bias.requires_grad
+        and not bool(lin.bias.any())
+        and torch.equal(w, torch.eye(w.shape[0], device=w.device, dtype=w.dtype))
+    )
+
+
+def _query(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    return x if _is_frozen_identity(lin) else lin(x)
+
+
+def fast_logits(
+    model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Logits equal to `model(tokens)`: [B, T, N], or [M, N] = `model(tokens)[positions]` when a
+    boolean mask `positions` [B, T] is given (the training loss only needs counter >= 2 targets).
 
     Same parameters, same function, fewer FLOPs than TransformerLens' eager forward:
     - layer 1's q, k, v are gathered from token/position tables (its input is an embedding);
+    - a frozen identity W_Q (simplified model) is skipped;
     - each layer's o ∘ v is applied before attention (A (x W_V) W_O = A (x W_V W_O), rows of A
       sum to one, so biases fold in too);
     - the last layer's value path is projected to the N-dimensional logit space before attention
       (A (x W_OV) W_U = A (x W_OV W_U)), so its attention mixes N < d channels;
-    - attention itself is fused causal scaled_dot_product_attention.
+    - with `positions`, the last layer attends from the selected queries only;
+    - attention itself is fused scaled_dot_product_attention.
     """
     nm = native(model)
     cfg = nm.cfg
-    T = tokens.shape[1]
+    B, T = tokens.shape
     if T > cfg.n_ctx:
         raise ValueError(f"sequence length {T} exceeds n_ctx={cfg.n_ctx}")
     E, P, U = nm.tok_embed.weight, nm.pos.weight, nm.head.weight  # [N, d], [n_ctx, d], [N, d]
@@ -181,21 +202,23 @@ def fast_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     for i, block in enumerate(nm.layers):
         attn = block.attn
         first, last = i == 0, i == n_layers - 1
-        if first:
-            q = _first_layer_table(attn.q, E, P, tokens)
-            k = _first_layer_table(attn.k, E, P, tokens)
-        else:
-            q, k = attn.q(x), attn.k(x)
         # value path folded with W_O (and W_U for the last layer): [d, d'] matrix and bias
         w_ov = attn.v.weight.t() @ attn.o.weight.t()  # [d, d]
         b_ov = attn.v.bias @ attn.o.weight.t() + attn.o.bias  # [d]
         if last:
             w_ov, b_ov = w_ov @ U.t(), b_ov @ U.t()  # [d, N], [N]
         if first:
-            ov_lin_w = w_ov.t()
-            v = F.linear(E, ov_lin_w, b_ov)[tokens] + F.linear(P[:T], ov_lin_w)
+            k = _first_layer_table(attn.k, E, P, tokens)
+            v = F.linear(E, w_ov.t(), b_ov)[tokens] + F.linear(P[:T], w_ov.t())
         else:
+            k = attn.k(x)
             v = x @ w_ov + b_ov
+        if last and positions is not None:
+            return _selected_query_logits(attn, x, k, v, U, positions, scale)
+        if first:
+            q = x if _is_frozen_identity(attn.q) else _first_layer_table(attn.q, E, P, tokens)
+        else:
+            q = _query(attn.q, x)
         out = F.scaled_dot_product_attention(
             q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), is_causal=True, scale=scale
         ).squeeze(1)
@@ -203,3 +226,31 @@ def fast_logits(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
             return F.linear(x, U) + out
         x = x + out
     raise AssertionError("unreachable: the model has at least one layer")
+
+
+def _selected_query_logits(
+    attn: nn.Module,
+    x: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    U: torch.Tensor,
+    positions: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Last layer from the selected queries only: rows padded to the largest count per sequence."""
+    B, T, d = x.shape
+    counts = positions.sum(dim=1)
+    n_query = int(counts.max()) if B else 0
+    # stable sort puts each row's selected positions first, in increasing order
+    order = torch.argsort((~positions).to(torch.int8), dim=1, stable=True)[:, :n_query]  # [B, Q]
+    valid = torch.arange(n_query, device=x.device) < counts.unsqueeze(1)  # [B, Q]
+    xq = x.gather(1, order.unsqueeze(-1).expand(B, n_query, d))  # [B, Q, d]
+    causal = torch.arange(T, device=x.device) <= order.unsqueeze(-1)  # [B, Q, T]
+    out = F.scaled_dot_product_attention(
+        _query(attn.q, xq).unsqueeze(1),
+        k.unsqueeze(1),
+        v.unsqueeze(1),
+        attn_mask=causal.unsqueeze(1),
+        scale=scale,
+    ).squeeze(1)
+    return (F.linear(xq, U) + out)[valid]  # row-major (b, t) order, as logits[positions]

@@ -31,6 +31,11 @@ def _perturb_all(model, seed: int = 0) -> None:
 def test_fast_logits_equal_transformer_lens_forward(variant, n_layers):
     model = build_model(ModelConfig(n_layers=n_layers, d_model=24, n_ctx=20, variant=variant, seed=3))
     _perturb_all(model)
+    if variant == "simplified":  # keep W_Q an exact frozen identity: exercises the skipped matmul
+        with torch.no_grad():
+            for layer in range(n_layers):
+                attn_linear(model, layer, "q").weight.copy_(torch.eye(24))
+                attn_linear(model, layer, "q").bias.zero_()
     tokens = torch.randint(0, 65, (4, 20), generator=torch.Generator().manual_seed(1))
     reference = model(tokens)
     fast = fast_logits(model, tokens)
@@ -127,3 +132,17 @@ def test_fast_logits_rejects_too_long_sequences():
     model = build_model(ModelConfig(d_model=8, n_ctx=4))
     with pytest.raises(ValueError, match="n_ctx"):
         fast_logits(model, torch.zeros(1, 5, dtype=torch.long))
+
+
+@pytest.mark.parametrize("variant", ["simplified", "full"])
+@pytest.mark.parametrize("n_layers", [1, 2])
+def test_fast_logits_at_selected_positions_equal_full_logits(variant, n_layers):
+    model = build_model(ModelConfig(n_layers=n_layers, d_model=24, n_ctx=20, variant=variant, seed=4))
+    _perturb_all(model, seed=9)
+    gen = torch.Generator().manual_seed(2)
+    tokens = torch.randint(0, 65, (5, 20), generator=gen)
+    positions = torch.rand(5, 20, generator=gen) < 0.3
+    positions[2] = False  # a sequence with no selected position
+    positions[3] = True  # and one with all
+    expected = model(tokens)[positions]
+    torch.testing.assert_close(fast_logits(model, tokens, positions), expected, rtol=1e-4, atol=1e-4)

@@ -175,3 +175,15 @@ def test_presets_are_valid():
     assert (paper.d_model, paper.seq_len, paper.batch_size, paper.lr, paper.momentum,
             paper.weight_decay, paper.loss_on, paper.steps, paper.n_triggers) == (
         256, 256, 512, 0.03, 0.9, 1e-4, "outputs", 1000, 5)
+
+
+def test_fast_path_trains_like_the_transformer_lens_forward(tmp_path, tiny_config):
+    _run(tiny_config, tmp_path / "fast")
+    _run(dataclasses.replace(tiny_config, fast_path=False), tmp_path / "tl")
+    fast = read_metrics(tmp_path / "fast" / "metrics.jsonl")
+    slow = read_metrics(tmp_path / "tl" / "metrics.jsonl")
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        for key in ("train/loss", "eval/loss", "eval/icl_acc"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], rel=1e-3, abs=1e-4), (a["step"], key)

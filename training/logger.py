@@ -67,6 +67,7 @@ class WandbLogger:
         self.run = None
         self.failed = False
         self.mode = mode
+        self.run_dir = Path(run_dir)
         if mode == "off":
             return
         try:
@@ -115,6 +116,16 @@ class WandbLogger:
         except Exception as err:  # noqa: BLE001
             self._fail(err)
 
+    def log_images(self, images: dict[str, Path], step: int) -> None:
+        """Several images in one history row (one row per eval, not one per image)."""
+        if self.run is None:
+            return
+        try:
+            row: dict[str, Any] = {key: self._wandb.Image(str(path)) for key, path in images.items()}
+            self.run.log({**row, "step": step})
+        except Exception as err:  # noqa: BLE001
+            self._fail(err)
+
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is None:
             return
@@ -123,10 +134,38 @@ class WandbLogger:
         except Exception as err:  # noqa: BLE001
             self._fail(err)
 
-    def finish(self) -> None:
+    def log_probe_chart(self, rows: list[dict[str, Any]] | None = None) -> None:
+        """One custom line-series chart ("charts/probes") with every recall probe against the step.
+
+        W&B's default panels draw one chart per key; this puts the three memories on one plot so the
+        learning order reads at a glance. `rows` default to the run's whole metrics.jsonl, so a
+        resumed run charts its full history, not only what this process logged.
+        """
         if self.run is None:
             return
         try:
-            self.run.finish()
+            rows = read_metrics(self.run_dir / "metrics.jsonl") if rows is None else rows
+            keys = [k for k in (rows[0] if rows else {}) if k.startswith("probes/")]
+            rows = [r for r in rows if "step" in r and all(r.get(k) is not None for k in keys)]
+            if not keys or not rows:
+                return
+            chart = self._wandb.plot.line_series(
+                xs=[r["step"] for r in rows],
+                ys=[[r[k] for r in rows] for k in keys],
+                keys=[k.removeprefix("probes/") for k in keys],
+                title="Memory-recall probes",
+                xname="step",
+            )
+            self.run.log({"charts/probes": chart, "step": rows[-1]["step"]})
+        except Exception as err:  # noqa: BLE001
+            self._fail(err)
+
+    def finish(self) -> None:
+        if self.run is None:
+            return
+        run = self.run  # kept: a failed chart disables logging but the run must still close
+        self.log_probe_chart()
+        try:
+            run.finish()
         except Exception as err:  # noqa: BLE001
             self._fail(err)

@@ -67,6 +67,21 @@ def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -
     return F.cross_entropy(logits[mask], targets[mask])
 
 
+def training_loss(model: nn.Module, batch: Batch, config: TrainConfig) -> torch.Tensor | None:
+    """Cross-entropy on the selected targets (None when the batch has none)."""
+    mask = loss_mask(batch, config.loss_on)
+    if not mask.any():
+        return None
+    if config.fast_path:
+        # the fast path evaluates the last layer at the selected queries only
+        logits = fast_logits(model, batch.inputs, mask if config.loss_on == "outputs" else None)
+        if config.loss_on != "outputs":
+            logits = logits[mask]
+    else:
+        logits = model(batch.inputs)[mask]
+    return F.cross_entropy(logits, batch.targets[mask])
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -293,19 +308,19 @@ def train(
                     if bar is not None:
                         bar.set_postfix_str(_postfix(last_row))
                 batch = task.sample(config.batch_size, task.generator(step_seed(config.seed, step)))
-                logits = logits_of(model, batch.inputs, config.fast_path)
-                loss = masked_ce(logits, batch.targets, loss_mask(batch, config.loss_on))
-                if not torch.isfinite(loss):
+                loss = training_loss(model, batch, config)
+                if loss is not None and not torch.isfinite(loss):
                     status = "diverged"
                     where = f"last good checkpoint: {checkpoint_path(run_dir, last_saved)}" if (
                         last_saved is not None
                     ) else "no checkpoint was written yet"
                     log(f"loss became {loss.item()} at step {step}; stopping ({where})")
                     break
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                train_loss = loss.item()
+                if loss is not None:  # None: no target to learn from in this batch
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    train_loss = loss.item()
                 n_updates += 1
                 if bar is not None:
                     bar.update(1)
@@ -377,8 +392,7 @@ def _log_heatmaps(wb: WandbLogger, model, task, batch, step: int, run_dir: Path)
     except Exception as err:  # noqa: BLE001 - a figure must never stop training
         print(f"warning: attention heatmap failed: {err}", file=sys.stderr)
         return
-    for layer, path in enumerate(paths):
-        wb.log_image(f"attention/layer{layer + 1}", path, step)
+    wb.log_images({f"attention/layer{layer}": path for layer, path in enumerate(paths, start=1)}, step)
 
 
 def print_summary(result: RunResult, log: Callable[[str], None] = print) -> None:

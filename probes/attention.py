@@ -1,0 +1,405 @@
+"""Attention scores, heatmaps and an offline circuitsvis view of the induction circuit.
+
+Scores are pure functions of an attention pattern [batch, query, key] (one head; TransformerLens'
+`blocks.{l}.attn.hook_pattern` with its head axis removed), so they are tested on hand-built
+patterns. Every score asks the same question: how much does a query attend to one *target* key?
+
+- previous-token score (layer 1): target of query t is t - 1, for t >= 1;
+- trigger induction score (layer 2, triggered-bigram task): at queries whose input is a trigger seen
+  before (counter >= 2), the target is the position right after the trigger's previous occurrence,
+  where its output token sits;
+- prefix-matching (induction) score on repeated random tokens [x_1..x_n, x_1..x_n]: the target of a
+  second-half query t is t - n + 1, the key right after the same token's first-half copy. This is
+  the score TransformerLens / ARENA report (the mean of the diagonal at offset -(n-1)), restricted
+  to second-half queries because our sequences have no BOS token to pad the first half.
+
+Each score comes as `mass` (mean attention weight on the target) and `argmax` (fraction of queries
+whose most-attended key is the target).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from tasks.shakespeare import CorpusStats
+from tasks.triggered_bigram import Batch
+
+
+@dataclass
+class AttentionScore:
+    mass: float  # mean attention weight that the scored queries put on their target key
+    argmax: float  # fraction of scored queries whose most-attended key is the target
+    n_queries: int  # number of scored (batch, query) pairs; scores are nan when 0
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# targets and scores on pattern tensors
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_pattern(pattern: torch.Tensor) -> None:
+    if pattern.dim() != 3 or pattern.shape[1] != pattern.shape[2]:
+        raise ValueError(f"attention pattern must be [batch, query, key], got {tuple(pattern.shape)}")
+
+
+@torch.no_grad()
+def target_attention(
+    pattern: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
+) -> AttentionScore:
+    """Attention of each valid query on its target key.
+
+    pattern [B, T, T] (rows sum to one), targets [B, T] key index per query, valid [B, T] bool.
+    """
+    _check_pattern(pattern)
+    if targets.shape != pattern.shape[:2] or valid.shape != pattern.shape[:2]:
+        raise ValueError(
+            f"targets {tuple(targets.shape)} and valid {tuple(valid.shape)} must be "
+            f"[batch, query] = {tuple(pattern.shape[:2])}"
+        )
+    valid = valid.to(pattern.device).bool()
+    n = int(valid.sum())
+    if n == 0:
+        return AttentionScore(float("nan"), float("nan"), 0)
+    # invalid queries may carry any target (e.g. -1): clamp before gathering, they are masked out
+    safe = targets.to(pattern.device).long().clamp(0, pattern.shape[2] - 1)
+    on_target = pattern.gather(2, safe.unsqueeze(-1)).squeeze(-1)
+    hit = pattern.argmax(dim=-1) == safe
+    return AttentionScore(
+        mass=on_target[valid].float().mean().item(),
+        argmax=hit[valid].float().mean().item(),
+        n_queries=n,
+    )
+
+
+def previous_token_targets(batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query t targets key t - 1; position 0 has no previous token."""
+    positions = torch.arange(seq_len).expand(batch_size, seq_len)
+    return positions - 1, positions >= 1
+
+
+def previous_occurrence(tokens: torch.Tensor) -> torch.Tensor:
+    """[B, T]: the last position s < t with tokens[b, s] == tokens[b, t], or -1 if none."""
+    T = tokens.shape[1]
+    same = tokens.unsqueeze(2) == tokens.unsqueeze(1)  # [B, query t, key s]
+    earlier = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril(diagonal=-1)
+    positions = torch.arange(T, device=tokens.device)
+    # latest earlier match: max of s over matches, -1 where there is none
+    return torch.where(same & earlier, positions, -1).amax(dim=2)
+
+
+def trigger_induction_targets(
+    inputs: torch.Tensor, counter: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Queries with counter >= 2 (a trigger seen before) target the key after its previous occurrence."""
+    return previous_occurrence(inputs) + 1, counter >= 2
+
+
+def repeated_sequence_targets(
+    batch_size: int, half_len: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[x_1..x_n, x_1..x_n]: second-half query t targets t - n + 1 (prefix matching)."""
+    positions = torch.arange(2 * half_len).expand(batch_size, 2 * half_len)
+    return positions - half_len + 1, positions >= half_len
+
+
+def previous_token_score(pattern: torch.Tensor) -> AttentionScore:
+    """Attention from t + 1 to t, over all t."""
+    _check_pattern(pattern)
+    targets, valid = previous_token_targets(pattern.shape[0], pattern.shape[1])
+    return target_attention(pattern, targets, valid)
+
+
+def trigger_induction_score(
+    pattern: torch.Tensor, inputs: torch.Tensor, counter: torch.Tensor
+) -> AttentionScore:
+    """Attention of second and later trigger occurrences on the previous occurrence's output."""
+    targets, valid = trigger_induction_targets(inputs, counter)
+    return target_attention(pattern, targets, valid)
+
+
+def prefix_matching_score(pattern: torch.Tensor, half_len: int) -> AttentionScore:
+    """The standard induction score of a pattern on [x_1..x_n, x_1..x_n] with n = half_len."""
+    _check_pattern(pattern)
+    if pattern.shape[1] != 2 * half_len:
+        raise ValueError(f"a repeated sequence of half length {half_len} has {2 * half_len} positions, "
+                         f"the pattern has {pattern.shape[1]}")
+    targets, valid = repeated_sequence_targets(pattern.shape[0], half_len)
+    return target_attention(pattern, targets, valid)
+
+
+@torch.no_grad()
+def attended_token_agreement(
+    pattern: torch.Tensor, inputs: torch.Tensor, predictions: torch.Tensor, valid: torch.Tensor
+) -> float:
+    """Fraction of valid queries whose most-attended key holds the token the model predicts.
+
+    An induction head copies the token it attends to: agreement near one says the prediction comes
+    from that copy.
+    """
+    _check_pattern(pattern)
+    valid = valid.to(pattern.device).bool()
+    if not valid.any():
+        return float("nan")
+    attended = inputs.to(pattern.device).gather(1, pattern.argmax(dim=-1))
+    agree = attended == predictions.to(pattern.device)
+    return agree[valid].float().mean().item()
+
+
+def repeated_random_tokens(
+    batch_size: int, half_len: int, vocab_size: int, seed: int = 0
+) -> torch.Tensor:
+    """[B, 2n] uniform random tokens, each row its first half repeated."""
+    gen = torch.Generator().manual_seed(seed)
+    half = torch.randint(0, vocab_size, (batch_size, half_len), generator=gen)
+    return torch.cat([half, half], dim=1)
+
+
+# ---------------------------------------------------------------------------------------------
+# on a model
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def attention_patterns(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits [B, T, N], one pattern [B, T, T] per layer) from TransformerLens' hook_pattern."""
+    n_layers = model.cfg.n_layers
+    names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)}
+    device = next(model.parameters()).device
+    logits, cache = model.run_with_cache(tokens.to(device), names_filter=lambda name: name in names)
+    patterns = []
+    for layer in range(n_layers):
+        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [B, head, query, key]
+        if pattern.shape[1] != 1:
+            raise ValueError(f"expected one attention head per layer, got {pattern.shape[1]}")
+        patterns.append(pattern[:, 0].float().cpu())
+    return logits.float().cpu(), patterns
+
+
+def _layer_scores(
+    patterns: Sequence[torch.Tensor],
+    targets_valid: tuple[torch.Tensor, torch.Tensor],
+    induction: tuple[torch.Tensor, torch.Tensor],
+    inputs: torch.Tensor,
+    predictions: torch.Tensor,
+) -> dict[str, dict]:
+    """previous-token and induction scores of every layer (the circuit uses layer 1 and layer 2)."""
+    out = {}
+    for layer, pattern in enumerate(patterns, start=1):
+        scores = {
+            "previous_token": target_attention(pattern, *targets_valid).to_dict(),
+            "induction": target_attention(pattern, *induction).to_dict(),
+        }
+        scores["induction"]["attended_is_prediction"] = attended_token_agreement(
+            pattern, inputs, predictions, induction[1]
+        )
+        out[f"layer{layer}"] = scores
+    return out
+
+
+@torch.no_grad()
+def triggered_bigram_scores(model: nn.Module, batch: Batch) -> dict:
+    """Scores of every layer on a triggered-bigram batch, plus the in-context accuracy there."""
+    inputs, counter = batch.inputs.cpu(), batch.counter.cpu()
+    logits, patterns = attention_patterns(model, inputs)
+    predictions = logits.argmax(dim=-1)
+    induction = trigger_induction_targets(inputs, counter)
+    scores = _layer_scores(
+        patterns, previous_token_targets(*inputs.shape), induction, inputs, predictions
+    )
+    in_context = counter >= 2
+    correct = predictions == batch.targets.cpu()
+    scores["icl_acc"] = correct[in_context].float().mean().item() if in_context.any() else float("nan")
+    scores["n_sequences"] = inputs.shape[0]
+    return scores
+
+
+@torch.no_grad()
+def repeated_sequence_scores(
+    model: nn.Module, half_len: int, batch_size: int = 32, seed: int = 0
+) -> dict:
+    """Scores of every layer on [x_1..x_n, x_1..x_n] with uniform random tokens x_i.
+
+    `induction` is the prefix-matching score; `repeat_acc` is the accuracy of predicting x_{i+1}
+    on the second half, the usual induction-head behaviour test.
+    """
+    vocab_size = model.cfg.d_vocab
+    tokens = repeated_random_tokens(batch_size, half_len, vocab_size, seed)
+    logits, patterns = attention_patterns(model, tokens)
+    predictions = logits.argmax(dim=-1)
+    induction = repeated_sequence_targets(batch_size, half_len)
+    scores = _layer_scores(
+        patterns, previous_token_targets(*tokens.shape), induction, tokens, predictions
+    )
+    # the prediction at second-half position t should be the token at t + 1 = tokens[t - n + 1]
+    second_half = predictions[:, half_len:-1]
+    scores["repeat_acc"] = (second_half == tokens[:, half_len + 1 :]).float().mean().item()
+    scores["half_len"] = half_len
+    scores["n_sequences"] = batch_size
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------
+
+
+def display_char(char: str) -> str:
+    """A tick label that shows whitespace."""
+    return {" ": "␣", "\n": "\\n", "\t": "\\t"}.get(char, char)
+
+
+def _sequence_roles(inputs: torch.Tensor, triggers: torch.Tensor) -> tuple[list[bool], list[bool]]:
+    """(is trigger, is output) per position of one sequence: outputs directly follow a trigger."""
+    is_trigger = torch.isin(inputs, triggers)
+    is_output = torch.zeros_like(is_trigger)
+    is_output[1:] = is_trigger[:-1]
+    return is_trigger.tolist(), is_output.tolist()
+
+
+TRIGGER_COLOR = "tab:red"
+OUTPUT_COLOR = "tab:blue"
+
+
+def save_attention_heatmaps(
+    model: nn.Module,
+    stats: CorpusStats,
+    batch: Batch,
+    out_dir: Path,
+    *,
+    step: int | None = None,
+    index: int = 0,
+    max_positions: int | None = 64,
+) -> list[Path]:
+    """One PNG per layer of the attention of sequence `index` of `batch`: characters as tick labels,
+    triggers red, outputs blue, expected induction targets circled. Returns the PNG paths.
+
+    `max_positions` keeps the first positions only, so that the characters stay readable (causal
+    attention: the top-left block of the pattern is exactly the pattern of the shorter prefix).
+    """
+    # Figure without pyplot: no global state, no GUI backend, safe inside a training loop
+    from matplotlib.figure import Figure
+
+    out_dir = Path(out_dir)
+    if not 0 <= index < batch.tokens.shape[0]:
+        raise ValueError(f"sequence index {index} is out of range for a batch of {batch.tokens.shape[0]}")
+    inputs = batch.inputs[index].cpu()
+    counter = batch.counter[index].cpu()
+    T = inputs.shape[0] if max_positions is None else min(max_positions, inputs.shape[0])
+    inputs, counter = inputs[:T], counter[:T]
+    _, patterns = attention_patterns(model, inputs.unsqueeze(0))
+    labels = [display_char(c) for c in stats.decode(inputs)]
+    is_trigger, is_output = _sequence_roles(inputs, batch.triggers[index].cpu())
+    targets, valid = trigger_induction_targets(inputs.unsqueeze(0), counter.unsqueeze(0))
+    queries = torch.nonzero(valid[0]).flatten()
+    keys = targets[0, queries]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "" if step is None else f"_step{step:06d}"
+    size = max(5.0, 0.14 * T + 1.5)
+    font = 7 if T <= 64 else 4
+    paths = []
+    for layer, pattern in enumerate(patterns, start=1):
+        fig = Figure(figsize=(size + 1.2, size))
+        ax = fig.add_subplot()
+        image = ax.imshow(pattern[0].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="attention")
+        if len(queries):
+            ax.scatter(keys.numpy(), queries.numpy(), s=40, facecolors="none", edgecolors="white",
+                       linewidths=0.8, label="induction target (after the previous trigger)")
+            ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
+        ticks = list(range(T))
+        ax.set_xticks(ticks, labels, fontsize=font, family="monospace")
+        ax.set_yticks(ticks, labels, fontsize=font, family="monospace")
+        for axis_labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+            for pos, label in enumerate(axis_labels):
+                if is_trigger[pos]:
+                    label.set_color(TRIGGER_COLOR)
+                    label.set_fontweight("bold")
+                elif is_output[pos]:
+                    label.set_color(OUTPUT_COLOR)
+                    label.set_fontweight("bold")
+        ax.set_xlabel("key position (attended to)")
+        ax.set_ylabel("query position")
+        when = "" if step is None else f", step {step}"
+        ax.set_title(f"layer {layer} attention{when} (triggers red, outputs blue)")
+        fig.tight_layout()
+        path = out_dir / f"attention_layer{layer}{suffix}.png"
+        fig.savefig(path, dpi=120)
+        paths.append(path)
+    return paths
+
+
+def _circuitsvis_bundle() -> str:
+    """circuitsvis' bundled browser build, ready to inline in a <script> element."""
+    import circuitsvis
+
+    bundle = Path(circuitsvis.__file__).parent / "dist" / "cdn" / "iife.js"
+    if not bundle.is_file():
+        raise FileNotFoundError(f"circuitsvis ships no local bundle at {bundle}")
+    js = bundle.read_text(encoding="utf-8")
+    # a literal closing tag would end the inline script early; the source map is not shipped inline
+    return js.replace("</script>", "<\\/script>").replace("//# sourceMappingURL=iife.js.map", "")
+
+
+def save_attention_html(
+    model: nn.Module,
+    stats: CorpusStats,
+    batch: Batch,
+    path: Path,
+    *,
+    index: int = 0,
+    max_positions: int | None = None,
+) -> Path:
+    """A self-contained HTML page (circuitsvis `AttentionHeads`, its JavaScript inlined) that shows
+    every layer's attention on sequence `index` of `batch`; it opens offline, with no CDN."""
+    import html
+    import json
+    import uuid
+
+    inputs = batch.inputs[index].cpu()
+    if max_positions is not None:
+        inputs = inputs[:max_positions]
+    _, patterns = attention_patterns(model, inputs.unsqueeze(0))
+    attention = torch.stack([p[0] for p in patterns])  # [layers, query, key]
+    props = {
+        # 4 decimals: the page stays small and the colours are unchanged
+        "attention": attention.round(decimals=4).tolist(),
+        "tokens": [display_char(c) for c in stats.decode(inputs)],
+        "attentionHeadNames": [f"layer {layer}" for layer in range(1, len(patterns) + 1)],
+        "maskUpperTri": True,
+    }
+    triggers = stats.decode(batch.triggers[index].cpu())
+    outputs = stats.decode(batch.outputs[index].cpu())
+    pairs = ", ".join(f"{display_char(q)} → {display_char(o)}" for q, o in zip(triggers, outputs))
+    props_js = json.dumps(props).replace("</", "<\\/")  # "</" would close the inline script
+    element = f"circuits-vis-{uuid.uuid4().hex[:12]}"
+    page = f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>birth: attention of sequence {index}</title>
+</head>
+<body style="font-family: sans-serif">
+<h2>Attention of sequence {index} ({len(patterns)} layer{'s' if len(patterns) > 1 else ''})</h2>
+<p>Triggers → outputs of this sequence: {html.escape(pairs)}. Layer 1 should attend to the
+previous token; layer 2, at a repeated trigger, to the token after its previous occurrence.</p>
+<div id="{element}" style="margin: 15px 0;"></div>
+<script>
+{_circuitsvis_bundle()}
+CircuitsVis.render("{element}", CircuitsVis.AttentionHeads, {props_js});
+</script>
+</body>
+</html>
+"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path

@@ -1,0 +1,94 @@
+"""Benchmark: seconds per training step at the paper preset, three forwards on the same weights.
+
+    python scripts/bench_train.py [--preset paper] [--repeats 2] [--threads N]
+
+- `reference`: plain eager PyTorch as simple code writes it (every linear applied, explicit causal
+  mask + softmax, logits at every position, loss on the counter >= 2 targets);
+- `transformer-lens`: the TransformerBridge forward (`model(tokens)`);
+- `fast`: `birth.model.fast_logits` as `birth train` uses it.
+Each step = sample a batch + forward + backward + SGD update. Ratios are against `reference`
+measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+
+from birth.model import build_model, fast_logits, native, trainable_parameters
+from tasks.shakespeare import load_stats
+from tasks.triggered_bigram import TriggeredBigram
+from training.config import PRESETS
+from training.loop import make_optimizer, step_seed, training_loss
+
+
+def reference_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    nm = native(model)
+    T = tokens.shape[1]
+    x = nm.tok_embed.weight[tokens] + nm.pos.weight[:T]
+    mask = torch.full((T, T), float("-inf"), device=tokens.device).triu(1)
+    for block in nm.layers:
+        a = block.attn
+        q, k, v = a.q(x), a.k(x), a.v(x)
+        scores = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1]) + mask
+        x = x + a.o(scores.softmax(dim=-1) @ v)
+    return nm.head(x)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="paper", choices=sorted(PRESETS))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = PRESETS[args.preset]
+    stats = load_stats()
+    task = TriggeredBigram(config.task_config(), stats)
+    model = build_model(config.model_config(stats.vocab_size))
+    optimizer = make_optimizer(trainable_parameters(model), config)
+
+    def step_with(loss_fn, step: int) -> None:
+        batch = task.sample(config.batch_size, task.generator(step_seed(config.seed, step)))
+        loss = loss_fn(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def masked(logits_fn):
+        def loss(batch):
+            mask = batch.counter >= 2
+            return F.cross_entropy(logits_fn(model, batch.inputs)[mask], batch.targets[mask])
+        return loss
+
+    variants = {
+        "reference": masked(reference_logits),
+        "transformer-lens": masked(lambda m, t: m(t)),
+        "fast": lambda batch: training_loss(model, batch, config),
+    }
+    print(f"preset {args.preset}: d={config.d_model} T={config.seq_len} batch={config.batch_size}, "
+          f"{torch.get_num_threads()} threads, best of {args.repeats} steps after one warm-up")
+    times = {}
+    for name, loss_fn in variants.items():
+        step_with(loss_fn, 0)  # warm-up
+        best = float("inf")
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            step_with(loss_fn, r + 1)
+            best = min(best, time.perf_counter() - t0)
+        times[name] = best
+        print(f"  {name:17s} {best:7.3f} s/step   {times['reference'] / best:5.2f}x vs reference", flush=True)
+    # sanity: the fast path computes the same logits
+    batch = task.sample(8, 0)
+    with torch.no_grad():
+        diff = (fast_logits(model, batch.inputs) - reference_logits(model, batch.inputs)).abs().max()
+    print(f"  max |fast - reference| logit difference: {diff.item():.2e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""`birth inspect CHECKPOINT`: attention heatmaps, an offline circuitsvis page and induction scores.
+
+CHECKPOINT is a `step_*.pt` file or a run directory (its latest checkpoint is used). Writes, into
+--out (default RUN_DIR/inspect/step_XXXXXX):
+    attention_layer{1,2}.png   heatmaps of one held-out sequence (triggers red, outputs blue)
+    attention.html             circuitsvis view with its JavaScript inlined (opens offline)
+    scores.json                the scores printed on the terminal
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a step_*.pt file or a run directory")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/inspect/<checkpoint name>)")
+    p.add_argument("--batch-size", type=int, default=64, help="held-out sequences the scores average over (default: 64)")
+    p.add_argument("--index", type=int, default=0, help="which of those sequences the figures show (default: 0)")
+    p.add_argument("--positions", type=int, default=64, help="positions shown in the PNG heatmaps (default: 64; the HTML shows all)")
+    p.add_argument("--repeat-len", type=int, default=None, help="half length n of the repeated random sequences (default: T // 2)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint file, or the latest checkpoint of a run directory."""
+    from training.checkpoint import latest_checkpoint
+
+    if path.is_dir():
+        return latest_checkpoint(path)
+    return path
+
+
+def default_out_dir(ckpt_path: Path) -> Path:
+    if ckpt_path.parent.name == "checkpoints":  # RUN_DIR/checkpoints/step_000100.pt
+        return ckpt_path.parent.parent / "inspect" / ckpt_path.stem
+    return ckpt_path.parent / f"{ckpt_path.stem}_inspect"
+
+
+def _fmt(value: float) -> str:
+    return "  nan" if value is None or math.isnan(value) else f"{value:.3f}"
+
+
+def format_scores(scores: dict) -> list[str]:
+    """Terminal lines: the circuit's scores first (layer 1 previous token, last layer induction)."""
+    lines = []
+    n_layers = scores["n_layers"]
+    for name, title in (("triggered_bigram", "triggered-bigram sequences"),
+                        ("repeated_random", "repeated random tokens [x_1..x_n, x_1..x_n]")):
+        part = scores[name]
+        extra = (f"in-context acc {_fmt(part['icl_acc'])}" if name == "triggered_bigram"
+                 else f"n={part['half_len']}, second-half acc {_fmt(part['repeat_acc'])}")
+        lines.append(f"{title} ({part['n_sequences']} sequences; {extra}):")
+        for layer in range(1, n_layers + 1):
+            s = part[f"layer{layer}"]
+            prev, ind = s["previous_token"], s["induction"]
+            lines.append(
+                f"  layer {layer}: previous-token {_fmt(prev['mass'])} (argmax {_fmt(prev['argmax'])})   "
+                f"induction {_fmt(ind['mass'])} (argmax {_fmt(ind['argmax'])}, "
+                f"attended = prediction {_fmt(ind['attended_is_prediction'])})"
+            )
+    if n_layers == 1:
+        lines.append("  (1-layer model: no induction head is expected; its induction score is the baseline)")
+    return lines
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from birth.model import build_model, native
+    from probes.attention import (
+        repeated_sequence_scores,
+        save_attention_heatmaps,
+        save_attention_html,
+        triggered_bigram_scores,
+    )
+    from tasks.shakespeare import load_stats
+    from tasks.triggered_bigram import TriggeredBigram
+    from training.checkpoint import CheckpointError, load_checkpoint, load_model_state
+    from training.config import TrainConfig
+    from training.loop import resolve_device
+
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0 <= args.index < args.batch_size:
+        raise ValueError(f"--index must be in [0, --batch-size), got {args.index}")
+    if args.positions < 2:
+        raise ValueError(f"--positions must be >= 2, got {args.positions}")
+    device = resolve_device(args.device)
+
+    # Everything that can fail on bad input happens before anything is written.
+    ckpt_path = resolve_checkpoint(args.checkpoint)
+    try:
+        ckpt = load_checkpoint(ckpt_path, map_location=device)
+    except CheckpointError as err:
+        # torch's unpickling errors run over several lines; the first one says what went wrong
+        raise CheckpointError(str(err).strip().splitlines()[0]) from None
+    try:
+        config = TrainConfig.from_dict(ckpt["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{ckpt_path} holds an invalid run config: {err}") from None
+    stats = load_stats()
+    config.validate(stats.vocab_size)
+    half_len = args.repeat_len if args.repeat_len is not None else config.seq_len // 2
+    if not 1 <= half_len <= config.seq_len // 2:
+        raise ValueError(f"--repeat-len must be in [1, T/2 = {config.seq_len // 2}], got {half_len}")
+    model = build_model(config.model_config(stats.vocab_size), device=device)
+    load_model_state(native(model), ckpt["model"], ckpt_path)
+    model.eval()
+
+    task = TriggeredBigram(config.task_config(), stats, device=device)
+    # the run's own held-out batch (same seed as evaluation during training)
+    batch = task.sample(args.batch_size, task.generator(config.eval_seed))
+    with torch.no_grad():
+        scores = {
+            "checkpoint": str(ckpt_path),
+            "step": int(ckpt["step"]),
+            "n_layers": config.n_layers,
+            "triggered_bigram": triggered_bigram_scores(model, batch),
+            "repeated_random": repeated_sequence_scores(model, half_len, batch_size=32, seed=config.eval_seed),
+        }
+
+    out_dir = args.out if args.out is not None else default_out_dir(ckpt_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pngs = save_attention_heatmaps(model, stats, batch, out_dir, index=args.index, max_positions=args.positions)
+    html = save_attention_html(model, stats, batch, out_dir / "attention.html", index=args.index)
+    scores_path = out_dir / "scores.json"
+    # json writes nan as NaN (not strict JSON); None reads everywhere
+    scores_path.write_text(json.dumps(_nan_to_none(scores), indent=2) + "\n")
+
+    print(f"checkpoint {ckpt_path} (step {scores['step']}, {config.n_layers} layer{'s' * (config.n_layers > 1)})")
+    for line in format_scores(scores):
+        print(line)
+    print("wrote:")
+    for path in (*pngs, html, scores_path):
+        print(f"  {path}")
+    return 0
+
+
+def _nan_to_none(obj):
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    return obj

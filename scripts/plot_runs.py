@@ -1,0 +1,194 @@
+"""`birth plot RUN_DIR [RUN_DIR ...]`: the learning-order figure (the paper's Fig. 3).
+
+The memory-recall probes and the in-context accuracy against the training step, on one figure,
+with a vertical mark where each probe first reaches the threshold (0.9). Several run directories
+(e.g. seeds) are averaged: mean ± std bands, crossing marks at the mean crossing step.
+Writes learning_order.png, learning_order.pdf and learning_order.json into --out
+(default: RUN_DIR/plots for one run, the runs' common parent /plots for several).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ICL_KEY = "eval/icl_acc"
+# colours of the paper's Fig. 3 order of appearance; W_OV is the 1-layer model's only probe
+PROBE_COLORS = {"W_OV2": "tab:blue", "W_KQ2": "tab:orange", "W_KQ1": "tab:green", "W_OV": "tab:blue"}
+
+
+@dataclass
+class RunCurves:
+    run_dir: Path
+    steps: np.ndarray  # [S] eval steps
+    curves: dict[str, np.ndarray]  # metric key -> [S]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories (with metrics.jsonl)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/plots, or COMMON_PARENT/plots for several runs)")
+    p.add_argument("--threshold", type=float, default=0.9, help="probe level marked as 'learned' (default: 0.9)")
+    p.add_argument("--name", default="learning_order", help="file name stem (default: learning_order)")
+
+
+def read_run(run_dir: Path) -> RunCurves:
+    from training.logger import read_metrics
+
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no metrics.jsonl)")
+    rows = [r for r in read_metrics(path) if "step" in r and ICL_KEY in r]
+    if not rows:
+        raise ValueError(f"{path} holds no evaluation rows")
+    rows.sort(key=lambda r: r["step"])
+    keys = [k for k in rows[0] if k.startswith("probes/")] + [ICL_KEY]
+
+    def value(row: dict, key: str) -> float:
+        v = row.get(key)
+        return float("nan") if v is None else float(v)
+
+    return RunCurves(
+        run_dir=Path(run_dir),
+        steps=np.array([r["step"] for r in rows]),
+        curves={k: np.array([value(r, k) for r in rows]) for k in keys},
+    )
+
+
+def align(runs: list[RunCurves]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Steps common to every run and, per metric, a [n_runs, S] array on those steps."""
+    keys = list(runs[0].curves)
+    for run in runs[1:]:
+        if list(run.curves) != keys:
+            raise ValueError(
+                f"runs log different probes: {runs[0].run_dir} has {keys}, {run.run_dir} has {list(run.curves)} "
+                "(1- and 2-layer runs cannot share a figure)"
+            )
+    steps = runs[0].steps
+    for run in runs[1:]:
+        steps = np.intersect1d(steps, run.steps)
+    if len(steps) == 0:
+        raise ValueError("the runs share no evaluation step; plot them separately")
+    stacked = {}
+    for key in keys:
+        stacked[key] = np.stack([run.curves[key][np.isin(run.steps, steps)] for run in runs])
+    return steps, stacked
+
+
+def first_crossing(steps: np.ndarray, values: np.ndarray, threshold: float) -> int | None:
+    """First step at which `values` >= threshold (None if never)."""
+    hit = np.nonzero(values >= threshold)[0]
+    return int(steps[hit[0]]) if len(hit) else None
+
+
+def crossing_steps(steps: np.ndarray, runs_values: np.ndarray, threshold: float) -> list[int | None]:
+    return [first_crossing(steps, values, threshold) for values in runs_values]
+
+
+def default_out_dir(run_dirs: list[Path]) -> Path:
+    if len(run_dirs) == 1:
+        return run_dirs[0] / "plots"
+    return Path(os.path.commonpath([str(p.resolve()) for p in run_dirs])) / "plots"
+
+
+def plot_learning_order(
+    steps: np.ndarray, stacked: dict[str, np.ndarray], threshold: float, title: str
+):
+    """The figure (a matplotlib Figure, no pyplot state) and the crossing steps of every probe."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 4.5))
+    ax = fig.add_subplot()
+    crossings: dict[str, dict] = {}
+    n_runs = next(iter(stacked.values())).shape[0]
+    for key, values in stacked.items():
+        is_probe = key.startswith("probes/")
+        name = key.removeprefix("probes/") if is_probe else "in-context accuracy"
+        color = PROBE_COLORS.get(name, "black") if is_probe else "black"
+        mean = np.nanmean(values, axis=0)
+        ax.plot(steps, mean, color=color, lw=2 if is_probe else 1.5, ls="-" if is_probe else "--",
+                label=f"$R$({name})" if is_probe else name)
+        if n_runs > 1:
+            std = np.nanstd(values, axis=0)
+            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        if not is_probe:
+            continue
+        per_run = crossing_steps(steps, values, threshold)
+        reached = [s for s in per_run if s is not None]
+        crossings[name] = {
+            "per_run": per_run,
+            "mean": float(np.mean(reached)) if reached else None,
+            "std": float(np.std(reached)) if reached else None,
+            "n_reached": len(reached),
+        }
+        if reached:
+            # one mark per probe at the mean crossing step; its spread across runs as a band
+            at = float(np.mean(reached))
+            ax.axvline(at, color=color, ls=":", lw=1.5)
+            if len(reached) > 1:
+                ax.axvspan(min(reached), max(reached), color=color, alpha=0.08, lw=0)
+            ax.annotate(f"{name} ≥ {threshold:g}", xy=(at, 0.02), xycoords=("data", "axes fraction"),
+                        rotation=90, fontsize=7, color=color, ha="right", va="bottom")
+    ax.axhline(threshold, color="grey", lw=0.6, ls="-", alpha=0.5)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("memory recall / accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlim(steps[0], steps[-1] if steps[-1] > steps[0] else steps[0] + 1)
+    ax.set_title(title)
+    ax.legend(loc="center right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig, crossings
+
+
+def _crossing_text(name: str, c: dict, n_runs: int) -> str:
+    if c["mean"] is None:
+        return f"{name}: never reached"
+    if n_runs == 1:
+        return f"{name}: step {c['per_run'][0]}"
+    missing = f", {n_runs - c['n_reached']} run(s) never" if c["n_reached"] < n_runs else ""
+    return f"{name}: step {c['mean']:.0f} ± {c['std']:.0f}{missing}"
+
+
+def run(args: argparse.Namespace) -> int:
+    if not 0 < args.threshold <= 1:
+        raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
+    if not args.name or "/" in args.name or os.sep in args.name:
+        raise ValueError(f"--name must be a plain file name stem, got {args.name!r}")
+    runs = [read_run(d) for d in args.run_dirs]  # bad input fails here, before anything is written
+    steps, stacked = align(runs)
+    n_runs = len(runs)
+    title = (f"Learning order: {runs[0].run_dir.name}" if n_runs == 1
+             else f"Learning order: mean ± std over {n_runs} runs")
+    fig, crossings = plot_learning_order(steps, stacked, args.threshold, title)
+
+    out_dir = args.out if args.out is not None else default_out_dir(args.run_dirs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    png, pdf, summary = (out_dir / f"{args.name}.{ext}" for ext in ("png", "pdf", "json"))
+    fig.savefig(png, dpi=150)
+    fig.savefig(pdf)
+    summary.write_text(json.dumps({
+        "runs": [str(r.run_dir) for r in runs],
+        "threshold": args.threshold,
+        "steps": [int(s) for s in steps],
+        "crossings": crossings,
+        "final": {k: _mean_or_none(v[:, -1]) for k, v in stacked.items()},
+    }, indent=2) + "\n")
+
+    ordered = sorted(crossings.items(), key=lambda kv: math.inf if kv[1]["mean"] is None else kv[1]["mean"])
+    print(f"learning order (first step >= {args.threshold:g}), {n_runs} run(s): "
+          + "; ".join(_crossing_text(name, c, n_runs) for name, c in ordered))
+    print("wrote:")
+    for path in (png, pdf, summary):
+        print(f"  {path}")
+    return 0
+
+
+def _mean_or_none(values: np.ndarray) -> float | None:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else None

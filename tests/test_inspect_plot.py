@@ -1,0 +1,132 @@
+"""`birth inspect` and `birth plot` on tiny training runs: files written, scores, clear errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from scripts.cli import main as cli_main
+from scripts.plot_runs import first_crossing
+from training.checkpoint import checkpoint_path
+from training.config import QUICK
+from training.loop import train
+
+# the tiny_config fixture of conftest.py, at module scope so that the runs are trained once
+TINY = dataclasses.replace(
+    QUICK, d_model=16, seq_len=16, batch_size=8, eval_batch_size=16, eval_every=2,
+    checkpoint_every=4, steps=12, lr=0.5,
+)
+
+
+def _quiet(*_args) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for name, config in {
+        "seed0": TINY,
+        "seed1": dataclasses.replace(TINY, seed=1),
+        "one_layer": dataclasses.replace(TINY, n_layers=1),
+    }.items():
+        train(config, root / name, progress=False, log=_quiet)
+    return root
+
+
+def test_inspect_writes_heatmaps_html_and_scores(runs, tmp_path, capsys):
+    ckpt = checkpoint_path(runs / "seed0", 12)
+    out = tmp_path / "inspect"
+    assert cli_main(["inspect", str(ckpt), "--out", str(out), "--batch-size", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {
+        "attention_layer1.png", "attention_layer2.png", "attention.html", "scores.json"
+    }
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["step"] == 12 and scores["n_layers"] == 2
+    prev = scores["triggered_bigram"]["layer1"]["previous_token"]
+    assert 0.0 <= prev["mass"] <= 1.0 and prev["n_queries"] == 8 * 15
+    assert scores["repeated_random"]["half_len"] == 8
+    # the printed numbers are the JSON's, and every written file is named
+    assert f"previous-token {prev['mass']:.3f}" in printed
+    for name in ("attention_layer1.png", "attention.html", "scores.json"):
+        assert str(out / name) in printed
+
+
+def test_inspect_a_run_directory_and_a_one_layer_checkpoint(runs, capsys):
+    assert cli_main(["inspect", str(runs / "one_layer"), "--batch-size", "4"]) == 0
+    out = runs / "one_layer" / "inspect" / "step_000012"  # default: the latest checkpoint's folder
+    assert (out / "attention_layer1.png").is_file() and not (out / "attention_layer2.png").exists()
+    assert json.loads((out / "scores.json").read_text())["n_layers"] == 1
+    assert "1-layer model" in capsys.readouterr().out
+
+
+def test_inspect_missing_or_corrupted_checkpoint_exits_2(runs, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert cli_main(["inspect", str(tmp_path / "nope.pt"), "--out", str(out)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    assert cli_main(["inspect", str(bad), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "corrupted" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()  # nothing written on bad input
+
+
+def test_plot_one_run(runs, tmp_path, capsys):
+    out = tmp_path / "plot1"
+    assert cli_main(["plot", str(runs / "seed0"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for ext in ("png", "pdf", "json"):
+        assert str(out / f"learning_order.{ext}") in printed
+    assert (out / "learning_order.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "learning_order.pdf").read_bytes()[:5] == b"%PDF-"
+    summary = json.loads((out / "learning_order.json").read_text())
+    assert set(summary["crossings"]) == {"W_OV2", "W_KQ2", "W_KQ1"}
+    assert summary["steps"] == list(range(0, 13, 2))
+
+
+def _fake_run(run_dir, crossings: dict[str, int]) -> None:
+    """A run directory whose probe k rises from 0 to 1 exactly at step crossings[k]."""
+    run_dir.mkdir(parents=True)
+    rows = []
+    for step in range(0, 101, 10):
+        row = {"step": step, "eval/icl_acc": step / 100}
+        row.update({f"probes/{k}": float(step >= at) for k, at in crossings.items()})
+        rows.append(json.dumps(row))
+    (run_dir / "metrics.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def test_plot_several_runs_mean_and_std(tmp_path, capsys):
+    _fake_run(tmp_path / "a", {"W_OV2": 10, "W_KQ2": 40, "W_KQ1": 20})
+    _fake_run(tmp_path / "b", {"W_OV2": 10, "W_KQ2": 60, "W_KQ1": 200})  # W_KQ1 never in b
+    assert cli_main(["plot", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = tmp_path / "plots"  # default for several runs: their common parent
+    summary = json.loads((out / "learning_order.json").read_text())
+    crossings = summary["crossings"]
+    assert crossings["W_OV2"] == {"per_run": [10, 10], "mean": 10.0, "std": 0.0, "n_reached": 2}
+    assert crossings["W_KQ2"]["mean"] == 50.0 and crossings["W_KQ2"]["std"] == 10.0
+    assert crossings["W_KQ1"]["per_run"] == [20, None] and crossings["W_KQ1"]["n_reached"] == 1
+    assert summary["final"]["probes/W_KQ1"] == 0.5  # mean over the runs at the last step
+    printed = capsys.readouterr().out
+    assert "W_OV2: step 10 ± 0; W_KQ1: step 20 ± 0, 1 run(s) never; W_KQ2: step 50 ± 10" in printed
+    assert (out / "learning_order.pdf").is_file()
+
+
+def test_plot_bad_input_exits_2(runs, tmp_path, capsys):
+    out = tmp_path / "plot_bad"
+    assert cli_main(["plot", str(tmp_path / "missing"), "--out", str(out)]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err
+    # 1- and 2-layer runs have different probes: one figure cannot hold both
+    assert cli_main(["plot", str(runs / "seed0"), str(runs / "one_layer"), "--out", str(out)]) == 2
+    assert "different probes" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_first_crossing():
+    steps = np.array([0, 10, 20, 30])
+    assert first_crossing(steps, np.array([0.1, 0.95, 0.5, 0.99]), 0.9) == 10
+    assert first_crossing(steps, np.array([0.1, 0.2, 0.3, 0.4]), 0.9) is None
