@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from pathlib import Path
 
@@ -45,7 +46,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=sorted(PRESETS), default="quick", help="base config (default: quick)")
     p.add_argument("--layers", type=int, choices=(1, 2), default=None, help="number of layers (alias of --n-layers)")
-    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<preset>-<layers>L-seed<seed>-<time>)")
+    p.add_argument("--out", type=Path, default=None, help="run directory (default: runs/<preset>-<layers>L-seed<seed>-<time>-<pid>)")
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint (--steps may extend it)")
     p.add_argument("--wandb", choices=("off", "offline", "online"), default="offline", help="W&B logging (default: offline, files in RUN_DIR/wandb)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args)
         run_dir = args.out or Path("runs") / (
-            f"{args.preset}-{config.n_layers}L-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+            # the pid keeps two runs started in the same second (sweep agents) apart
+            f"{args.preset}-{config.n_layers}L-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         )
     print(f"run directory: {run_dir}")
     result = train(

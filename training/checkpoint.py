@@ -66,7 +66,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means an unreadable file
-        raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint: {err}") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]  # torch's first line
+        raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint: {reason}") from None
     required = {"format_version", "config", "step", "model", "optimizer"}
     if not isinstance(ckpt, dict) or not required <= set(ckpt):
         raise CheckpointError(f"checkpoint {path} lacks the fields {sorted(required)}")

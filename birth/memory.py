@@ -1,0 +1,508 @@
+"""Linear associative memories W = Σ_x q(x) u_{f*(x)} e_xᵀ and their exact generalization error.
+
+Setting of *Scaling Laws for Associative Memories* (Cabannes, Dohmatob, Bietti, ICLR 2024): input
+embeddings e_x ∈ R^d (x ∈ [N]), output embeddings u_y ∈ R^d (y ∈ [M]), a storage scheme q(x) >= 0,
+and the read-out f_W(x) = argmax_y u_yᵀ W e_x. The error is the exact expectation
+
+    E(q) = Σ_x p(x) 1{f_W(x) ≠ f*(x)}          (a sum over the N tokens, nothing sampled)
+
+split into a head part (x < head_size) and a tail part that add up to it. A tie at the top score
+counts as wrong (the read-out is then not determined; this also makes q ≡ 0 an error of 1).
+
+Storage schemes (functions of the counts n_x of the T samples; pass `counts = p` for T = ∞):
+  - frequency:  q = p̂ = n_x / T
+  - power:      q = p̂^ρ on seen tokens, 0 on unseen ones
+  - seen:       q = 1{n_x > 0}
+  - threshold:  q = p̂^ρ on the P seen tokens with the largest counts (ρ = 0: weight 1), 0 elsewhere;
+                ties in n_x are broken towards the smaller token index (the more frequent token
+                under Zipf), so the selected set is deterministic. P may depend on d (paper: P = d/8).
+  - sgd:        q_γ(x) = F(n_x), F(n) = f∘…∘f(0) (n times), f(q) = q + γ / (1 + M⁻¹ e^q).
+                This is the decoupled approximation of SGD with batch size 1 and step γ from W = 0
+                (Cabannes, Simsek, Bietti 2024; seed slides): when the e_x are quasi-orthogonal,
+                each sample of x only moves the coefficient q(x) of u_{f*(x)} e_xᵀ, by γ times the
+                cross-entropy gradient 1 - softmax = 1 / (1 + e^q / M) (exactly (M-1) instead of M
+                with one-hot embeddings; we follow the slides). F grows like log(n) for large n.
+
+Vectorization. Scores are computed for all trials and all d at once, grouped by output:
+    u_yᵀ W e_x = Σ_z (u_yᵀ u_z) · A[z, x],   A[z, x] = (Σ_{x': f*(x')=z} q(x') e_x')ᵀ e_x,
+so nothing of size d × d or N × N is ever formed (cost M·N·d instead of N·d² per d). With one
+Gaussian draw at d_max truncated across d, A and the output Gram matrix at dimension d are sums
+over the first d coordinates, so they are accumulated block by block as d grows and every block
+of the inputs is read once for all d (for a d-dependent q such as P = d/8, each block is multiplied
+with the stored sums Σ q_d(x') e_x' of every larger d in one product). Sphere embeddings, whose
+normalization changes with d, and independent draws cost one pass of M·N·d per d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from tasks.zipf import trial_generator
+
+EMBEDDING_KINDS = ("gaussian", "sphere")
+DRAW_MODES = ("truncate", "independent")
+SCHEMES = ("frequency", "power", "seen", "threshold", "sgd")
+
+
+# --------------------------------------------------------------------------------------------
+# storage schemes q
+
+
+def _frequencies(counts: torch.Tensor) -> torch.Tensor:
+    totals = counts.sum(-1, keepdim=True)
+    # T = 0: no data, p̂ := 0 rather than 0/0
+    return torch.where(totals > 0, counts / totals.clamp_min(1e-300), torch.zeros_like(counts))
+
+
+def q_frequency(counts: torch.Tensor) -> torch.Tensor:
+    """q = p̂ (empirical frequency). counts: (..., N)."""
+    return _frequencies(counts)
+
+
+def q_power(counts: torch.Tensor, rho: float) -> torch.Tensor:
+    """q = p̂^ρ on seen tokens, 0 on unseen ones (so ρ = 0 gives 1{seen}, ρ = 1 gives p̂)."""
+    if rho < 0:
+        raise ValueError(f"rho must be >= 0, got {rho}")
+    freq = _frequencies(counts)
+    return torch.where(counts > 0, freq.pow(rho), torch.zeros_like(freq))
+
+
+def q_seen(counts: torch.Tensor) -> torch.Tensor:
+    """q = 1{x seen at least once}."""
+    return (counts > 0).to(counts.dtype if counts.is_floating_point() else torch.float64)
+
+
+def q_threshold(counts: torch.Tensor, top: int | Sequence[int], rho: float = 0.0) -> torch.Tensor:
+    """q = p̂^ρ on the `top` most frequent seen tokens (ties: smaller index first), 0 elsewhere.
+
+    counts (..., N). With an int `top` the result is (..., N); with a sequence of P values (one per
+    d, e.g. P = d/8) it is (..., len(top), N).
+    """
+    counts = counts.to(torch.float64) if not counts.is_floating_point() else counts
+    tops = torch.as_tensor(np.atleast_1d(np.asarray(top, dtype=np.int64)), device=counts.device)
+    if (tops < 0).any():
+        raise ValueError(f"threshold P must be >= 0, got {top}")
+    # a stable descending sort keeps equal counts in index order: ties go to the smaller index
+    order = torch.sort(counts, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order)
+    rank.scatter_(-1, order, torch.arange(counts.shape[-1], device=counts.device).expand_as(order))
+    selected = (rank.unsqueeze(-2) < tops[:, None]) & (counts.unsqueeze(-2) > 0)
+    weights = q_power(counts, rho).unsqueeze(-2) * selected
+    return weights.squeeze(-2) if isinstance(top, (int, np.integer)) else weights
+
+
+def sgd_scheme_table(max_count: int, gamma: float, num_outputs: int) -> torch.Tensor:
+    """F(n) for n = 0..max_count, F(n) = f^n(0), f(q) = q + γ / (1 + e^q / M), float64.
+
+    A fresh iteration from q = 0 for every call (the reference's q_γ plot kept its state across γ).
+    """
+    if gamma <= 0:
+        raise ValueError(f"gamma must be > 0, got {gamma}")
+    if num_outputs < 1:
+        raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
+    table = np.zeros(int(max_count) + 1)
+    q = 0.0
+    for n in range(1, int(max_count) + 1):
+        # e^q / M overflows only when the step is already ~0: cap the exponent
+        q = q + gamma / (1.0 + np.exp(min(q, 700.0)) / num_outputs)
+        table[n] = q
+    return torch.from_numpy(table)
+
+
+def q_sgd(counts: torch.Tensor, gamma: float, num_outputs: int) -> torch.Tensor:
+    """q_γ(x) = F(n_x): the decoupled SGD approximation (batch 1, step γ, from W = 0)."""
+    if counts.numel() and (counts != counts.round()).any():
+        raise ValueError("the sgd scheme needs integer counts (finite T), not probabilities")
+    as_int = counts.round().long()
+    table = sgd_scheme_table(int(as_int.max()) if as_int.numel() else 0, gamma, num_outputs)
+    return table.to(counts.device)[as_int].to(counts.dtype if counts.is_floating_point() else torch.float64)
+
+
+def storage_weights(
+    counts: torch.Tensor,
+    scheme: str,
+    *,
+    rho: float | None = None,
+    top: int | Sequence[int] | None = None,
+    gamma: float | None = None,
+    num_outputs: int | None = None,
+) -> torch.Tensor:
+    """Dispatch to one of SCHEMES by name (see the module docstring).
+
+    rho: needed by "power"; for "threshold" it defaults to 0 (weight 1 on the kept tokens).
+    """
+    if scheme == "frequency":
+        return q_frequency(counts)
+    if scheme == "power":
+        if rho is None:
+            raise ValueError("the power scheme needs `rho`")
+        return q_power(counts, rho)
+    if scheme == "seen":
+        return q_seen(counts)
+    if scheme == "threshold":
+        if top is None:
+            raise ValueError("the threshold scheme needs `top` (P)")
+        return q_threshold(counts, top, rho=0.0 if rho is None else rho)
+    if scheme == "sgd":
+        if gamma is None or num_outputs is None:
+            raise ValueError("the sgd scheme needs `gamma` and `num_outputs`")
+        return q_sgd(counts, gamma, num_outputs)
+    raise ValueError(f"unknown scheme {scheme!r}; choose one of {SCHEMES}")
+
+
+# --------------------------------------------------------------------------------------------
+# embeddings
+
+
+@dataclass
+class MemoryEmbeddings:
+    """Embeddings of a set of trials, for a list of dimensions.
+
+    truncate mode: `inputs` (R, N, d_max), `outputs` (R, M, d_max) standard normal draws, and the
+    embeddings at dimension d are their first d coordinates, scaled by 1/√d (Gaussian N(0, I/d)) or
+    normalized to the unit sphere. independent mode: `inputs[k]`, `outputs[k]` are separate draws of
+    width dims[k].
+    """
+
+    dims: list[int]
+    kind: str
+    mode: str
+    inputs: torch.Tensor | list[torch.Tensor]
+    outputs: torch.Tensor | list[torch.Tensor]
+
+    def raw(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unscaled standard-normal coordinates at dims[k]."""
+        if self.mode == "truncate":
+            d = self.dims[k]
+            return self.inputs[..., :d], self.outputs[..., :d]
+        return self.inputs[k], self.outputs[k]
+
+    def at(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(e, u) at dimension dims[k]: shapes (R, N, d), (R, M, d)."""
+        e, u = self.raw(k)
+        if self.kind == "gaussian":
+            scale = self.dims[k] ** -0.5
+            return e * scale, u * scale
+        return F.normalize(e, dim=-1), F.normalize(u, dim=-1)
+
+
+def draw_embeddings(
+    trials: Sequence[int],
+    num_inputs: int,
+    num_outputs: int,
+    dims: Sequence[int],
+    *,
+    seed: int,
+    kind: str = "gaussian",
+    mode: str = "truncate",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+) -> MemoryEmbeddings:
+    """Embeddings of the given trial indices; trial r's numbers depend only on (seed, r)."""
+    if kind not in EMBEDDING_KINDS:
+        raise ValueError(f"embedding kind must be one of {EMBEDDING_KINDS}, got {kind!r}")
+    if mode not in DRAW_MODES:
+        raise ValueError(f"draw mode must be one of {DRAW_MODES}, got {mode!r}")
+    dims = [int(d) for d in dims]
+    if not dims or min(dims) < 1:
+        raise ValueError(f"dimensions must be >= 1, got {dims}")
+
+    def draws(width: int, *stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # drawn coordinate-major, (width, N + M) per trial, so that the first d coordinates of every
+        # embedding are one contiguous block and products over them need no copy
+        both = torch.empty(len(trials), width, num_inputs + num_outputs, device=device, dtype=dtype)
+        for row, trial in enumerate(trials):
+            gen = trial_generator(seed, trial, *stream, device=device)
+            # float32 normals whatever the compute dtype: float32 and float64 runs then use the
+            # same embeddings (and float32 draws are ~3x faster to generate)
+            both[row].copy_(torch.randn(width, num_inputs + num_outputs, generator=gen, device=device))
+        both = both.transpose(-1, -2)  # (R, N + M, width) view
+        return both[:, :num_inputs], both[:, num_inputs:]
+
+    if mode == "truncate":
+        return MemoryEmbeddings(dims, kind, mode, *draws(max(dims)))
+    inputs, outputs = [], []
+    for d in dims:
+        e, u = draws(d, 1, d)  # keyed by d, so the order of dims does not matter
+        inputs.append(e)
+        outputs.append(u)
+    return MemoryEmbeddings(dims, kind, mode, inputs, outputs)
+
+
+# --------------------------------------------------------------------------------------------
+# exact error
+
+
+def errors_from_scores(
+    scores: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor, head_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact (head, tail) errors from scores (..., M, N) of every output y for every input x.
+
+    head = Σ_{x < head_size} p(x) 1{wrong}, tail = the rest; a tie at the top counts as wrong.
+    """
+    index = targets.expand(*scores.shape[:-2], 1, -1)
+    correct = scores.gather(-2, index)
+    others = scores.scatter(-2, index, float("-inf")).amax(-2, keepdim=True)
+    wrong = (correct <= others).squeeze(-2).to(probs.dtype)  # a tie counts as wrong
+    weighted = wrong * probs
+    return weighted[..., :head_size].sum(-1), weighted[..., head_size:].sum(-1)
+
+
+def memory_scores_bruteforce(
+    weights: torch.Tensor, targets: torch.Tensor, inputs: torch.Tensor, outputs: torch.Tensor
+) -> torch.Tensor:
+    """Scores u_yᵀ W e_x with W = Σ_x q(x) u_{f*(x)} e_xᵀ formed explicitly (the d × d matrix).
+
+    weights (N,), inputs (N, d), outputs (M, d) -> (M, N). Reference for tests and the benchmark.
+    """
+    memory = outputs[targets].T @ (weights[:, None] * inputs)  # (d, d)
+    return outputs @ memory @ inputs.T
+
+
+def memory_errors(
+    weights: torch.Tensor | Sequence[torch.Tensor],
+    targets: torch.Tensor,
+    probs: torch.Tensor,
+    dims: Sequence[int],
+    *,
+    num_trials: int,
+    seed: int,
+    num_outputs: int | None = None,
+    kind: str = "gaussian",
+    mode: str = "truncate",
+    head_size: int | None = None,
+    trial_chunk: int = 8,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Exact errors of the memories W = Σ_x q(x) u_{f*(x)} e_xᵀ for all trials, schemes and d.
+
+    weights: q of shape (R_q, B, D_q, N), where R_q is 1 (shared by all trials) or num_trials,
+      B indexes schemes / sample sizes, and D_q is 1 (same q for every d) or len(dims); or a list
+      of such tensors (same N), evaluated on the same embeddings and concatenated along B.
+    targets: f*(x), (N,) long; probs: p(x), (N,); num_outputs: M (default max f* + 1).
+    Returns {"error", "head", "tail"}: float64 tensors of shape (num_trials, B, len(dims)) on the
+    CPU; error = head + tail, head = Σ_{x < head_size} p(x) 1{wrong} (default head_size = N // 10).
+    """
+    if isinstance(weights, torch.Tensor):
+        weights = [weights]
+    weights = list(weights)
+    if not weights or any(w.ndim != 4 for w in weights):
+        raise ValueError("weights must be tensors of shape (trials|1, B, dims|1, N)")
+    num_inputs = weights[0].shape[-1]
+    if num_outputs is None:  # a random f* may miss the last outputs: pass M to be safe
+        num_outputs = int(targets.max()) + 1
+    elif targets.numel() and int(targets.max()) >= num_outputs:
+        raise ValueError(f"targets must lie in [0, {num_outputs}), got max {int(targets.max())}")
+    dims = [int(d) for d in dims]
+    if targets.shape != (num_inputs,) or probs.shape != (num_inputs,):
+        raise ValueError(
+            f"targets and probs must have shape ({num_inputs},), got {tuple(targets.shape)}, {tuple(probs.shape)}"
+        )
+    for w in weights:
+        if w.shape[-1] != num_inputs:
+            raise ValueError(f"all weights must have N = {num_inputs} columns, got {w.shape[-1]}")
+        if w.shape[0] not in (1, num_trials):
+            raise ValueError(f"weights has {w.shape[0]} trials, expected 1 or {num_trials}")
+        if w.shape[2] not in (1, len(dims)):
+            raise ValueError(f"weights has {w.shape[2]} dims, expected 1 or {len(dims)}")
+        if (w < 0).any():
+            raise ValueError("storage weights q must be >= 0")
+    if num_trials < 1 or trial_chunk < 1:
+        raise ValueError("num_trials and trial_chunk must be >= 1")
+    head_size = num_inputs // 10 if head_size is None else int(head_size)
+    # the prefix accumulation needs increasing d; results are put back in the caller's order
+    order = sorted(range(len(dims)), key=lambda k: dims[k])
+    sorted_dims = [dims[k] for k in order]
+
+    weights = [w.to(device=device, dtype=dtype) for w in weights]
+    # where each weight tensor's schemes go along the B axis of the result
+    offsets = np.cumsum([0] + [w.shape[1] for w in weights]).tolist()
+    targets = targets.to(device)
+    probs_dev = probs.to(device=device, dtype=torch.float64)
+    one_hot = F.one_hot(targets, num_outputs).T.to(dtype)  # (M, N)
+    head = torch.zeros(num_trials, offsets[-1], len(dims), dtype=torch.float64)
+    tail = torch.zeros_like(head)
+
+    starts = range(0, num_trials, trial_chunk)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="trials", unit="chunk", leave=False)
+    for start in starts:
+        trials = list(range(start, min(start + trial_chunk, num_trials)))
+        emb = draw_embeddings(
+            trials, num_inputs, num_outputs, sorted_dims,
+            seed=seed, kind=kind, mode=mode, device=device, dtype=dtype,
+        )
+        rows = slice(trials[0], trials[-1] + 1)
+        for w, first, last in zip(weights, offsets[:-1], offsets[1:]):
+            q = w if w.shape[0] == 1 else w[rows]
+            # q split by output: grouped[r, b, k, z, x] = q(x) 1{f*(x) = z}
+            grouped = rearrange(q, "r b k n -> r b k 1 n") * one_hot
+            d_dependent = w.shape[2] > 1
+            truncated_gaussian = mode == "truncate" and kind == "gaussian"
+            if truncated_gaussian and not d_dependent:
+                scores_per_d = _prefix_scores(grouped[:, :, 0], emb, sorted_dims)
+            elif truncated_gaussian and _sparse_enough(w, sorted_dims):
+                scores_per_d = _prefix_scores_per_d_weights(grouped, emb, sorted_dims, order)
+            else:
+                scores_per_d = _per_d_scores(grouped, emb, sorted_dims, order if d_dependent else None)
+            for position, scores in enumerate(scores_per_d):
+                h, t = errors_from_scores(scores, targets, probs_dev, head_size)
+                head[rows, first:last, order[position]] = h.cpu()
+                tail[rows, first:last, order[position]] = t.cpu()
+    return {"error": head + tail, "head": head, "tail": tail}
+
+
+def _prefix_scores(grouped: torch.Tensor, emb: MemoryEmbeddings, dims: list[int]):
+    """Scores at every d by accumulating coordinate blocks (truncated Gaussian, d-independent q).
+
+    grouped (r|1, B, M, N). Yields (r, B, M, N) for each d in increasing order.
+    """
+    e_full, u_full = emb.inputs, emb.outputs  # (r, N, d_max), (r, M, d_max), standard normal
+    num_schemes, num_outputs = grouped.shape[1], grouped.shape[2]
+    # (B, M) folded into one axis: every product below is one batched matmul over trials, and the
+    # large (r, N, d) inputs are never broadcast (which would copy them B times)
+    flat = rearrange(grouped, "r b m n -> r (b m) n")
+    stored = flat @ e_full  # Σ_{x'→z} q(x') e_x'  (r, B·M, d_max)
+    match = torch.zeros(e_full.shape[0], flat.shape[1], e_full.shape[1], dtype=e_full.dtype, device=e_full.device)
+    gram_out = torch.zeros(u_full.shape[0], num_outputs, num_outputs, dtype=e_full.dtype, device=e_full.device)
+    previous = 0
+    for d in dims:
+        block = slice(previous, d)
+        match += stored[..., block] @ e_full[..., block].transpose(-1, -2)
+        gram_out += u_full[..., block] @ u_full[..., block].transpose(-1, -2)
+        previous = d
+        # 1/d twice: the N(0, I/d) scale of e (in match) and of u (in the Gram); it keeps the
+        # scores equal to u_yᵀ W e_x, though argmax would not change without it
+        by_scheme = rearrange(match, "r (b m) n -> r b m n", b=num_schemes) / d
+        yield (gram_out / d).unsqueeze(1) @ by_scheme
+
+
+def _sparse_enough(weights: torch.Tensor, dims: list[int]) -> bool:
+    """Whether the block accumulation with d-dependent q is cheaper than one pass per d.
+
+    It first forms Σ q_d(x') e_x' over all d_max coordinates for every d (cost ∝ |support| · D · d_max,
+    support = tokens with q > 0 somewhere), then reads each coordinate block of the inputs once;
+    the per-d pass reads the first d coordinates of all N inputs for every d (∝ N · Σ_d d).
+    """
+    support = int((weights > 0).flatten(0, -2).any(0).sum())
+    return support * len(dims) * max(dims) <= weights.shape[-1] * sum(dims)
+
+
+def _prefix_scores_per_d_weights(grouped: torch.Tensor, emb: MemoryEmbeddings, dims: list[int], order: list[int]):
+    """Block accumulation across d when q depends on d (e.g. P = d/8), truncated Gaussian inputs.
+
+    With V_k = Σ_{x'→z} q_{d_k}(x') e_x' over all coordinates, the match at d_k is the sum over the
+    coordinate blocks j <= k of V_k[block_j] · e[block_j]; each block of the inputs is read once and
+    multiplied with the V_k of every d_k >= d_j in one product. grouped (r|1, B, D, M, N) in the
+    caller's d order; yields (r, B, M, N) for each d in increasing order.
+    """
+    e_full, u_full = emb.inputs, emb.outputs  # (r, N, d_max), (r, M, d_max)
+    num_schemes, num_dims, num_outputs = grouped.shape[1], grouped.shape[2], grouped.shape[3]
+    support = (grouped > 0).flatten(0, -2).any(0).nonzero().squeeze(-1)  # tokens stored for some d
+    by_d = rearrange(grouped[:, :, order][..., support], "r b k m s -> r (k b m) s")  # sorted d order
+    stored = rearrange(by_d @ e_full[:, support], "r (k bm) d -> r k bm d", k=num_dims)
+    coordinate_major = e_full.transpose(-1, -2)  # (r, d_max, N), unit stride along N (see draw_embeddings)
+    match = torch.zeros(e_full.shape[0], num_dims, stored.shape[2], e_full.shape[1], dtype=e_full.dtype, device=e_full.device)
+    gram_out = torch.zeros(u_full.shape[0], num_outputs, num_outputs, dtype=e_full.dtype, device=e_full.device)
+    previous = 0
+    for j, d in enumerate(dims):
+        block = slice(previous, d)
+        later = rearrange(stored[:, j:, :, block], "r k bm c -> r (k bm) c")
+        match[:, j:] += rearrange(later @ coordinate_major[:, block], "r (k bm) n -> r k bm n", k=num_dims - j)
+        gram_out += u_full[..., block] @ u_full[..., block].transpose(-1, -2)
+        previous = d
+        by_scheme = rearrange(match[:, j], "r (b m) n -> r b m n", b=num_schemes) / d
+        yield (gram_out / d).unsqueeze(1) @ by_scheme
+
+
+def _per_d_scores(
+    grouped: torch.Tensor, emb: MemoryEmbeddings, dims: list[int], order: list[int] | None
+):
+    """Scores at each d separately (any embeddings, q may depend on d). grouped (r|1, B, D|1, M, N)."""
+    num_schemes = grouped.shape[1]
+    # truncated Gaussian: the draws are coordinate-major (see draw_embeddings), so the first d
+    # coordinates of all inputs are a (d, N) block with unit stride along N: no copy per d
+    coordinate_major = emb.inputs.transpose(-1, -2) if emb.mode == "truncate" and emb.kind == "gaussian" else None
+    for position, d in enumerate(dims):
+        # Gaussian: use the raw coordinates and apply the 1/√d scales to the small results below
+        # instead of copying the (r, N, d) inputs; sphere: the normalization needs the copy
+        e, u = emb.raw(position) if emb.kind == "gaussian" else emb.at(position)
+        e_t = coordinate_major[:, :d] if coordinate_major is not None else e.transpose(-1, -2)  # (r, d, N)
+        g = grouped[:, :, 0] if order is None else grouped[:, :, order[position]]
+        flat = rearrange(g, "r b m n -> r (b m) n")  # no broadcast of e over schemes (see above)
+        match = (flat @ e_t.transpose(-1, -2)) @ e_t  # (r, B·M, N)
+        gram_out = u @ u.transpose(-1, -2)  # (r, M, M)
+        if emb.kind == "gaussian":
+            gram_out = gram_out / (d * d)  # one 1/d from e (in match), one from u
+        yield gram_out.unsqueeze(1) @ rearrange(match, "r (b m) n -> r b m n", b=num_schemes)
+
+
+# --------------------------------------------------------------------------------------------
+# scaling-law fits
+
+
+@dataclass
+class PowerLawFit:
+    slope: float
+    intercept: float  # log(error) = intercept + slope · log(x)
+    ci_low: float
+    ci_high: float
+    num_points: int
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "slope": self.slope, "intercept": self.intercept,
+            "ci_low": self.ci_low, "ci_high": self.ci_high, "num_points": self.num_points,
+        }
+
+
+def fit_power_law(
+    xs: Sequence[float],
+    errors: torch.Tensor,
+    *,
+    seed: int = 0,
+    num_boot: int = 1000,
+    level: float = 0.95,
+    mask: Sequence[bool] | None = None,
+) -> PowerLawFit:
+    """Least-squares slope of log(mean error) against log(x), with a bootstrap CI over trials.
+
+    errors: (num_trials, len(xs)). Points whose mean error is 0 (log undefined) or masked out are
+    dropped; a bootstrap resample that zeroes a kept point drops it for that resample. The CI is
+    the percentile interval of the slope over `num_boot` resamples of the trials.
+    """
+    errors = torch.as_tensor(errors, dtype=torch.float64)
+    log_x = torch.log(torch.as_tensor(list(xs), dtype=torch.float64))
+    keep = errors.mean(0) > 0
+    if mask is not None:
+        keep &= torch.as_tensor(list(mask), dtype=torch.bool)
+    if int(keep.sum()) < 2:
+        raise ValueError("a power-law fit needs at least 2 points with a non-zero error")
+
+    def slope_of(mean_err: torch.Tensor) -> tuple[float, float]:
+        ok = keep & (mean_err > 0)
+        x, y = log_x[ok], torch.log(mean_err[ok])
+        if x.numel() < 2:
+            return float("nan"), float("nan")
+        xc = x - x.mean()
+        slope = float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+        return slope, float(y.mean() - slope * x.mean())
+
+    slope, intercept = slope_of(errors.mean(0))
+    gen = torch.Generator().manual_seed(seed)
+    picks = torch.randint(0, errors.shape[0], (num_boot, errors.shape[0]), generator=gen)
+    boots = np.array([slope_of(errors[p].mean(0))[0] for p in picks])
+    boots = boots[np.isfinite(boots)]
+    tail = (1 - level) / 2
+    low, high = np.quantile(boots, [tail, 1 - tail]) if boots.size else (float("nan"),) * 2
+    return PowerLawFit(slope, intercept, float(low), float(high), int(keep.sum()))

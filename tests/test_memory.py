@@ -1,0 +1,176 @@
+"""Linear associative memory: schemes, exact error vs brute force, vectorization, scaling slope."""
+
+import numpy as np
+import pytest
+import torch
+
+from birth.memory import (
+    draw_embeddings, fit_power_law, memory_errors, memory_scores_bruteforce, q_frequency, q_power,
+    q_seen, q_sgd, q_threshold, sgd_scheme_table, storage_weights,
+)
+from tasks.zipf import ZipfAssociations
+
+COUNTS = torch.tensor([5.0, 0.0, 3.0, 3.0, 1.0, 0.0, 8.0])  # T = 20
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # small tensors: one thread avoids synchronisation costs on a busy 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_schemes_on_hand_made_counts():
+    assert torch.allclose(q_frequency(COUNTS), COUNTS / 20)
+    assert q_seen(COUNTS).tolist() == [1, 0, 1, 1, 1, 0, 1]
+    expected = torch.where(COUNTS > 0, (COUNTS / 20) ** 0.5, torch.zeros(7))
+    assert torch.allclose(q_power(COUNTS, 0.5), expected)
+    assert torch.equal(q_power(COUNTS, 0.0), q_seen(COUNTS))
+    # top 3 seen: counts 8 (x=6), 5 (x=0), then a tie 3/3 between x=2 and x=3 -> the smaller index
+    assert q_threshold(COUNTS, 3).tolist() == [1, 0, 1, 0, 0, 0, 1]
+    assert q_threshold(COUNTS, 4).tolist() == [1, 0, 1, 1, 0, 0, 1]
+    # more slots than seen tokens: only seen tokens are stored
+    assert q_threshold(COUNTS, 7).tolist() == q_seen(COUNTS).tolist()
+    weighted = q_threshold(COUNTS, 2, rho=1.0)
+    assert torch.allclose(weighted, torch.tensor([0.25, 0, 0, 0, 0, 0, 0.4]))
+    # one P per d: shape (len(P), N), nested sets
+    per_d = q_threshold(COUNTS, [1, 2, 5])
+    assert per_d.shape == (3, 7) and per_d.sum(-1).tolist() == [1, 2, 5]
+
+
+def test_sgd_scheme_iterates_the_update():
+    gamma, m = 0.7, 5
+    q, table = 0.0, sgd_scheme_table(6, gamma, m)
+    for n in range(1, 7):
+        q = q + gamma / (1 + np.exp(q) / m)
+        assert table[n].item() == pytest.approx(q)
+    assert table[0] == 0 and (table.diff() > 0).all()
+    got = q_sgd(COUNTS, gamma, m)
+    assert torch.allclose(got, sgd_scheme_table(8, gamma, m)[COUNTS.long()].float())
+    assert torch.equal(storage_weights(COUNTS, "sgd", gamma=gamma, num_outputs=m), got)
+    # a fresh iteration per call: a different γ first does not change the result
+    sgd_scheme_table(10, 10.0, m)
+    assert torch.equal(sgd_scheme_table(6, gamma, m), table)
+    with pytest.raises(ValueError):
+        q_sgd(torch.tensor([0.5, 0.25]), gamma, m)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "sphere"])
+@pytest.mark.parametrize("mode", ["truncate", "independent"])
+def test_exact_error_matches_bruteforce_loop(kind, mode):
+    task = ZipfAssociations(25, 4, 1.3)
+    probs, targets = task.probs(), task.targets()
+    dims = [12, 3, 7, 30]  # unsorted on purpose
+    counts = task.nested_counts([4, 40], num_trials=3, seed=2)  # (3, 2, N)
+    flat = torch.cat([q_frequency(counts), q_seen(counts)], 1)[:, :, None]  # (3, 4, 1, N)
+    per_d = q_threshold(counts, [2, 1, 3, 9])  # (3, 2, 4, N)
+    out = memory_errors([flat, per_d], targets, probs, dims, num_trials=3, seed=4, num_outputs=4,
+                        kind=kind, mode=mode, head_size=5, trial_chunk=2)
+    emb = draw_embeddings(range(3), 25, 4, dims, seed=4, kind=kind, mode=mode)
+    for r in range(3):
+        for k, d in enumerate(dims):
+            e, u = emb.at(k)
+            qs = list(flat[r, :, 0]) + list(per_d[r, :, k])
+            for b, q in enumerate(qs):
+                scores = memory_scores_bruteforce(q, targets, e[r], u[r])
+                assert e[r].shape == (25, d)
+                wrong = [int(scores[:, x].argmax()) != int(targets[x]) for x in range(25)]
+                error = sum(float(probs[x]) for x in range(25) if wrong[x])
+                head = sum(float(probs[x]) for x in range(5) if wrong[x])
+                assert out["error"][r, b, k].item() == pytest.approx(error, abs=1e-12)
+                assert out["head"][r, b, k].item() == pytest.approx(head, abs=1e-12)
+    assert torch.allclose(out["head"] + out["tail"], out["error"])
+
+
+def test_results_do_not_depend_on_chunking_and_seed_matters():
+    task = ZipfAssociations(40, 5, 2.0)
+    w = task.probs()[None, None, None]
+    args = (task.targets(), task.probs(), [5, 20])
+    a = memory_errors(w, *args, num_trials=5, seed=1, trial_chunk=2)["error"]
+    b = memory_errors(w, *args, num_trials=5, seed=1, trial_chunk=5)["error"]
+    c = memory_errors(w, *args, num_trials=5, seed=2, trial_chunk=5)["error"]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_one_hot_embeddings_with_all_tokens_seen_give_zero_error():
+    # with d >= N and orthonormal e_x, u_y, q = 1{seen} recalls every seen token
+    n_inputs, n_outputs = 12, 4
+    task = ZipfAssociations(n_inputs, n_outputs, 1.0)
+    counts = torch.ones(n_inputs)
+    q = q_seen(counts)
+    eye = torch.eye(16, dtype=torch.float64)
+    scores = memory_scores_bruteforce(q, task.targets(), eye[:n_inputs], eye[:n_outputs])
+    assert torch.equal(scores.argmax(0), task.targets())
+    # unseen tokens are not recalled (a tie at 0 counts as wrong): one unseen -> error p(x)
+    counts[7] = 0
+    scores = memory_scores_bruteforce(q_seen(counts), task.targets(), eye[:n_inputs], eye[:n_outputs])
+    assert (scores.argmax(0) != task.targets()).sum() <= 1 and scores[:, 7].abs().max() == 0
+
+
+def test_zero_memory_is_always_wrong():
+    task = ZipfAssociations(10, 3, 1.0)
+    out = memory_errors(torch.zeros(1, 1, 1, 10), task.targets(), task.probs(), [4], num_trials=2, seed=0)
+    assert torch.allclose(out["error"], torch.ones_like(out["error"]))
+
+
+def test_q_equals_p_slope_near_theory():
+    # figure 3, small: the error of q = p decays like d^{-(α-1)/(2α)} = d^{-1/4} for α = 2
+    task = ZipfAssociations(1000, 5, 2.0)
+    dims = [10, 18, 32, 56, 100, 178, 316, 562, 1000]
+    err = memory_errors(task.probs()[None, None, None], task.targets(), task.probs(), dims,
+                        num_trials=12, seed=0, dtype=torch.float32)["error"][:, 0]
+    fit = fit_power_law(dims, err, num_boot=200)
+    theory = -(2.0 - 1) / (2 * 2.0)
+    assert abs(fit.slope - theory) < 0.1, fit
+    assert fit.ci_low <= fit.slope <= fit.ci_high
+
+
+def test_fit_power_law_recovers_a_known_slope():
+    xs = [1, 2, 4, 8, 16]
+    errors = torch.tensor([[3.0 * x ** -0.5 for x in xs]] * 4)
+    fit = fit_power_law(xs, errors, num_boot=50)
+    assert fit.slope == pytest.approx(-0.5) and fit.intercept == pytest.approx(np.log(3.0))
+
+
+def test_bad_inputs_raise():
+    task = ZipfAssociations(10, 3, 1.0)
+    with pytest.raises(ValueError):
+        memory_errors(torch.ones(10), task.targets(), task.probs(), [4], num_trials=1, seed=0)
+    with pytest.raises(ValueError):
+        memory_errors(-torch.ones(1, 1, 1, 10), task.targets(), task.probs(), [4], num_trials=1, seed=0)
+    with pytest.raises(ValueError):
+        draw_embeddings([0], 5, 2, [3], seed=0, kind="cube")
+    with pytest.raises(ValueError):
+        storage_weights(COUNTS, "nope")
+    with pytest.raises(ValueError):
+        storage_weights(COUNTS, "power")
+
+
+def test_storage_weights_dispatch():
+    assert torch.equal(storage_weights(COUNTS, "threshold", top=3), q_threshold(COUNTS, 3))
+    assert torch.equal(storage_weights(COUNTS, "power", rho=0.3), q_power(COUNTS, 0.3))
+    assert torch.equal(storage_weights(COUNTS, "seen"), q_seen(COUNTS))
+    assert torch.equal(storage_weights(COUNTS, "frequency"), q_frequency(COUNTS))
+
+
+def test_all_computation_paths_agree_with_bruteforce():
+    # truncated Gaussian: d-independent q (block prefix), sparse d-dependent q (block prefix over
+    # all larger d), dense d-dependent q (one pass per d) must all equal the explicit W
+    from birth import memory
+
+    task = ZipfAssociations(40, 3, 1.0)
+    probs, targets, dims = task.probs(), task.targets(), [4, 9, 17]
+    dense = torch.stack([probs ** (d / 10) for d in dims])[None, None]  # every token stored
+    sparse = q_threshold(probs, [1, 2, 4])[None, None]
+    flat = probs[None, None, None]
+    assert not memory._sparse_enough(dense, dims) and memory._sparse_enough(sparse, dims)
+    out = memory_errors([flat, sparse, dense], targets, probs, dims, num_trials=2, seed=9)["error"]
+    emb = draw_embeddings(range(2), 40, 3, dims, seed=9)
+    for r in range(2):
+        for k in range(len(dims)):
+            e, u = emb.at(k)
+            for b, q in enumerate([flat[0, 0, 0], sparse[0, 0, k], dense[0, 0, k]]):
+                pred = memory_scores_bruteforce(q, targets, e[r], u[r]).argmax(0)
+                assert out[r, b, k].item() == pytest.approx(float((probs * (pred != targets)).sum()), abs=1e-12)

@@ -1,0 +1,86 @@
+"""Gradient-trained memories: optimizers, LayerNorm, approximation of the q dynamics."""
+
+import pytest
+import torch
+
+from birth.memory import memory_errors, q_sgd
+from tasks.zipf import ZipfAssociations
+from training.memory_sgd import TrainConfig, approximate_q_dynamics, exact_error, sample_batches, train_memory
+
+TASK = ZipfAssociations(30, 3, 1.5)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # small tensors: one thread avoids synchronisation costs on a busy 2-core machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_sgd_learns_and_is_seeded():
+    config = TrainConfig("sgd", lr=5.0, batch_size=8, num_steps=150, eval_steps=[0, 50])
+    a = train_memory(TASK, 32, 2, config, seed=1)
+    b = train_memory(TASK, 32, 2, config, seed=1)
+    assert a["steps"].tolist() == [0, 50, 150]
+    assert torch.equal(a["error"], b["error"])
+    assert (a["error"][:, 0] == 1).all()  # W = 0: every score ties -> wrong
+    assert (a["error"][:, -1] < 0.1).all()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sign"])
+@pytest.mark.parametrize("layer_norm", [False, True])
+def test_other_optimizers_learn(optimizer, layer_norm):
+    config = TrainConfig(optimizer, lr=0.05, batch_size=16, num_steps=100, layer_norm=layer_norm)
+    out = train_memory(TASK, 32, 2, config, seed=0)
+    assert (out["error"][:, -1] < 0.2).all()
+
+
+def test_adam_is_not_sign_sgd():
+    # the reference's "Adam" had betas = 0, i.e. sign-SGD; a real Adam takes different steps
+    kwargs = dict(lr=0.05, batch_size=4, num_steps=30, eval_steps=list(range(31)))
+    adam = train_memory(TASK, 16, 1, TrainConfig("adam", **kwargs), seed=3)["error"]
+    sign = train_memory(TASK, 16, 1, TrainConfig("sign", **kwargs), seed=3)["error"]
+    fake = train_memory(TASK, 16, 1, TrainConfig("adam", adam_betas=(0.0, 0.0), **kwargs), seed=3)["error"]
+    assert torch.allclose(fake, sign)
+    assert not torch.allclose(adam, sign)
+
+
+def test_learned_embeddings_and_lr_drop_run():
+    config = TrainConfig("sgd", lr=2.0, batch_size=8, num_steps=60, lr_drop_step=30, learn_embeddings=True)
+    out = train_memory(TASK, 8, 2, config, seed=0)
+    assert out["error"].shape == (2, 1) and (out["error"] < 1).all()
+
+
+def test_batch1_q_dynamics_is_the_sgd_scheme():
+    batches = sample_batches(TASK, 2, 200, 1, seed=4)
+    q = approximate_q_dynamics(batches, 30, 3, 0.5, [50, 200])
+    for k, steps in enumerate([50, 200]):
+        counts = torch.stack([torch.bincount(batches[r, :steps, 0], minlength=30) for r in range(2)]).double()
+        assert torch.allclose(q[:, k], q_sgd(counts, 0.5, 3))
+
+
+def test_sgd_matches_the_q_approximation_when_d_is_large():
+    task = ZipfAssociations(20, 4, 2.0)
+    config = TrainConfig("sgd", lr=1.0, batch_size=1, num_steps=300, eval_steps=[100, 300])
+    trained = train_memory(task, 200, 4, config, seed=2)
+    q = approximate_q_dynamics(trained["batches"], 20, 4, 1.0, trained["steps"].tolist())
+    approx = memory_errors(q[:, :, None], task.targets(), task.probs(), [200], num_trials=4, seed=2, num_outputs=4,
+                           dtype=torch.float32)
+    assert (trained["error"] - approx["error"][:, :, 0]).abs().mean() < 0.03
+
+
+def test_exact_error_of_one_hot_memory_is_zero():
+    eye = torch.eye(30, dtype=torch.float64)
+    targets = TASK.targets()
+    memory = (eye[targets].T @ eye)[None]  # Σ_x u_{f(x)} e_xᵀ with one-hot embeddings
+    err = exact_error(memory, eye[None], eye[:3][None], targets, TASK.probs())
+    assert err.item() == 0
+
+
+def test_bad_config_raises():
+    with pytest.raises(ValueError):
+        train_memory(TASK, 8, 1, TrainConfig("adamw"), seed=0)
+    with pytest.raises(ValueError):
+        train_memory(TASK, 8, 1, TrainConfig("sgd", num_steps=5, eval_steps=[9]), seed=0)
