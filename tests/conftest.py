@@ -34,5 +34,5 @@ def tiny_config():
         eval_every=2,
         checkpoint_every=4,
         steps=12,
-        lr=0.5,
+        lr=0.05,
     )

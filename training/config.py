@@ -99,18 +99,24 @@ class TrainConfig:
 # The paper's Fig. 3 setting (README of the reference code).
 PAPER = TrainConfig()
 
-# CPU-friendly: smaller width, context and batch, a larger learning rate; reaches >= 99%
-# in-context accuracy on 2 cores in a few minutes (see README, "Tuning the quick preset").
+# CPU-friendly: d=128, T=32, batch 256, AdamW from zero-initialized W_K¹, W_K², W_O². On 2 CPU
+# cores it passes 99% in-context accuracy after ~325 steps and W_KQ1 >= 0.9 after ~250 (seed 0).
+# What was tried (README, "Tuning the quick preset"): SGD (lr 0.2-5) learns W_OV2/W_KQ2 but its
+# W_KQ1 stays near chance for hundreds of steps; with T=64/128 the late positions of W_KQ1 learn
+# slowly (their initial attention is diluted over t keys), so W_KQ1 stalls near 0.55.
 QUICK = dataclasses.replace(
     PAPER,
     d_model=128,
-    seq_len=128,
-    batch_size=64,
-    lr=0.2,
-    steps=1500,
+    seq_len=32,
+    batch_size=256,
+    optimizer="adamw",
+    lr=0.02,
+    weight_decay=0.0,
+    trainable_init="zero",
+    steps=800,
     eval_every=25,
     eval_batch_size=256,
-    checkpoint_every=250,
+    checkpoint_every=200,
 )
 
 PRESETS: dict[str, TrainConfig] = {"quick": QUICK, "paper": PAPER}

@@ -1,0 +1,445 @@
+"""The theory of *Birth of a Transformer* made executable: hand-built memories, three gradient steps
+and the "gradients as memories" lemma.
+
+Hand-built memories (paper, section 5). With near-orthonormal random embeddings the three target
+associative memories are, in the paper's column-vector notation,
+
+    W_KQ¹ = Σ_t p_{t+1} p_tᵀ                       (previous-token head: query p_{t+1}, key p_t)
+    W_KQ² = Σ_{k∈Q} w_E(k) (W_OV¹ w_E(k))ᵀ          (induction head: query trigger, key "after q")
+    W_OV² = Σ_k w_U(k) w_E(k)ᵀ                      (copy the attended token to the output)
+
+TransformerLens multiplies row vectors, so each is inserted transposed (see `birth.model`):
+row-form QK of a simplified layer is `k.weight` (W_Q = I) and row-form OV is W_V W_O.
+
+Three gradient steps (paper, Theorem 3; seed talk: "we can recover the desired associative memories
+with 3 gradient steps on the population loss: first on W_OV², then W_KQ², then W_KQ¹"). From a zero
+init of the trainable matrices, attention is uniform, so every attention output is an average of
+embeddings. One large-batch gradient step on W_O² alone already points along Σ_k w_U(k) w_E(k)ᵀ
+(the correct output is always in the context); with W_OV² in place, a step on W_K² alone makes
+triggers attend to positions whose layer-1 output carries W_OV¹ w_E(q); with both in place, a step
+on W_K¹ alone focuses layer 1 on the previous token. In the reverse order each step sees a zero
+downstream matrix, so the gradient carries (almost) no signal.
+
+The population gradient is approximated by averaging the gradient over many sampled sequences.
+Step sizes: the theorem needs "large enough" η; here η of each step is set so that the update has
+a prescribed Frobenius norm (η = norm / ‖∇‖_F), which keeps the procedure meaningful across d, T
+and batch sizes. The η actually used is reported.
+
+Lemma (gradients as memories). For a linear memory ξ_W(z)_k = v_kᵀ W u_z trained with the
+cross-entropy loss on z ~ Unif([N]), y = f*(z), one population gradient step from W_0 = 0 gives
+
+    W_1 = (η/N) Σ_{z,k} (1{k = f*(z)} − 1/N) v_k u_zᵀ,   so   v_kᵀ W_1 u_z ≈ (η/N) 1{f*(z) = k} + O(η/N²).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from birth.model import attn_linear
+
+MEMORIES = ("W_OV2", "W_KQ2", "W_KQ1")
+# which nn.Linear of the simplified model stores each memory: (layer, name)
+MEMORY_LINEAR: dict[str, tuple[int, str]] = {"W_OV2": (1, "o"), "W_KQ2": (1, "k"), "W_KQ1": (0, "k")}
+PAPER_ORDER = ("W_OV2", "W_KQ2", "W_KQ1")
+REVERSE_ORDER = ("W_KQ1", "W_KQ2", "W_OV2")
+
+
+# ---------------------------------------------------------------------------------------------
+# hand-built memories
+# ---------------------------------------------------------------------------------------------
+
+
+def _require_two_layer_simplified(model: nn.Module) -> None:
+    if model.cfg.n_layers != 2:
+        raise ValueError(f"the induction memories need a 2-layer model, got {model.cfg.n_layers} layers")
+    if not torch.equal(
+        attn_linear(model, 1, "q").weight.detach().cpu(), torch.eye(model.cfg.d_model)
+    ):
+        raise ValueError("hand-built memories need the simplified model (W_Q = identity)")
+
+
+@torch.no_grad()
+def target_memories(
+    model: nn.Module, triggers: torch.Tensor | None, *, first_position_fix: bool = False
+) -> dict[str, torch.Tensor]:
+    """The three target memories in row form, each [d, d], unscaled (one term per stored pair).
+
+    `triggers`: the fixed trigger set stored in W_KQ²; None stores every token (random triggers).
+    `first_position_fix`: add one correction term to W_KQ² for the first position (see below).
+    """
+    _require_two_layer_simplified(model)
+    W_E, W_U, P = model.W_E.detach(), model.W_U.T.detach(), model.W_pos.detach()  # rows
+    tokens = torch.arange(W_E.shape[0], device=W_E.device) if triggers is None else triggers
+    queries = W_E[tokens.to(W_E.device)]
+    keys = queries @ model.OV[0, 0].AB  # W_OV¹ w_E(k), row form
+    kq2 = queries.T @ keys  # score(query w_E(k), key W_OV¹ w_E(k)) large
+    if first_position_fix:
+        # Position 0 can only attend to itself, so when z_1 is a trigger q its layer-1 output is
+        # W_OV¹ w_E(q) and the induction key matches there too, copying q instead of o. The key at
+        # position 0 alone carries p_0 + W_OV¹ p_0: a term scoring −1 on it (net ≈ 0 after the +1
+        # match) mutes that spurious match. The paper's memories have no such term. (−2 would
+        # push it below zero but doubles the noise the term adds to every other key: worse.)
+        sink = P[0] + P[0] @ model.OV[0, 0].AB
+        kq2 = kq2 - 1.0 * queries.T @ (sink / sink.dot(sink)).expand_as(keys)
+    return {
+        "W_OV2": W_E.T @ W_U,  # Σ_k w_E(k)ᵀ w_U(k): row vector w_E(k) ↦ w_U(k)
+        "W_KQ2": kq2,
+        "W_KQ1": P[1:].T @ P[:-1],  # score(query p_{t+1}, key p_t) large
+    }
+
+
+@torch.no_grad()
+def insert_memories(
+    model: nn.Module,
+    triggers: torch.Tensor | None,
+    scale: float = 30.0,
+    *,
+    attention_scale: float | None = None,
+    first_position_fix: bool = False,
+) -> None:
+    """Write the paper's hand-built memories into a simplified 2-layer model, in place.
+
+    `scale` is the logit given to the stored output by W_OV²; `attention_scale` (default: `scale`)
+    is the attention score of a stored (query, key) pair. Attention scores are divided by √d in the
+    model, so the key-query memories are multiplied by √d to make the score ≈ attention_scale.
+    W_V² is set to the identity so that W_OV² = W_O² is the memory itself (a random frozen W_V²
+    would have to be inverted, which is ill-conditioned). `first_position_fix`: see
+    `target_memories`; it only changes W_KQ², so the probes are unaffected.
+    """
+    if not scale > 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    attention_scale = scale if attention_scale is None else attention_scale
+    d = model.cfg.d_model
+    memories = target_memories(model, triggers, first_position_fix=first_position_fix)
+    attn_linear(model, 1, "v").weight.copy_(torch.eye(d))
+    # nn.Linear stores weight [out, in] with y = x weightᵀ: row-form matrix M goes in as Mᵀ
+    attn_linear(model, 1, "o").weight.copy_(scale * memories["W_OV2"].T)
+    # row-form QK of a W_Q = I layer is k.weight itself (score = x_t @ k.weight @ x_sᵀ / √d)
+    attn_linear(model, 1, "k").weight.copy_(attention_scale * math.sqrt(d) * memories["W_KQ2"])
+    attn_linear(model, 0, "k").weight.copy_(attention_scale * math.sqrt(d) * memories["W_KQ1"])
+
+
+# ---------------------------------------------------------------------------------------------
+# three gradient steps
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepRecord:
+    """The state after one gradient step (step 0 is the zero initialization)."""
+
+    step: int
+    matrix: str | None  # which memory was stepped (None for the initial state)
+    eta: float  # step size used (0 for the initial state)
+    grad_norm: float  # ‖∇‖_F of the stepped matrix
+    loss_before: float  # population-like loss at which the gradient was taken
+    probes: dict[str, float] = field(default_factory=dict)
+    icl_acc: float = float("nan")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def large_batch_gradient(
+    model: nn.Module,
+    parameter: nn.Parameter,
+    batches: Sequence,
+    loss_fn: Callable[[nn.Module, object], torch.Tensor | None],
+    count_fn: Callable[[object], int],
+) -> tuple[torch.Tensor, float]:
+    """Gradient of the mean loss over all selected targets of all `batches`, w.r.t. `parameter`.
+
+    Each chunk's mean loss is weighted by its number of targets, so the result equals the gradient
+    of one batch holding every chunk (a population-like gradient, memory bounded by one chunk).
+    """
+    total = sum(count_fn(b) for b in batches)
+    if total == 0:
+        raise ValueError("the gradient batches hold no target to learn from")
+    grad = torch.zeros_like(parameter)
+    loss_sum = 0.0
+    for batch in batches:
+        n = count_fn(batch)
+        if n == 0:
+            continue
+        loss = loss_fn(model, batch)
+        (g,) = torch.autograd.grad(loss * (n / total), parameter)
+        grad += g
+        loss_sum += loss.item() * n
+    return grad, loss_sum / total
+
+
+def gradient_steps(
+    model: nn.Module,
+    order: Sequence[str],
+    step_norms: dict[str, float],
+    batches_for_step: Callable[[int], Sequence],
+    loss_fn: Callable[[nn.Module, object], torch.Tensor | None],
+    count_fn: Callable[[object], int],
+    measure: Callable[[nn.Module], tuple[dict[str, float], float]],
+    progress: Callable[[str], None] | None = None,
+) -> list[StepRecord]:
+    """One large-batch gradient step on each memory of `order`, in turn, only that matrix moving.
+
+    `step_norms[name]`: Frobenius norm of that memory's update (η = norm / ‖∇‖_F).
+    `batches_for_step(i)`: the sampled batches of step i (same i ⇒ same data, so that two orders
+    see identical data). `measure(model)` returns (probes, in-context accuracy).
+    """
+    unknown = [name for name in order if name not in MEMORY_LINEAR]
+    if unknown:
+        raise ValueError(f"unknown memories {unknown}; choose from {list(MEMORY_LINEAR)}")
+    probes, acc = measure(model)
+    records = [StepRecord(0, None, 0.0, 0.0, float("nan"), probes, acc)]
+    for i, name in enumerate(order, start=1):
+        layer, linear = MEMORY_LINEAR[name]
+        weight = attn_linear(model, layer, linear).weight
+        if not weight.requires_grad:
+            raise ValueError(f"{name} ({linear}.weight of layer {layer + 1}) is frozen in this model")
+        grad, loss = large_batch_gradient(model, weight, batches_for_step(i), loss_fn, count_fn)
+        grad_norm = grad.norm().item()
+        # a zero gradient (a downstream matrix is still zero) leaves the matrix at zero
+        eta = step_norms[name] / grad_norm if grad_norm > 1e-12 else 0.0
+        with torch.no_grad():
+            weight -= eta * grad
+        probes, acc = measure(model)
+        records.append(StepRecord(i, name, eta, grad_norm, loss, probes, acc))
+        if progress is not None:
+            text = "  ".join(f"{k} {v:.2f}" for k, v in probes.items())
+            progress(f"step {i}: {name} (η={eta:.3g}, ‖∇‖={grad_norm:.3g})  {text}  icl {acc:.3f}")
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# lemma: gradients as memories
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LemmaResult:
+    n_tokens: int
+    d: int
+    eta: float
+    measured: torch.Tensor  # [N, N] v_kᵀ W_1 u_z, rows k (outputs), columns z (inputs)
+    predicted: torch.Tensor  # [N, N] (η/N) 1{f*(z) = k}
+    f_star: torch.Tensor  # [N]
+    n_samples: int  # 0: exact population gradient
+
+    @property
+    def max_abs_error(self) -> float:
+        return (self.measured - self.predicted).abs().max().item()
+
+    @property
+    def relative_error(self) -> float:
+        """max |measured − predicted| in units of η/N, the size of a stored association."""
+        return self.max_abs_error / (self.eta / self.n_tokens)
+
+    @property
+    def argmax_accuracy(self) -> float:
+        """Corollary: f̂(z) = argmax_k v_kᵀ W_1 u_z recovers f*(z)."""
+        return (self.measured.argmax(dim=0) == self.f_star).float().mean().item()
+
+
+def lemma_one_step(
+    n_tokens: int = 64,
+    d: int = 1024,
+    eta: float = 1.0,
+    *,
+    n_samples: int = 0,
+    seed: int = 0,
+    orthonormal: bool = False,
+) -> LemmaResult:
+    """One gradient step from W_0 = 0 on L(W) = E_z[ℓ(f*(z), (v_kᵀ W u_z)_k)], z ~ Unif([N]).
+
+    Embeddings u_z, v_k ~ N(0, I/d) (near-orthonormal), or exactly orthonormal (needs d >= N), and
+    f*: [N] → [N] uniformly random, all from a generator seeded by `seed`. `n_samples = 0` takes the
+    exact population gradient (the 1/N-weighted sum over every z); otherwise the gradient of the
+    mean loss over `n_samples` draws of z (a population-like large batch).
+    """
+    if n_tokens < 2 or d < 1 or not eta > 0 or n_samples < 0:
+        raise ValueError(
+            f"need n_tokens >= 2, d >= 1, eta > 0, n_samples >= 0; got {n_tokens}, {d}, {eta}, {n_samples}"
+        )
+    if orthonormal and d < n_tokens:
+        raise ValueError(f"orthonormal embeddings need d >= n_tokens, got d={d} < {n_tokens}")
+    gen = torch.Generator().manual_seed(seed)
+    dtype = torch.float64  # the O(η/N²) terms are small: keep them above rounding noise
+    if orthonormal:
+        # the first N columns of a random orthogonal matrix (QR of a Gaussian), for u and for v
+        U = torch.linalg.qr(torch.randn(d, n_tokens, generator=gen, dtype=dtype))[0].T
+        V = torch.linalg.qr(torch.randn(d, n_tokens, generator=gen, dtype=dtype))[0].T
+    else:
+        U = torch.randn(n_tokens, d, generator=gen, dtype=dtype) / math.sqrt(d)
+        V = torch.randn(n_tokens, d, generator=gen, dtype=dtype) / math.sqrt(d)
+    f_star = torch.randint(0, n_tokens, (n_tokens,), generator=gen)
+    if n_samples:
+        z = torch.randint(0, n_tokens, (n_samples,), generator=gen)
+    else:
+        z = torch.arange(n_tokens)  # every z once: the mean is the population expectation
+    W = torch.zeros(d, d, dtype=dtype, requires_grad=True)
+    logits = (U[z] @ W.T) @ V.T  # [n, N]: ξ_W(z)_k = v_kᵀ W u_z
+    loss = F.cross_entropy(logits, f_star[z])
+    (grad,) = torch.autograd.grad(loss, W)
+    W1 = -eta * grad
+    measured = V @ W1 @ U.T  # [k, z]
+    predicted = torch.zeros(n_tokens, n_tokens, dtype=dtype)
+    predicted[f_star, torch.arange(n_tokens)] = eta / n_tokens
+    return LemmaResult(n_tokens, d, eta, measured, predicted, f_star, n_samples)
+
+
+# ---------------------------------------------------------------------------------------------
+# three gradient steps on the triggered-bigram task
+# ---------------------------------------------------------------------------------------------
+
+# Frobenius norm of each step's update. W_OV²'s target memory Σ_k w_E(k)ᵀ w_U(k) has norm ≈ √N ≈ 8
+# and gives the stored output a logit ≈ 1 per unit of scale; the key-query memories are scored
+# /√d, so a comparable sharpening needs a √d-times larger norm. "Large enough" (Theorem 3) means
+# the attention of the next step is already focused; these values do that at d = 64 … 256.
+DEFAULT_STEP_NORMS: dict[str, float] = {"W_OV2": 100.0, "W_KQ2": 100.0, "W_KQ1": 100.0}
+
+
+BASES = ("uniform", "shakespeare")
+
+
+def induction_logits(
+    model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor, *, direct_path: bool = True
+) -> torch.Tensor:
+    """Logits [M, N] of the simplified 2-layer model at the selected `positions` [B, T].
+
+    The same function as `model(tokens)[positions]` when `direct_path` is true. Without it the
+    residual stream x_t skips the unembedding and only layer 2's attention output reaches the
+    logits: at infinite width (the theorem) w_U(j)ᵀ x_t = 0, so from a zero W_O² the predicted
+    law is exactly uniform; at finite d the direct path gives logits of size ~1/√d whose
+    correlation with the context swamps the ~1/T-sized signal of the first gradient step.
+    """
+    import torch.nn.functional as F
+
+    from birth.model import native
+
+    nm = native(model)
+    E, P, U = nm.tok_embed.weight, nm.pos.weight, nm.head.weight
+    scale = 1.0 / nm.layers[0].attn.scale
+    T = tokens.shape[1]
+    x = E[tokens] + P[:T]
+    for i, block in enumerate(nm.layers):
+        a = block.attn
+        k = x @ a.k.weight.T
+        v = (x @ a.v.weight.T) @ a.o.weight.T
+        q = a.q(x)
+        out = F.scaled_dot_product_attention(
+            q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), is_causal=True, scale=scale
+        ).squeeze(1)
+        if i == len(nm.layers) - 1:
+            h = out + x if direct_path else out
+            return h[positions] @ U.T
+        x = x + out
+    raise AssertionError("unreachable")
+
+
+def uniform_stats(stats):
+    """Corpus statistics with uniform unigram and bigram laws over the same vocabulary."""
+    from tasks.shakespeare import CorpusStats
+
+    n = stats.vocab_size
+    return CorpusStats(
+        vocab=stats.vocab,
+        unigram_counts=torch.ones(n, dtype=torch.long),
+        bigram_counts=torch.ones(n, n, dtype=torch.long),
+        n_chars=n,
+        sha256="uniform",
+    )
+
+
+def run_gradient_steps(
+    config,  # training.config.TrainConfig (imported lazily: training imports birth)
+    order: Sequence[str] = PAPER_ORDER,
+    *,
+    n_sequences: int = 2048,
+    chunk: int = 256,
+    step_norms: dict[str, float] | None = None,
+    scale_norms_with_d: bool = True,
+    base: str = "uniform",
+    value_identity: bool = True,
+    direct_path: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> list[StepRecord]:
+    """Three large-batch gradient steps from zero on the simplified 2-layer model of `config`.
+
+    The model is built with `trainable_init="zero"` (W_K¹ = W_K² = W_O² = 0, so attention is
+    uniform); step i uses `n_sequences` fresh sequences (in chunks of `chunk`), drawn from a
+    generator seeded by (config.seed, i): two orders see the same data at the same step index.
+    The loss is `config.loss_on` (outputs: counter >= 2 targets, as in the theorem).
+    `scale_norms_with_d`: multiply the key-query step norms by √(d/128) (their scores are /√d).
+    `base`: "uniform" (the theorem's setting: every non-trigger transition uniform over the
+    vocabulary) or "shakespeare" (the training task's character bigrams). With Shakespeare
+    statistics the frequent characters make the context average E[x̄] large and the first step's
+    W_OV² is swamped by a rank-one term; the theorem assumes uniform distributions.
+    `value_identity`: set the frozen W_V² to the identity (the theorem's simplified architecture
+    trains W_OV² itself). A step on W_O² behind a random W_V² moves W_OV² by W_V² W_V²ᵀ ∇, and
+    that Wishart matrix (eigenvalues spread over [0, 4]) mixes the stored pairs at finite d.
+    `direct_path`: keep the residual path to the unembedding in the loss (see `induction_logits`;
+    the theorem's infinite width makes it vanish). Metrics always use the full model.
+    """
+    from tasks.shakespeare import load_stats
+    from tasks.triggered_bigram import TriggeredBigram
+    from training.loop import evaluate, loss_mask, step_seed
+
+    from birth.model import build_model
+
+    if config.n_layers != 2 or config.variant != "simplified":
+        raise ValueError("the gradient-step procedure needs the simplified 2-layer model")
+    if n_sequences < 1 or chunk < 1:
+        raise ValueError(f"n_sequences and chunk must be >= 1, got {n_sequences}, {chunk}")
+    config = dataclasses.replace(config, trainable_init="zero")
+    stats = uniform_stats(load_stats()) if base == "uniform" else load_stats()
+    if base not in BASES:
+        raise ValueError(f"base must be one of {BASES}, got {base!r}")
+    config.validate(stats.vocab_size)
+    task = TriggeredBigram(config.task_config(), stats)
+    model = build_model(config.model_config(stats.vocab_size))
+    if value_identity:
+        with torch.no_grad():
+            attn_linear(model, 1, "v").weight.copy_(torch.eye(config.d_model))
+    probe_triggers = task.fixed_triggers if config.trigger_mode == "fixed" else None
+    eval_batch = task.sample(config.eval_batch_size, task.generator(config.eval_seed))
+
+    norms = dict(DEFAULT_STEP_NORMS if step_norms is None else step_norms)
+    if scale_norms_with_d:
+        for name in ("W_KQ2", "W_KQ1"):
+            norms[name] *= math.sqrt(config.d_model / 128)
+
+    def mask_of(b) -> torch.Tensor:
+        return loss_mask(b, config.loss_on)
+
+    sizes = [min(chunk, n_sequences - start) for start in range(0, n_sequences, chunk)]
+
+    def batches_for_step(i: int) -> list:
+        # an offset keeps these draws apart from the training loop's own per-step batches
+        return [
+            task.sample(size, task.generator(step_seed(config.seed, 10_000_000 + 1000 * i + j)))
+            for j, size in enumerate(sizes)
+        ]
+
+    def measure(m: nn.Module) -> tuple[dict[str, float], float]:
+        row = evaluate(m, eval_batch, config, probe_triggers)
+        probes = {k.removeprefix("probes/"): v for k, v in row.items() if k.startswith("probes/")}
+        return probes, row["eval/icl_acc"]
+
+    return gradient_steps(
+        model,
+        order,
+        norms,
+        batches_for_step,
+        lambda m, b: F.cross_entropy(
+            induction_logits(m, b.inputs, mask_of(b), direct_path=direct_path),
+            b.targets[mask_of(b)],
+        ),
+        lambda b: int(loss_mask(b, config.loss_on).sum()),
+        measure,
+        progress,
+    )
