@@ -79,6 +79,35 @@ def target_attention(
     )
 
 
+@torch.no_grad()
+def target_set_attention(
+    pattern: torch.Tensor, target_keys: torch.Tensor, valid: torch.Tensor
+) -> AttentionScore:
+    """Attention of each valid query on a *set* of target keys (target_keys [B, T, T] bool):
+    mass = total weight on the set, argmax = the most-attended key is in the set."""
+    _check_pattern(pattern)
+    valid = valid.to(pattern.device).bool()
+    n = int(valid.sum())
+    if n == 0:
+        return AttentionScore(float("nan"), float("nan"), 0)
+    target_keys = target_keys.to(pattern.device).bool()
+    mass = (pattern * target_keys).sum(dim=-1)
+    hit = target_keys.gather(2, pattern.argmax(dim=-1, keepdim=True)).squeeze(-1)
+    return AttentionScore(mass[valid].float().mean().item(), hit[valid].float().mean().item(), n)
+
+
+def after_earlier_occurrences(tokens: torch.Tensor) -> torch.Tensor:
+    """[B, T, T] bool: key s follows an earlier occurrence of query t's token (tokens[s-1] ==
+    tokens[t], s - 1 < t). An induction head may split its attention over all of these keys, since
+    each holds the same output when the token is a trigger."""
+    same = tokens.unsqueeze(2) == tokens.unsqueeze(1)  # [B, query t, key s-1]
+    T = tokens.shape[1]
+    earlier = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril(diagonal=-1)
+    prev_match = same & earlier  # [B, t, s'] with s' < t
+    # shift keys by one: key s = s' + 1 (s <= t, so still causal)
+    return torch.nn.functional.pad(prev_match, (1, 0))[:, :, :T]
+
+
 def previous_token_targets(batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Query t targets key t - 1; position 0 has no previous token."""
     positions = torch.arange(seq_len).expand(batch_size, seq_len)
@@ -196,6 +225,10 @@ def _layer_scores(
         scores = {
             "previous_token": target_attention(pattern, *targets_valid).to_dict(),
             "induction": target_attention(pattern, *induction).to_dict(),
+            # any earlier occurrence, not only the latest: the mass an induction head spreads
+            "induction_any": target_set_attention(
+                pattern, after_earlier_occurrences(inputs), induction[1]
+            ).to_dict(),
         }
         scores["induction"]["attended_is_prediction"] = attended_token_agreement(
             pattern, inputs, predictions, induction[1]

@@ -62,6 +62,12 @@ def format_scores(scores: dict) -> list[str]:
                 f"induction {_fmt(ind['mass'])} (argmax {_fmt(ind['argmax'])}, "
                 f"attended = prediction {_fmt(ind['attended_is_prediction'])})"
             )
+            if "induction_any" in s:
+                anyo = s["induction_any"]
+                lines.append(
+                    f"           induction over all earlier occurrences {_fmt(anyo['mass'])} "
+                    f"(argmax {_fmt(anyo['argmax'])})"
+                )
     if n_layers == 1:
         lines.append("  (1-layer model: no induction head is expected; its induction score is the baseline)")
     return lines

@@ -218,3 +218,23 @@ def test_html_is_self_contained(tmp_path, tiny_batch):
     assert 'CircuitsVis.AttentionHeads' in page and '"layer 2"' in page
     # the inline bundle must not be cut short by a literal closing tag inside it
     assert page.count("</script>") == 1
+
+
+def test_induction_over_all_earlier_occurrences_counts_split_attention():
+    from probes.attention import after_earlier_occurrences, target_set_attention
+
+    # a b a c a : query 4 ('a') may attend to keys 1 and 3 (after the 'a's at 0 and 2)
+    tokens = torch.tensor([[0, 1, 0, 2, 0]])
+    keys = after_earlier_occurrences(tokens)
+    assert keys[0, 4].tolist() == [False, True, False, True, False]
+    assert keys[0, 2].tolist() == [False, True, False, False, False]
+    assert not keys[0, 0].any() and not keys[0, 1].any()
+    pattern = torch.zeros(1, 5, 5)
+    pattern[0, :, 0] = 1.0
+    pattern[0, 4] = torch.tensor([0.1, 0.45, 0.0, 0.45, 0.0])  # split over both earlier outputs
+    valid = torch.tensor([[False, False, False, False, True]])
+    score = target_set_attention(pattern, keys, valid)
+    assert score.mass == pytest.approx(0.9) and score.argmax == 1.0 and score.n_queries == 1
+    pattern[0, 4] = torch.tensor([0.6, 0.2, 0.0, 0.2, 0.0])
+    score = target_set_attention(pattern, keys, valid)
+    assert score.mass == pytest.approx(0.4) and score.argmax == 0.0
