@@ -437,12 +437,13 @@ def exp_gradient_steps(args, out: Path, log) -> tuple[dict, str]:
 
     config = base_config(
         args,
-        d_model=args.d_model or 512,  # large d: the theorem's regime (d=256 gives R(W_KQ²) 0.40)
-        seq_len=args.seq_len or 64,
+        d_model=args.d_model or 256,
+        seq_len=args.seq_len or 64,  # T=64: fewer positions share W_KQ¹'s 1/t-diluted signal
         output_mode="no_repeat",  # o_k = q_k makes "q q q ..." loops that dominate the gradient
         eval_batch_size=args.eval_batch_size or 256,
     )
-    n_sequences = args.sequences or (16384 if args.full else 1024)
+    # the loss is on second occurrences only (≈ 2 targets per sequence at T=64): many sequences
+    n_sequences = args.sequences or (32768 if args.full else 4096)
     results = {}
     for label, order in (("paper", PAPER_ORDER), ("reverse", REVERSE_ORDER)):
         log(f"[gradient-steps] {label} order {' → '.join(order)}, {n_sequences} sequences per step")

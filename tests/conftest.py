@@ -21,6 +21,17 @@ def _offline(monkeypatch, tmp_path_factory):
 
 
 @pytest.fixture
+def one_thread():
+    """Small tensors: one thread avoids synchronisation costs on a busy 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_config():
     """A training config that runs in about a second on CPU."""
     from training.config import QUICK

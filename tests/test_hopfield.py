@@ -9,13 +9,7 @@ from birth.hopfield import (
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors: one thread avoids synchronisation costs on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hadamard(d: int) -> torch.Tensor:

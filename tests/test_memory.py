@@ -13,13 +13,7 @@ from tasks.zipf import ZipfAssociations
 COUNTS = torch.tensor([5.0, 0.0, 3.0, 3.0, 1.0, 0.0, 8.0])  # T = 20
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors: one thread avoids synchronisation costs on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_schemes_on_hand_made_counts():

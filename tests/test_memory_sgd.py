@@ -10,13 +10,7 @@ from training.memory_sgd import TrainConfig, approximate_q_dynamics, exact_error
 TASK = ZipfAssociations(30, 3, 1.5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors: one thread avoids synchronisation costs on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sgd_learns_and_is_seeded():

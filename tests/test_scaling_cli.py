@@ -8,13 +8,7 @@ import torch
 from scripts.cli import main
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors: one thread avoids synchronisation costs on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_scaling_schemes_writes_files_and_refuses_to_overwrite(tmp_path, capsys):
