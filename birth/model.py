@@ -155,7 +155,7 @@ def _first_layer_table(
     T = tokens.shape[1]
     tok_table = F.linear(tok_embed, lin.weight, lin.bias)
     pos_table = F.linear(pos_embed[:T], lin.weight)
-    return tok_table[tokens] + pos_table
+    return F.embedding(tokens, tok_table) + pos_table
 
 
 def _is_frozen_identity(lin: nn.Linear) -> bool:
@@ -197,7 +197,7 @@ def fast_logits(
         raise ValueError(f"sequence length {T} exceeds n_ctx={cfg.n_ctx}")
     E, P, U = nm.tok_embed.weight, nm.pos.weight, nm.head.weight  # [N, d], [n_ctx, d], [N, d]
     scale = 1.0 / nm.layers[0].attn.scale
-    x = E[tokens] + P[:T]
+    x = F.embedding(tokens, E) + P[:T]
     n_layers = len(nm.layers)
     for i, block in enumerate(nm.layers):
         attn = block.attn
@@ -209,7 +209,7 @@ def fast_logits(
             w_ov, b_ov = w_ov @ U.t(), b_ov @ U.t()  # [d, N], [N]
         if first:
             k = _first_layer_table(attn.k, E, P, tokens)
-            v = F.linear(E, w_ov.t(), b_ov)[tokens] + F.linear(P[:T], w_ov.t())
+            v = F.embedding(tokens, F.linear(E, w_ov.t(), b_ov)) + F.linear(P[:T], w_ov.t())
         else:
             k = attn.k(x)
             v = x @ w_ov + b_ov
@@ -245,12 +245,8 @@ def _selected_query_logits(
     order = torch.argsort((~positions).to(torch.int8), dim=1, stable=True)[:, :n_query]  # [B, Q]
     valid = torch.arange(n_query, device=x.device) < counts.unsqueeze(1)  # [B, Q]
     xq = x.gather(1, order.unsqueeze(-1).expand(B, n_query, d))  # [B, Q, d]
-    causal = torch.arange(T, device=x.device) <= order.unsqueeze(-1)  # [B, Q, T]
-    out = F.scaled_dot_product_attention(
-        _query(attn.q, xq).unsqueeze(1),
-        k.unsqueeze(1),
-        v.unsqueeze(1),
-        attn_mask=causal.unsqueeze(1),
-        scale=scale,
-    ).squeeze(1)
+    future = torch.arange(T, device=x.device) > order.unsqueeze(-1)  # [B, Q, T]
+    # explicit attention: a boolean mask sends SDPA to its unfused path anyway, with extra copies
+    scores = torch.bmm(_query(attn.q, xq) * scale, k.transpose(1, 2))  # scale the smaller side
+    out = torch.bmm(scores.masked_fill_(future, float("-inf")).softmax(dim=-1), v)
     return (F.linear(xq, U) + out)[valid]  # row-major (b, t) order, as logits[positions]
