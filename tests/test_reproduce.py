@@ -32,3 +32,40 @@ def test_reproduce_refuses_a_non_empty_out_dir(tmp_path, capsys):
     payload = json.loads((out / "results.json").read_text())
     assert payload["summary"]["population"]["argmax_accuracy"] == 1.0
     assert (out / "lemma.png").is_file() and (out / "keep.txt").is_file()
+
+
+SHORT = ["--steps", "100", "--seeds", "1", "--eval-every", "50", "--device", "cpu", "--no-progress"]
+
+
+def test_reproduce_layers_short_quick_run_separates_two_from_one_layer(tmp_path):
+    out = tmp_path / "layers"
+    assert main(["reproduce", "layers", "--out", str(out), *SHORT]) == 0
+    table = json.loads((out / "results.json").read_text())["table"]
+    # 100 steps of the quick preset: the induction head is forming in 2 layers, 1 layer plateaus
+    assert table["2L"]["icl_acc_mean"] > table["1L"]["icl_acc_mean"] + 0.1
+
+
+def test_reproduce_loss_all_tokens_learns_the_bigrams(tmp_path):
+    out = tmp_path / "loss"
+    assert main(["reproduce", "loss", "--out", str(out), *SHORT]) == 0
+    payload = json.loads((out / "results.json").read_text())
+    outputs, every = payload["outputs"]["final"], payload["all"]["final"]
+    # the loss on all tokens trains the bigram model too; the loss on outputs only does not
+    assert every["eval/bigram_loss"] < outputs["eval/bigram_loss"] - 1.0
+    assert (out / "loss.png").stat().st_size > 0
+
+
+def test_reproduce_triggers_order_and_ood_tiny_runs(tmp_path):
+    for name, figure in (("triggers", "triggers.png"), ("order", "order.png"), ("ood", "ood.png")):
+        out = tmp_path / name
+        assert main(["reproduce", name, "--out", str(out), *TINY]) == 0, name
+        payload = json.loads((out / "results.json").read_text())
+        assert payload["experiment"] == name and (out / figure).stat().st_size > 0
+    triggers = json.loads((tmp_path / "triggers" / "results.json").read_text())
+    assert {"fixed", "random"} <= set(triggers)
+    order = json.loads((tmp_path / "order" / "results.json").read_text())
+    assert set(order["crossings"]) == {"W_OV2", "W_KQ2", "W_KQ1"}
+    ood = json.loads((tmp_path / "ood" / "results.json").read_text())["icl_acc"]
+    for train in ("uniform", "bigram"):
+        for evaluated in ("uniform", "bigram"):
+            assert 0.0 <= ood[train][evaluated] <= 1.0
