@@ -108,14 +108,6 @@ class WandbLogger:
         except Exception as err:  # noqa: BLE001
             self._fail(err)
 
-    def log_image(self, key: str, path: Path, step: int) -> None:
-        if self.run is None:
-            return
-        try:
-            self.run.log({key: self._wandb.Image(str(path)), "step": step})
-        except Exception as err:  # noqa: BLE001
-            self._fail(err)
-
     def log_images(self, images: dict[str, Path], step: int) -> None:
         """Several images in one history row (one row per eval, not one per image)."""
         if self.run is None:

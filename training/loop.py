@@ -383,10 +383,8 @@ def _postfix(row: dict) -> str:
 
 def _log_heatmaps(wb: WandbLogger, model, task, batch, step: int, run_dir: Path) -> None:
     """Attention heatmaps of the first held-out sequence, as W&B images."""
-    try:
-        from probes.attention import save_attention_heatmaps
-    except ImportError:  # inspection module not installed
-        return
+    from probes.attention import save_attention_heatmaps  # matplotlib: imported only when used
+
     try:
         paths = save_attention_heatmaps(model, task.stats, batch, run_dir / "heatmaps", step=step)
     except Exception as err:  # noqa: BLE001 - a figure must never stop training
