@@ -199,3 +199,11 @@ def test_quick_preset_learns_the_induction_head(tmp_path):
     assert result.order["W_OV2"] is not None and result.order["W_KQ2"] is not None
     # the bigram part is not trained (loss on outputs only): first occurrences stay near chance
     assert result.final["eval/first_acc"] < 0.2
+
+
+def test_resume_refuses_fewer_steps_than_done_and_keeps_the_config(tmp_path, tiny_config):
+    _run(tiny_config, tmp_path / "run")
+    before = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(ValueError, match="below the checkpoint"):
+        _run(dataclasses.replace(tiny_config, steps=4), tmp_path / "run", resume=True)
+    assert (tmp_path / "run" / "config.json").read_text() == before

@@ -236,7 +236,8 @@ def train(
         if not _same_run(ckpt["config"], saved.to_dict()):
             raise CheckpointError(f"{ckpt_path} was written by a different run config")
         start_step = int(ckpt["step"])
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        if config.steps < start_step:
+            raise ValueError(f"--steps {config.steps} is below the checkpoint's step {start_step}")
     else:
         prepare_run_dir(run_dir, config)
 
@@ -250,6 +251,8 @@ def train(
             optimizer.load_state_dict(ckpt["optimizer"])
         except (ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{ckpt_path}: optimizer state does not match: {err}") from None
+        # only now that the checkpoint loaded: record a possibly extended number of steps
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
 
     probe_triggers = task.fixed_triggers if config.trigger_mode == "fixed" else None
     eval_batch = task.sample(config.eval_batch_size, task.generator(config.eval_seed))
