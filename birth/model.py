@@ -4,6 +4,7 @@
 from a seeded generator:
 
     token embeddings w_E(k), unembeddings w_U(k), positional embeddings p_t  ~ N(0, I/d)
+        (`unit_embeddings`: w_E, p_t ~ N(0, I), the scale of the reference code)
     W_Q = identity in both layers (simplified) or N(0, 1/d) (full)
     W_K, W_V, W_O                                                            ~ N(0, 1/d) entries
     all biases                                                               = 0
@@ -43,6 +44,10 @@ class ModelConfig:
     vocab_size: int = 65
     variant: str = "simplified"
     trainable_init: str = "random"  # random N(0, 1/d) or zero for W_K¹, W_K², W_O² (simplified)
+    # token and positional embeddings N(0, 1) per coordinate (norm √d), as nn.Embedding / randn
+    # give in the reference code, instead of N(0, 1/d) (norm 1). Scores and gradients then scale
+    # with d, which is what its SGD learning rate of 0.03 is tuned for.
+    unit_embeddings: bool = False
     seed: int = 0
 
     def validate(self) -> None:
@@ -114,6 +119,9 @@ def initialize(model: nn.Module, config: ModelConfig) -> None:
     normal_(nm.tok_embed.weight)
     normal_(nm.pos.weight)
     normal_(nm.head.weight)
+    if config.unit_embeddings:
+        nm.tok_embed.weight.mul_(math.sqrt(d))
+        nm.pos.weight.mul_(math.sqrt(d))
     simplified = config.variant == "simplified"
     for layer in range(config.n_layers):
         for name in ("q", "k", "v", "o"):

@@ -37,7 +37,11 @@ def _available() -> dict[str, tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     available = _available()
-    parser = argparse.ArgumentParser(prog="birth", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="birth",
+        description="Transformers as associative memories: train, probe, inspect and reproduce "
+        "'Birth of a Transformer' and the scaling laws of associative memories.",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in available.items():
         sub.add_parser(name, help=help_, add_help=False)

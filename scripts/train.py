@@ -75,6 +75,9 @@ def run(args: argparse.Namespace) -> int:
             # the pid keeps two runs started in the same second (sweep agents) apart
             f"{args.preset}-{config.n_layers}L-seed{config.seed}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         )
+    from tasks.shakespeare import load_stats
+
+    config.validate(load_stats().vocab_size)  # report a bad flag before announcing the run
     print(f"run directory: {run_dir}")
     result = train(
         config,

@@ -146,3 +146,11 @@ def test_fast_logits_at_selected_positions_equal_full_logits(variant, n_layers):
     positions[3] = True  # and one with all
     expected = model(tokens)[positions]
     torch.testing.assert_close(fast_logits(model, tokens, positions), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_unit_embeddings_have_the_reference_scale():
+    plain = build_model(ModelConfig(d_model=64, n_ctx=32, seed=0))
+    unit = build_model(ModelConfig(d_model=64, n_ctx=32, seed=0, unit_embeddings=True))
+    assert abs(unit.W_E.std().item() - 1) < 0.1 and abs(unit.W_pos.std().item() - 1) < 0.1
+    torch.testing.assert_close(unit.W_E, plain.W_E * 8)  # same draws, times sqrt(d)
+    torch.testing.assert_close(unit.W_U, plain.W_U)  # the unembedding keeps N(0, 1/d)

@@ -172,6 +172,7 @@ def test_presets_are_valid():
     for name, preset in PRESETS.items():
         preset.validate(65)
     paper = PRESETS["paper"]
+    assert paper.unit_embeddings and not PRESETS["quick"].unit_embeddings
     assert (paper.d_model, paper.seq_len, paper.batch_size, paper.lr, paper.momentum,
             paper.weight_decay, paper.loss_on, paper.steps, paper.n_triggers) == (
         256, 256, 512, 0.03, 0.9, 1e-4, "outputs", 1000, 5)
