@@ -76,7 +76,6 @@ def format_scores(scores: dict) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from birth.model import build_model, native
     from probes.attention import (
         repeated_sequence_scores,
         save_attention_heatmaps,
@@ -85,8 +84,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from tasks.shakespeare import load_stats
     from tasks.triggered_bigram import TriggeredBigram
-    from training.checkpoint import CheckpointError, load_checkpoint, load_model_state
-    from training.config import TrainConfig
+    from training.checkpoint import load_trained_model
     from training.loop import resolve_device
 
     if args.batch_size < 1:
@@ -99,23 +97,11 @@ def run(args: argparse.Namespace) -> int:
 
     # Everything that can fail on bad input happens before anything is written.
     ckpt_path = resolve_checkpoint(args.checkpoint)
-    try:
-        ckpt = load_checkpoint(ckpt_path, map_location=device)
-    except CheckpointError as err:
-        # torch's unpickling errors run over several lines; the first one says what went wrong
-        raise CheckpointError(str(err).strip().splitlines()[0]) from None
-    try:
-        config = TrainConfig.from_dict(ckpt["config"])
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{ckpt_path} holds an invalid run config: {err}") from None
+    model, config, step = load_trained_model(ckpt_path, device=device)
     stats = load_stats()
-    config.validate(stats.vocab_size)
     half_len = args.repeat_len if args.repeat_len is not None else config.seq_len // 2
     if not 1 <= half_len <= config.seq_len // 2:
         raise ValueError(f"--repeat-len must be in [1, T/2 = {config.seq_len // 2}], got {half_len}")
-    model = build_model(config.model_config(stats.vocab_size), device=device)
-    load_model_state(native(model), ckpt["model"], ckpt_path)
-    model.eval()
 
     task = TriggeredBigram(config.task_config(), stats, device=device)
     # the run's own held-out batch (same seed as evaluation during training)
@@ -123,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         scores = {
             "checkpoint": str(ckpt_path),
-            "step": int(ckpt["step"]),
+            "step": step,
             "n_layers": config.n_layers,
             "triggered_bigram": triggered_bigram_scores(model, batch),
             "repeated_random": repeated_sequence_scores(model, half_len, batch_size=32, seed=config.eval_seed),

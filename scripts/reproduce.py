@@ -182,10 +182,9 @@ def exp_layers(args, out: Path, log) -> tuple[dict, str]:
 def exp_triggers(args, out: Path, log) -> tuple[dict, str]:
     import torch
 
-    from birth.model import build_model, native
     from tasks.shakespeare import load_stats
     from tasks.triggered_bigram import TriggeredBigram
-    from training.checkpoint import latest_checkpoint, load_checkpoint, load_model_state
+    from training.checkpoint import latest_checkpoint, load_trained_model
 
     stats = load_stats()
     results: dict[str, dict] = {}
@@ -197,9 +196,7 @@ def exp_triggers(args, out: Path, log) -> tuple[dict, str]:
         run = train_run(config, run_dir, args, log)
         results[mode] = {"final": run["final"], "order": run["order"], "history": run["history"]}
         # attention maps of the trained model on one held-out sequence of its own task
-        model = build_model(config.model_config(stats.vocab_size))
-        ckpt = latest_checkpoint(run_dir)
-        load_model_state(native(model), load_checkpoint(ckpt, map_location="cpu")["model"], ckpt)
+        model, _, _ = load_trained_model(latest_checkpoint(run_dir))
         task = TriggeredBigram(config.task_config(), stats)
         batch = task.sample(1, task.generator(config.eval_seed))
         try:
@@ -318,11 +315,10 @@ def exp_loss(args, out: Path, log) -> tuple[dict, str]:
 
 
 def exp_ood(args, out: Path, log) -> tuple[dict, str]:
-    from birth.model import build_model, native
     from probes.recall import all_probes
     from tasks.shakespeare import load_stats
     from tasks.triggered_bigram import TriggeredBigram
-    from training.checkpoint import latest_checkpoint, load_checkpoint, load_model_state
+    from training.checkpoint import latest_checkpoint, load_trained_model
     from training.loop import evaluate
 
     stats = load_stats()
@@ -333,9 +329,7 @@ def exp_ood(args, out: Path, log) -> tuple[dict, str]:
         log(f"[ood] train with {train_mode} outputs: {config.steps} steps")
         run_dir = out / "runs" / train_mode
         train_run(config, run_dir, args, log)
-        model = build_model(config.model_config(stats.vocab_size))
-        ckpt = latest_checkpoint(run_dir)
-        load_model_state(native(model), load_checkpoint(ckpt, map_location="cpu")["model"], ckpt)
+        model, _, _ = load_trained_model(latest_checkpoint(run_dir))
         matrix[train_mode] = {}
         for eval_mode in modes:
             eval_config = dataclasses.replace(config, output_mode=eval_mode)

@@ -108,3 +108,27 @@ def load_model_state(model: torch.nn.Module, state: dict, path: Path | str = "ch
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0]
         raise CheckpointError(f"{path} does not match the model: {first}") from None
+
+
+def load_trained_model(
+    path: Path, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, Any, int]:
+    """The model a training checkpoint holds, rebuilt from its config and in eval mode, with that
+    config (a `training.config.TrainConfig`) and the step. Every failure is one CheckpointError."""
+    # imported here: the model builder imports transformer_lens, which checkpoints alone need not
+    from birth.model import build_model, native
+    from tasks.shakespeare import load_stats
+    from training.config import TrainConfig
+
+    ckpt = load_checkpoint(path, map_location=device)
+    try:
+        config = TrainConfig.from_dict(ckpt["config"])
+        stats = load_stats()
+        config.validate(stats.vocab_size)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} holds an invalid run config: {err}") from None
+    model = build_model(config.model_config(stats.vocab_size), device=device)
+    load_model_state(native(model), ckpt["model"], path)
+    model.eval()
+    return model, config, int(ckpt["step"])
+
