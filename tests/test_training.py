@@ -208,3 +208,13 @@ def test_resume_refuses_fewer_steps_than_done_and_keeps_the_config(tmp_path, tin
     with pytest.raises(ValueError, match="below the checkpoint"):
         _run(dataclasses.replace(tiny_config, steps=4), tmp_path / "run", resume=True)
     assert (tmp_path / "run" / "config.json").read_text() == before
+
+
+def test_unsafe_checkpoint_error_never_advises_weights_only_false(tmp_path):
+    bad = tmp_path / "step_000001.pt"
+    bad.write_bytes(b"x" + bytes(range(50)))  # a pickle opcode the weights-only unpickler refuses
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(bad)
+    message = str(info.value)
+    assert "corrupted" in message and "\n" not in message
+    assert "weights_only" not in message and "Unsupported operand" in message

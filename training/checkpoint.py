@@ -66,7 +66,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means an unreadable file
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]  # torch's first line
+        reason = _short_reason(err)
         raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint: {reason}") from None
     required = {"format_version", "config", "step", "model", "optimizer"}
     if not isinstance(ckpt, dict) or not required <= set(ckpt):
@@ -76,6 +76,16 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
             f"checkpoint {path} has format version {ckpt['format_version']}, expected {FORMAT_VERSION}"
         )
     return ckpt
+
+
+def _short_reason(err: Exception) -> str:
+    """One line of torch's load error. A weights-only refusal opens with advice to load with
+    `weights_only=False` (which would run pickled code); report the unpickler's reason instead."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for i, line in enumerate(lines[:-1]):
+        if line.endswith("WeightsUnpickler error:"):
+            return f"unsafe or unreadable content ({lines[i + 1]})"
+    return lines[0] if lines else type(err).__name__
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:
