@@ -27,14 +27,18 @@ Vectorization. Scores are computed for all trials and all d at once, grouped by 
     u_yᵀ W e_x = Σ_z (u_yᵀ u_z) · A[z, x],   A[z, x] = (Σ_{x': f*(x')=z} q(x') e_x')ᵀ e_x,
 so nothing of size d × d or N × N is ever formed (cost M·N·d instead of N·d² per d). With one
 Gaussian draw at d_max truncated across d, A and the output Gram matrix at dimension d are sums
-over the first d coordinates, so they are accumulated block by block as d grows and every block
-of the inputs is read once for all d (for a d-dependent q such as P = d/8, each block is multiplied
-with the stored sums Σ q_d(x') e_x' of every larger d in one product). Sphere embeddings, whose
-normalization changes with d, and independent draws cost one pass of M·N·d per d.
+over the first d coordinates: they are accumulated block by block as d grows, in one pass that
+reads each coordinate block of the inputs once for every scheme and every d (for a d-dependent q
+such as P = d/8, the block is multiplied with the stored sums Σ q_d(x') e_x' of every larger d in
+one product). The draws are float32 normals (whatever the compute dtype), drawn for several trials
+side by side and converted one block at a time. Sphere embeddings, whose normalization changes
+with d, and independent draws cost one pass of M·N·d per d.
 """
 
 from __future__ import annotations
 
+import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -203,8 +207,13 @@ def draw_embeddings(
     mode: str = "truncate",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float64,
+    out: torch.Tensor | None = None,
 ) -> MemoryEmbeddings:
-    """Embeddings of the given trial indices; trial r's numbers depend only on (seed, r)."""
+    """Embeddings of the given trial indices; trial r's numbers depend only on (seed, r).
+
+    `out`: a contiguous tensor whose storage is reused for the draws when it is large enough (truncate
+    mode; repeated calls then do not allocate and page-fault a fresh buffer each time).
+    """
     if kind not in EMBEDDING_KINDS:
         raise ValueError(f"embedding kind must be one of {EMBEDDING_KINDS}, got {kind!r}")
     if mode not in DRAW_MODES:
@@ -216,12 +225,30 @@ def draw_embeddings(
     def draws(width: int, *stream: int) -> tuple[torch.Tensor, torch.Tensor]:
         # drawn coordinate-major, (width, N + M) per trial, so that the first d coordinates of every
         # embedding are one contiguous block and products over them need no copy
-        both = torch.empty(len(trials), width, num_inputs + num_outputs, device=device, dtype=dtype)
-        for row, trial in enumerate(trials):
-            gen = trial_generator(seed, trial, *stream, device=device)
+        shape = (len(trials), width, num_inputs + num_outputs)
+        if out is not None and out.numel() >= math.prod(shape) and out.dtype == dtype and out.device == torch.device(device):
+            both = out.view(-1)[: math.prod(shape)].view(shape)  # reuse the caller's storage
+        else:
+            both = torch.empty(shape, device=device, dtype=dtype)
+
+        def draw(row: int) -> None:
+            gen = trial_generator(seed, trials[row], *stream, device=device)
             # float32 normals whatever the compute dtype: float32 and float64 runs then use the
             # same embeddings (and float32 draws are ~3x faster to generate)
-            both[row].copy_(torch.randn(width, num_inputs + num_outputs, generator=gen, device=device))
+            if dtype == torch.float32:
+                torch.randn(width, num_inputs + num_outputs, generator=gen, device=device, out=both[row])
+            else:
+                both[row].copy_(torch.randn(width, num_inputs + num_outputs, generator=gen, device=device))
+
+        workers = min(torch.get_num_threads(), len(trials)) if torch.device(device).type == "cpu" else 1
+        if workers > 1:
+            # one generator per trial and normal_ runs on one core: draw trials side by side (the
+            # numbers do not depend on which thread draws them)
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(draw, range(len(trials))))
+        else:
+            for row in range(len(trials)):
+                draw(row)
         both = both.transpose(-1, -2)  # (R, N + M, width) view
         return both[:, :num_inputs], both[:, num_inputs:]
 
@@ -331,30 +358,45 @@ def memory_errors(
     head = torch.zeros(num_trials, offsets[-1], len(dims), dtype=torch.float64)
     tail = torch.zeros_like(head)
 
-    starts = range(0, num_trials, trial_chunk)
+    truncated_gaussian = mode == "truncate" and kind == "gaussian"
+    # truncated Gaussian: the draws are float32 normals whatever the dtype (see draw_embeddings);
+    # they stay float32 and are converted one coordinate block at a time (the same numbers, no
+    # d_max-wide float64 copy)
+    draw_dtype = torch.float32 if truncated_gaussian else dtype
+    chunks = [list(range(s, min(s + trial_chunk, num_trials))) for s in range(0, num_trials, trial_chunk)]
+
+    # one storage for the draws of every chunk (truncate mode: all chunks have the same shape)
+    storage = None
+    if mode == "truncate":
+        size = min(trial_chunk, num_trials) * max(dims) * (num_inputs + num_outputs)
+        storage = torch.empty(size, dtype=draw_dtype, device=device)
+
+    def draw(trials: list[int]) -> MemoryEmbeddings:
+        return draw_embeddings(
+            trials, num_inputs, num_outputs, sorted_dims, seed=seed, kind=kind, mode=mode,
+            device=device, dtype=draw_dtype, out=storage,
+        )
+
     if progress:
         from tqdm import tqdm
 
-        starts = tqdm(starts, desc="trials", unit="chunk", leave=False)
-    for start in starts:
-        trials = list(range(start, min(start + trial_chunk, num_trials)))
-        emb = draw_embeddings(
-            trials, num_inputs, num_outputs, sorted_dims,
-            seed=seed, kind=kind, mode=mode, device=device, dtype=dtype,
-        )
+        chunks = tqdm(chunks, desc="trials", unit="chunk", leave=False)
+    for trials in chunks:
+        emb = draw(trials)
         rows = slice(trials[0], trials[-1] + 1)
-        for w, first, last in zip(weights, offsets[:-1], offsets[1:]):
-            q = w if w.shape[0] == 1 else w[rows]
+        qs = [w if w.shape[0] == 1 else w[rows] for w in weights]
+        if truncated_gaussian:
+            scores_per_d = _truncated_gaussian_scores(qs, emb, sorted_dims, order, one_hot, dtype)
+            for position, scores in enumerate(scores_per_d):
+                h, t = errors_from_scores(scores, targets, probs_dev, head_size)
+                head[rows, :, order[position]] = h.cpu()
+                tail[rows, :, order[position]] = t.cpu()
+            continue
+        for q, first, last in zip(qs, offsets[:-1], offsets[1:]):
             # q split by output: grouped[r, b, k, z, x] = q(x) 1{f*(x) = z}
             grouped = rearrange(q, "r b k n -> r b k 1 n") * one_hot
-            d_dependent = w.shape[2] > 1
-            truncated_gaussian = mode == "truncate" and kind == "gaussian"
-            if truncated_gaussian and not d_dependent:
-                scores_per_d = _prefix_scores(grouped[:, :, 0], emb, sorted_dims)
-            elif truncated_gaussian and _sparse_enough(w, sorted_dims):
-                scores_per_d = _prefix_scores_per_d_weights(grouped, emb, sorted_dims, order)
-            else:
-                scores_per_d = _per_d_scores(grouped, emb, sorted_dims, order if d_dependent else None)
+            d_dependent = q.shape[2] > 1
+            scores_per_d = _per_d_scores(grouped, emb, sorted_dims, order if d_dependent else None)
             for position, scores in enumerate(scores_per_d):
                 h, t = errors_from_scores(scores, targets, probs_dev, head_size)
                 head[rows, first:last, order[position]] = h.cpu()
@@ -362,85 +404,127 @@ def memory_errors(
     return {"error": head + tail, "head": head, "tail": tail}
 
 
-def _prefix_scores(grouped: torch.Tensor, emb: MemoryEmbeddings, dims: list[int]):
-    """Scores at every d by accumulating coordinate blocks (truncated Gaussian, d-independent q).
-
-    grouped (r|1, B, M, N). Yields (r, B, M, N) for each d in increasing order.
-    """
-    e_full, u_full = emb.inputs, emb.outputs  # (r, N, d_max), (r, M, d_max), standard normal
-    num_schemes, num_outputs = grouped.shape[1], grouped.shape[2]
-    # (B, M) folded into one axis: every product below is one batched matmul over trials, and the
-    # large (r, N, d) inputs are never broadcast (which would copy them B times)
-    flat = rearrange(grouped, "r b m n -> r (b m) n")
-    stored = flat @ e_full  # Σ_{x'→z} q(x') e_x'  (r, B·M, d_max)
-    match = torch.zeros(e_full.shape[0], flat.shape[1], e_full.shape[1], dtype=e_full.dtype, device=e_full.device)
-    gram_out = torch.zeros(u_full.shape[0], num_outputs, num_outputs, dtype=e_full.dtype, device=e_full.device)
-    previous = 0
-    for d in dims:
-        block = slice(previous, d)
-        match += stored[..., block] @ e_full[..., block].transpose(-1, -2)
-        gram_out += u_full[..., block] @ u_full[..., block].transpose(-1, -2)
-        previous = d
-        # 1/d twice: the N(0, I/d) scale of e (in match) and of u (in the Gram); it keeps the
-        # scores equal to u_yᵀ W e_x, though argmax would not change without it
-        by_scheme = rearrange(match, "r (b m) n -> r b m n", b=num_schemes) / d
-        yield (gram_out / d).unsqueeze(1) @ by_scheme
-
-
 def _sparse_enough(weights: torch.Tensor, dims: list[int]) -> bool:
     """Whether the block accumulation with d-dependent q is cheaper than one pass per d.
 
-    It first forms Σ q_d(x') e_x' over all d_max coordinates for every d (cost ∝ |support| · D · d_max,
-    support = tokens with q > 0 somewhere), then reads each coordinate block of the inputs once;
-    the per-d pass reads the first d coordinates of all N inputs for every d (∝ N · Σ_d d).
+    It multiplies each coordinate block with Σ q_d(x') e_x' of every larger d, built from the
+    support only (tokens with q > 0 for some d; cost ∝ |support| · D · d_max), while the per-d pass
+    reads the first d coordinates of all N inputs for every d (∝ N · Σ_d d).
     """
     support = int((weights > 0).flatten(0, -2).any(0).sum())
     return support * len(dims) * max(dims) <= weights.shape[-1] * sum(dims)
 
 
-def _prefix_scores_per_d_weights(grouped: torch.Tensor, emb: MemoryEmbeddings, dims: list[int], order: list[int]):
-    """Block accumulation across d when q depends on d (e.g. P = d/8), truncated Gaussian inputs.
+def _truncated_gaussian_scores(
+    qs: list[torch.Tensor],
+    emb: MemoryEmbeddings,
+    dims: list[int],
+    order: list[int],
+    one_hot: torch.Tensor,
+    dtype: torch.dtype,
+):
+    """Scores of every storage scheme at every d (increasing), in one pass over coordinate blocks.
 
-    With V_k = Σ_{x'→z} q_{d_k}(x') e_x' over all coordinates, the match at d_k is the sum over the
-    coordinate blocks j <= k of V_k[block_j] · e[block_j]; each block of the inputs is read once and
-    multiplied with the V_k of every d_k >= d_j in one product. grouped (r|1, B, D, M, N) in the
-    caller's d order; yields (r, B, M, N) for each d in increasing order.
+    Truncated Gaussian embeddings: the match A_d[z, x] = Σ_{x'→z} q_d(x') e_x'[:d] · e_x[:d] and the
+    output Gram u[:d] u[:d]ᵀ at dimension d are sums over coordinate blocks, so each block of the
+    (float32, coordinate-major) draws is read once, converted to `dtype` and used for every scheme
+    and every larger d while it is in cache:
+      - q independent of d (q = 1, q = p, ...): Σ_{x'→z} q(x') e_x'[block] is formed from the block
+        itself and multiplied back with it;
+      - q depending on d with a small support (e.g. P = d/8): the block is multiplied with the
+        stored sums of every larger d at once, using the support's coordinates only;
+      - q depending on d with a large support: one product over the first d coordinates per d.
+    qs: (r|1, B_i, D_i, N) each. Yields (r, Σ B_i, M, N): the scores u_yᵀ W e_x times d² (both
+    embeddings unscaled; a positive factor changes neither the argmax nor ties).
     """
-    e_full, u_full = emb.inputs, emb.outputs  # (r, N, d_max), (r, M, d_max)
-    num_schemes, num_dims, num_outputs = grouped.shape[1], grouped.shape[2], grouped.shape[3]
-    support = (grouped > 0).flatten(0, -2).any(0).nonzero().squeeze(-1)  # tokens stored for some d
-    by_d = rearrange(grouped[:, :, order][..., support], "r b k m s -> r (k b m) s")  # sorted d order
-    stored = rearrange(by_d @ e_full[:, support], "r (k bm) d -> r k bm d", k=num_dims)
-    coordinate_major = e_full.transpose(-1, -2)  # (r, d_max, N), unit stride along N (see draw_embeddings)
-    match = torch.zeros(e_full.shape[0], num_dims, stored.shape[2], e_full.shape[1], dtype=e_full.dtype, device=e_full.device)
-    gram_out = torch.zeros(u_full.shape[0], num_outputs, num_outputs, dtype=e_full.dtype, device=e_full.device)
+    e_major = emb.inputs.transpose(-1, -2)  # (r, d_max, N) views of the draws, unit stride along N
+    u_major = emb.outputs.transpose(-1, -2)  # (r, d_max, M)
+    r, num_outputs, num_inputs = e_major.shape[0], one_hot.shape[0], e_major.shape[-1]
+    num_dims = len(dims)
+    device = e_major.device
+    flat, flat_cols, sparse, sparse_cols, dense = [], [], [], [], []
+    column = 0
+    for q in qs:
+        # q split by output: grouped[r, b, k, z, x] = q(x) 1{f*(x) = z}
+        grouped = rearrange(q.to(dtype), "r b k n -> r b k 1 n") * one_hot
+        cols = list(range(column, column + q.shape[1]))
+        column += q.shape[1]
+        if q.shape[2] == 1:
+            # (B, M) folded into one axis: one batched product per block, the inputs never broadcast
+            flat.append(rearrange(grouped[:, :, 0], "r b m n -> r (b m) n").expand(r, -1, -1))
+            flat_cols += cols
+        elif _sparse_enough(q, dims):
+            sparse.append(grouped[:, :, order])
+            sparse_cols += cols
+        else:
+            dense.append((grouped[:, :, order], torch.tensor(cols, device=device)))
+    total = column
+    if flat:
+        flat_q = torch.cat(flat, 1)  # (r, F, N)
+        match_flat = torch.zeros(r, flat_q.shape[1], num_inputs, dtype=dtype, device=device)
+        flat_cols = torch.tensor(flat_cols, device=device)
+    if sparse:
+        # tokens stored for some scheme and some d; q restricted to them before any broadcast
+        support = torch.stack([(g > 0).flatten(0, -2).any(0) for g in sparse]).any(0)
+        support = support.nonzero().squeeze(-1)
+        grouped = torch.cat([g[..., support].expand(r, -1, -1, -1, -1) for g in sparse], 1)
+        by_d = rearrange(grouped, "r b k m s -> r k (b m) s")  # (r, D, Bs·M, S)
+        # (r, d_max, S): the stored tokens' coordinates (a slice when they are the first S tokens)
+        first_tokens = bool((support == torch.arange(len(support), device=device)).all())
+        support_major = (e_major[..., : len(support)] if first_tokens else e_major[..., support]).to(dtype)
+        match_sparse = torch.zeros(r, num_dims, by_d.shape[2], num_inputs, dtype=dtype, device=device)
+        sparse_cols = torch.tensor(sparse_cols, device=device)
+    gram_out = torch.zeros(r, 1, num_outputs, num_outputs, dtype=dtype, device=device)
+    # one buffer for the converted blocks (a fresh large tensor per block would page-fault anew)
+    widest = max(b - a for a, b in zip([0] + dims[:-1], dims))
+    if e_major.dtype != dtype:
+        buffer = torch.empty(r, widest, num_inputs, dtype=dtype, device=device)
     previous = 0
     for j, d in enumerate(dims):
-        block = slice(previous, d)
-        later = rearrange(stored[:, j:, :, block], "r k bm c -> r (k bm) c")
-        match[:, j:] += rearrange(later @ coordinate_major[:, block], "r (k bm) n -> r k bm n", k=num_dims - j)
-        gram_out += u_full[..., block] @ u_full[..., block].transpose(-1, -2)
+        if e_major.dtype == dtype:
+            block = e_major[:, previous:d]  # (r, c, N) view, rows of unit stride
+        else:
+            block = buffer[:, : d - previous]  # (r, c, N), each matrix contiguous
+            block.copy_(e_major[:, previous:d])
+        outputs = u_major[:, previous:d].to(dtype)  # (r, c, M)
+        gram_out += (outputs.transpose(-1, -2) @ outputs).unsqueeze(1)
+        scores = torch.empty(r, total, num_outputs, num_inputs, dtype=dtype, device=device)
+        if flat:
+            match_flat += (flat_q @ block.transpose(-1, -2)) @ block
+            by_scheme = rearrange(match_flat, "r (b m) n -> r b m n", m=num_outputs)
+            scores.index_copy_(1, flat_cols, gram_out @ by_scheme)
+        if sparse:
+            later = rearrange(by_d[:, j:], "r k bm s -> r (k bm) s")
+            stored = later @ support_major[:, previous:d].transpose(-1, -2)  # Σ q_{d_k}(x') e_x'[block], k >= j
+            match_sparse[:, j:] += rearrange(stored @ block, "r (k bm) n -> r k bm n", k=num_dims - j)
+            by_scheme = rearrange(match_sparse[:, j], "r (b m) n -> r b m n", m=num_outputs)
+            scores.index_copy_(1, sparse_cols, gram_out @ by_scheme)
+        if dense:
+            prefix = e_major[:, :d].to(dtype)  # (r, d, N)
+            for grouped_d, cols in dense:
+                flat_d = rearrange(grouped_d[:, :, j], "r b m n -> r (b m) n")
+                match = (flat_d @ prefix.transpose(-1, -2)) @ prefix
+                by_scheme = rearrange(match, "r (b m) n -> r b m n", m=num_outputs)
+                scores.index_copy_(1, cols, gram_out @ by_scheme)
         previous = d
-        by_scheme = rearrange(match[:, j], "r (b m) n -> r b m n", b=num_schemes) / d
-        yield (gram_out / d).unsqueeze(1) @ by_scheme
+        yield scores
 
 
 def _per_d_scores(
     grouped: torch.Tensor, emb: MemoryEmbeddings, dims: list[int], order: list[int] | None
 ):
-    """Scores at each d separately (any embeddings, q may depend on d). grouped (r|1, B, D|1, M, N)."""
+    """Scores at each d separately (sphere embeddings or independent draws; q may depend on d).
+
+    grouped (r|1, B, D|1, M, N).
+    """
     num_schemes = grouped.shape[1]
-    # truncated Gaussian: the draws are coordinate-major (see draw_embeddings), so the first d
-    # coordinates of all inputs are a (d, N) block with unit stride along N: no copy per d
-    coordinate_major = emb.inputs.transpose(-1, -2) if emb.mode == "truncate" and emb.kind == "gaussian" else None
     for position, d in enumerate(dims):
         # Gaussian: use the raw coordinates and apply the 1/√d scales to the small results below
         # instead of copying the (r, N, d) inputs; sphere: the normalization needs the copy
         e, u = emb.raw(position) if emb.kind == "gaussian" else emb.at(position)
-        e_t = coordinate_major[:, :d] if coordinate_major is not None else e.transpose(-1, -2)  # (r, d, N)
         g = grouped[:, :, 0] if order is None else grouped[:, :, order[position]]
         flat = rearrange(g, "r b m n -> r (b m) n")  # no broadcast of e over schemes (see above)
-        match = (flat @ e_t.transpose(-1, -2)) @ e_t  # (r, B·M, N)
+        match = (flat @ e) @ e.transpose(-1, -2)  # (r, B·M, N)
         gram_out = u @ u.transpose(-1, -2)  # (r, M, M)
         if emb.kind == "gaussian":
             gram_out = gram_out / (d * d)  # one 1/d from e (in match), one from u

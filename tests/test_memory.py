@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from birth.memory import (
-    draw_embeddings, fit_power_law, memory_errors, memory_scores_bruteforce, q_frequency, q_power,
+    _sparse_enough, draw_embeddings, fit_power_law, memory_errors, memory_scores_bruteforce, q_frequency, q_power,
     q_seen, q_sgd, q_threshold, sgd_scheme_table, storage_weights,
 )
 from tasks.zipf import ZipfAssociations
@@ -59,14 +59,18 @@ def test_exact_error_matches_bruteforce_loop(kind, mode):
     dims = [12, 3, 7, 30]  # unsorted on purpose
     counts = task.nested_counts([4, 40], num_trials=3, seed=2)  # (3, 2, N)
     flat = torch.cat([q_frequency(counts), q_seen(counts)], 1)[:, :, None]  # (3, 4, 1, N)
-    per_d = q_threshold(counts, [2, 1, 3, 9])  # (3, 2, 4, N)
-    out = memory_errors([flat, per_d], targets, probs, dims, num_trials=3, seed=4, num_outputs=4,
-                        kind=kind, mode=mode, head_size=5, trial_chunk=2)
+    per_d = q_threshold(counts, [2, 1, 3, 4])  # (3, 2, 4, N): small support, block accumulation
+    wide = q_threshold(counts, [20, 25, 22, 24])  # large support: one product per d
+    shared = probs[None, None, None]  # (1, 1, 1, N): one q for every trial
+    out = memory_errors([flat, per_d, wide, shared], targets, probs, dims, num_trials=3, seed=4,
+                        num_outputs=4, kind=kind, mode=mode, head_size=5, trial_chunk=2)
+    assert out["error"].shape == (3, 4 + 2 + 2 + 1, 4)
+    assert _sparse_enough(per_d, sorted(dims)) and not _sparse_enough(wide, sorted(dims))  # both paths
     emb = draw_embeddings(range(3), 25, 4, dims, seed=4, kind=kind, mode=mode)
     for r in range(3):
         for k, d in enumerate(dims):
             e, u = emb.at(k)
-            qs = list(flat[r, :, 0]) + list(per_d[r, :, k])
+            qs = list(flat[r, :, 0]) + list(per_d[r, :, k]) + list(wide[r, :, k]) + [shared[0, 0, 0]]
             for b, q in enumerate(qs):
                 scores = memory_scores_bruteforce(q, targets, e[r], u[r])
                 assert e[r].shape == (25, d)
