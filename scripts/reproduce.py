@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import statistics
 import sys
 import time
@@ -53,6 +54,10 @@ def prepare_out(out: Path, overwrite: bool) -> Path:
         raise ValueError(f"--out {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ValueError(f"{out} already exists and is not empty; pass --overwrite or choose another --out")
+    if overwrite and (out / "runs").is_dir():
+        # the experiment's own training runs, re-created from scratch (a run directory is never
+        # trained into twice); nothing else in --out is removed
+        shutil.rmtree(out / "runs")
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -86,11 +91,15 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(clean), statistics.pstdev(clean) if len(clean) > 1 else 0.0
 
 
-def base_config(args: argparse.Namespace, **changes):
-    """The experiment's TrainConfig: quick preset (or paper with --full), CLI overrides, changes."""
-    from training.config import PRESETS
+def base_config(args: argparse.Namespace, *, theory: bool = False, **changes):
+    """The experiment's TrainConfig: quick preset (or paper with --full), CLI overrides, changes.
 
-    base = PRESETS["paper" if args.full else "quick"]
+    `theory`: the setting of the paper's constructions instead (the TrainConfig defaults: K=5 fixed
+    triggers, N(0, I/d) embeddings, loss on outputs), whatever --full says about training.
+    """
+    from training.config import PRESETS, TrainConfig
+
+    base = TrainConfig() if theory else PRESETS["paper" if args.full else "quick"]
     overrides = {"checkpoint_every": 10**9}  # only the final checkpoint: runs are disposable
     for flag, field in (
         ("steps", "steps"),
@@ -255,7 +264,7 @@ def exp_order(args, out: Path, log) -> tuple[dict, str]:
         for key in crossings:
             crossings[key].append(order.get(key))
         steps = [order.get(k) for k in ("W_OV2", "W_KQ2", "W_KQ1")]
-        if all(s is not None for s in steps) and steps[0] <= steps[1] <= steps[2]:
+        if all(s is not None for s in steps) and steps[0] < steps[1] < steps[2]:  # ties do not count
             paper_order += 1
     fig, axes = _figure()
     ax = axes[0][0]
@@ -375,7 +384,10 @@ def exp_memories(args, out: Path, log) -> tuple[dict, str]:
     from training.loop import evaluate
 
     # d = 256 (the paper's width): at d = 128 the 65 pairs of W_OV² cross-talk too much for 99%
-    config = base_config(args, d_model=args.d_model or 256, seq_len=args.seq_len or (256 if args.full else 128))
+    config = base_config(
+        args, theory=True, d_model=args.d_model or 256, seq_len=args.seq_len or (256 if args.full else 128),
+        eval_batch_size=args.eval_batch_size or 256,
+    )
     stats = load_stats()
     task = TriggeredBigram(config.task_config(), stats)
     batch = task.sample(config.eval_batch_size, task.generator(config.eval_seed))
@@ -431,6 +443,7 @@ def exp_gradient_steps(args, out: Path, log) -> tuple[dict, str]:
 
     config = base_config(
         args,
+        theory=True,
         d_model=args.d_model or 256,
         seq_len=args.seq_len or 64,  # T=64: fewer positions share W_KQ¹'s 1/t-diluted signal
         output_mode="no_repeat",  # o_k = q_k makes "q q q ..." loops that dominate the gradient

@@ -65,6 +65,12 @@ def test_reproduce_triggers_order_and_ood_tiny_runs(tmp_path):
     assert {"fixed", "random"} <= set(triggers)
     order = json.loads((tmp_path / "order" / "results.json").read_text())
     assert set(order["crossings"]) == {"W_OV2", "W_KQ2", "W_KQ1"}
+    # --overwrite re-runs the experiment's training runs from scratch and keeps other files
+    (tmp_path / "order" / "notes.txt").write_text("mine")
+    assert main(["reproduce", "order", "--out", str(tmp_path / "order"), *TINY]) == 2
+    assert main(["reproduce", "order", "--out", str(tmp_path / "order"), "--overwrite", *TINY]) == 0
+    assert json.loads((tmp_path / "order" / "results.json").read_text())["crossings"] == order["crossings"]
+    assert (tmp_path / "order" / "notes.txt").read_text() == "mine"
     ood = json.loads((tmp_path / "ood" / "results.json").read_text())["icl_acc"]
     for train in ("uniform", "bigram"):
         for evaluated in ("uniform", "bigram"):

