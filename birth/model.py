@@ -216,13 +216,14 @@ def fast_logits(
         if last:
             w_ov, b_ov = w_ov @ U.t(), b_ov @ U.t()  # [d, N], [N]
         if first:
-            k = _first_layer_table(attn.k, E, P, tokens)
             v = F.embedding(tokens, F.linear(E, w_ov.t(), b_ov)) + F.linear(P[:T], w_ov.t())
         else:
-            k = attn.k(x)
             v = x @ w_ov + b_ov
         if last and positions is not None:
+            # first layer: keys from the tables; later: W_K moves to the selected queries' side
+            k = _first_layer_table(attn.k, E, P, tokens) if first else None
             return _selected_query_logits(attn, x, k, v, U, positions, scale)
+        k = _first_layer_table(attn.k, E, P, tokens) if first else attn.k(x)
         if first:
             q = x if _is_frozen_identity(attn.q) else _first_layer_table(attn.q, E, P, tokens)
         else:
@@ -239,13 +240,18 @@ def fast_logits(
 def _selected_query_logits(
     attn: nn.Module,
     x: torch.Tensor,
-    k: torch.Tensor,
+    k: torch.Tensor | None,
     v: torch.Tensor,
     U: torch.Tensor,
     positions: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Last layer from the selected queries only: rows padded to the largest count per sequence."""
+    """Last layer from the selected queries only: rows padded to the largest count per sequence.
+
+    `k` None: the keys are not projected; q·(x_s W_Kᵀ + b_K) = (q W_K)·x_s + q·b_K, and q·b_K is the
+    same for every key s, which softmax ignores, so W_K is applied to the few selected queries
+    instead of to all B·T positions.
+    """
     B, T, d = x.shape
     counts = positions.sum(dim=1)
     n_query = int(counts.max()) if B else 0
@@ -255,6 +261,10 @@ def _selected_query_logits(
     xq = x.gather(1, order.unsqueeze(-1).expand(B, n_query, d))  # [B, Q, d]
     future = torch.arange(T, device=x.device) > order.unsqueeze(-1)  # [B, Q, T]
     # explicit attention: a boolean mask sends SDPA to its unfused path anyway, with extra copies
-    scores = torch.bmm(_query(attn.q, xq) * scale, k.transpose(1, 2))  # scale the smaller side
+    query = _query(attn.q, xq) * scale  # scale the smaller side
+    if k is None:
+        scores = torch.bmm(query @ attn.k.weight, x.transpose(1, 2))
+    else:
+        scores = torch.bmm(query, k.transpose(1, 2))
     out = torch.bmm(scores.masked_fill_(future, float("-inf")).softmax(dim=-1), v)
     return (F.linear(xq, U) + out)[valid]  # row-major (b, t) order, as logits[positions]

@@ -349,7 +349,51 @@ DEFAULT_STEP_NORMS: dict[str, float | tuple[float, ...]] = {
 }
 
 
+# With exactly orthogonal embeddings (`orthogonal_embeddings`) a small first step keeps the
+# predictions near uniform, where step 2's gradient is the clean memory: d=384, T=64, 4096
+# sequences, W_OV2 norm 3 gives R(W_KQ²) = 1.00 (norm 10: 0.60, 30 and 100: 0.20, every trigger
+# then picks the same key); a larger W_KQ2 step (5000 vs 150) sharpens layer-2 attention enough for
+# step 3 to see the previous-token signal (R(W_KQ¹) 0.17 vs 0.02). With random embeddings at d=256
+# these norms do not help (R(W_KQ²) 0.20).
+ORTHOGONAL_STEP_NORMS: dict[str, float | tuple[float, ...]] = {
+    "W_OV2": 3.0,
+    "W_KQ2": 5000.0,
+    "W_KQ1": (10.0, 100.0, 1000.0, 10000.0),
+}
+
 BASES = ("uniform", "shakespeare")
+EMBEDDINGS = ("random", "orthogonal")
+
+
+@torch.no_grad()
+def orthogonal_embeddings(model: nn.Module) -> None:
+    """The theorem's infinite-width idealization at finite d: every embedding exactly orthogonal.
+
+    Random N(0, 1/d) embeddings overlap by O(1/√d), and that cross-talk is as large as the signal
+    of a single gradient step on W_K² or W_K¹ at d = 256. Here the token embeddings w_E(k), the
+    positions p_t, their images under W_OV¹ and the unembeddings w_U(k) are standard basis vectors
+    of five disjoint blocks (3N + 2T <= d needed), W_OV¹ maps the first two blocks onto the next two
+    (W_V¹ = I, W_O¹ a partial isometry) and W_V² = I. Frozen weights only; the trainable matrices
+    are untouched.
+    """
+    from birth.model import native
+
+    _require_two_layer_simplified(model)
+    nm = native(model)
+    n, T, d = nm.tok_embed.weight.shape[0], nm.pos.weight.shape[0], model.cfg.d_model
+    if 3 * n + 2 * T > d:
+        raise ValueError(f"orthogonal embeddings need d >= 3N + 2T = {3 * n + 2 * T}, got d = {d}")
+    eye = torch.eye(d, dtype=nm.tok_embed.weight.dtype, device=nm.tok_embed.weight.device)
+    tokens, positions = eye[:n], eye[n : n + T]  # blocks 1, 2
+    nm.tok_embed.weight.copy_(tokens)
+    nm.pos.weight.copy_(positions)
+    nm.head.weight.copy_(eye[2 * n + 2 * T : 3 * n + 2 * T])  # block 5
+    # row form OV¹ = W_Vᵀ W_Oᵀ: with W_V = I, o.weight = OV¹ᵀ; blocks 1, 2 -> blocks 3, 4
+    ov1 = torch.zeros(d, d, dtype=eye.dtype, device=eye.device)
+    ov1[: n + T, n + T : 2 * (n + T)] = torch.eye(n + T, dtype=eye.dtype, device=eye.device)
+    attn_linear(model, 0, "v").weight.copy_(eye)
+    attn_linear(model, 0, "o").weight.copy_(ov1.T)
+    attn_linear(model, 1, "v").weight.copy_(eye)
 
 
 def induction_logits(
@@ -412,6 +456,7 @@ def run_gradient_steps(
     base: str = "uniform",
     value_identity: bool = True,
     direct_path: bool = False,
+    embeddings: str = "random",
     progress: Callable[[str], None] | None = None,
 ) -> list[StepRecord]:
     """Three large-batch gradient steps from zero on the simplified 2-layer model of `config`.
@@ -430,6 +475,8 @@ def run_gradient_steps(
     that Wishart matrix (eigenvalues spread over [0, 4]) mixes the stored pairs at finite d.
     `direct_path`: keep the residual path to the unembedding in the loss (see `induction_logits`;
     the theorem's infinite width makes it vanish). Metrics always use the full model.
+    `embeddings`: "random" (the model's N(0, I/d) draws) or "orthogonal" (`orthogonal_embeddings`,
+    the theorem's infinite-width idealization; needs d >= 3N + 2T).
     """
     from tasks.shakespeare import load_stats
     from tasks.triggered_bigram import TriggeredBigram
@@ -448,6 +495,10 @@ def run_gradient_steps(
     config.validate(stats.vocab_size)
     task = TriggeredBigram(config.task_config(), stats)
     model = build_model(config.model_config(stats.vocab_size))
+    if embeddings not in EMBEDDINGS:
+        raise ValueError(f"embeddings must be one of {EMBEDDINGS}, got {embeddings!r}")
+    if embeddings == "orthogonal":
+        orthogonal_embeddings(model)
     if value_identity:
         with torch.no_grad():
             attn_linear(model, 1, "v").weight.copy_(torch.eye(config.d_model))

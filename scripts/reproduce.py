@@ -23,6 +23,7 @@ NAMES = ("layers", "triggers", "order", "loss", "ood", "memories", "gradient-ste
 TRAINING = ("layers", "triggers", "order", "loss", "ood")
 
 DEFAULT_SEEDS = 2
+VOCAB_SIZE = 65  # the tiny Shakespeare characters (tasks/data/shakespeare_stats.json)
 FULL_SEEDS = 5
 
 
@@ -439,7 +440,7 @@ def exp_memories(args, out: Path, log) -> tuple[dict, str]:
 
 
 def exp_gradient_steps(args, out: Path, log) -> tuple[dict, str]:
-    from birth.theory import PAPER_ORDER, REVERSE_ORDER, run_gradient_steps
+    from birth.theory import ORTHOGONAL_STEP_NORMS, PAPER_ORDER, REVERSE_ORDER, run_gradient_steps
 
     config = base_config(
         args,
@@ -451,13 +452,30 @@ def exp_gradient_steps(args, out: Path, log) -> tuple[dict, str]:
     )
     # the loss is on second occurrences only (≈ 2 targets per sequence at T=64): many sequences
     n_sequences = args.sequences or (32768 if args.full else 4096)
+    # the theorem's infinite-width idealization: exactly orthogonal embeddings (3N + 2T <= d)
+    ortho_config = dataclasses.replace(
+        config, d_model=max(config.d_model, 128 * math.ceil((3 * VOCAB_SIZE + 2 * config.seq_len) / 128))
+    )
+    runs = (
+        ("paper", PAPER_ORDER, config, "random", None),
+        ("reverse", REVERSE_ORDER, config, "random", None),
+        ("orthogonal", PAPER_ORDER, ortho_config, "orthogonal", ORTHOGONAL_STEP_NORMS),
+    )
     results = {}
-    for label, order in (("paper", PAPER_ORDER), ("reverse", REVERSE_ORDER)):
-        log(f"[gradient-steps] {label} order {' → '.join(order)}, {n_sequences} sequences per step")
-        records = run_gradient_steps(config, order, n_sequences=n_sequences, progress=log)
+    for label, order, cfg, embeddings, norms in runs:
+        log(f"[gradient-steps] {label}: order {' → '.join(order)}, {embeddings} embeddings, "
+            f"d={cfg.d_model}, {n_sequences} sequences per step")
+        records = run_gradient_steps(
+            cfg, order, n_sequences=n_sequences, embeddings=embeddings, step_norms=norms, progress=log
+        )
         results[label] = [r.to_dict() for r in records]
-    fig, axes = _figure(1, 2, size=(5.0, 4.0))
-    for col, label in enumerate(("paper", "reverse")):
+    titles = {
+        "paper": f"paper order, d={config.d_model}",
+        "reverse": f"reverse order, d={config.d_model}",
+        "orthogonal": f"paper order, orthogonal embeddings, d={ortho_config.d_model}",
+    }
+    fig, axes = _figure(1, 3, size=(5.0, 4.0))
+    for col, label in enumerate(("paper", "reverse", "orthogonal")):
         ax = axes[0][col]
         recs = results[label]
         xs = list(range(len(recs)))
@@ -466,21 +484,23 @@ def exp_gradient_steps(args, out: Path, log) -> tuple[dict, str]:
         ax.plot(xs, [r["icl_acc"] for r in recs], "k--", marker="x", label="icl acc")
         ax.set_xticks(xs, ["init"] + [r["matrix"] for r in recs[1:]])
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{label} order")
+        ax.set_title(titles[label], fontsize=9)
         ax.set_ylabel("memory recall R")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "gradient_steps.png", dpi=120)
-    p = results["paper"]
-    r = results["reverse"]
+
+    def steps(label: str) -> str:
+        recs = results[label]
+        return (", ".join(f"{rec['matrix']} {rec['probes'][rec['matrix']]:.2f}" for rec in recs[1:])
+                + f" (icl {recs[-1]['icl_acc']:.3f})")
+
     headline = (
-        "R after steps 1-3, paper order: "
-        + ", ".join(f"{rec['matrix']} {rec['probes'][rec['matrix']]:.2f}" for rec in p[1:])
-        + f" (icl {p[-1]['icl_acc']:.3f}); reverse order: "
-        + ", ".join(f"{rec['matrix']} {rec['probes'][rec['matrix']]:.2f}" for rec in r[1:])
-        + f" (icl {r[-1]['icl_acc']:.3f})"
+        f"R after steps 1-3, paper order: {steps('paper')}; reverse order: {steps('reverse')}; "
+        f"orthogonal embeddings (d={ortho_config.d_model}), paper order: {steps('orthogonal')}"
     )
-    return {"config": config.to_dict(), "n_sequences": n_sequences, "base": "uniform", **results}, headline
+    return {"config": config.to_dict(), "orthogonal_config": ortho_config.to_dict(),
+            "n_sequences": n_sequences, "base": "uniform", **results}, headline
 
 
 def exp_lemma(args, out: Path, log) -> tuple[dict, str]:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from birth.model import ModelConfig, build_model
+from birth.model import ModelConfig, attn_linear, build_model
 from birth.theory import (
+    ORTHOGONAL_STEP_NORMS,
     PAPER_ORDER,
     REVERSE_ORDER,
     insert_memories,
     lemma_one_step,
+    orthogonal_embeddings,
     run_gradient_steps,
 )
 from probes.recall import all_probes
@@ -83,3 +85,31 @@ def test_gradient_steps_store_w_ov2_then_w_kq2_and_reverse_order_has_no_signal()
     assert reverse[2].matrix == "W_KQ2" and reverse[2].grad_norm == 0.0 and reverse[2].eta == 0.0
     assert reverse[2].probes["W_KQ2"] == pytest.approx(0.2)
     assert reverse[1].grad_norm == 0.0  # W_K¹ too: with W_O² = 0 and no direct path, no signal
+
+
+def test_orthogonal_embeddings_are_exactly_orthogonal_and_w_ov1_remaps_them():
+    stats = load_stats()
+    config = TrainConfig(d_model=336, seq_len=64)  # 3 * 65 + 2 * 64 = 323 <= 336
+    model = build_model(config.model_config(stats.vocab_size))
+    orthogonal_embeddings(model)
+    W_E, P, W_U = model.W_E.detach(), model.W_pos.detach(), model.W_U.T.detach()
+    remapped = torch.cat([W_E, P]) @ model.OV[0, 0].AB  # row form: w_E(k) W_OV¹, p_t W_OV¹
+    every = torch.cat([W_E, P, remapped, W_U])  # 3N + 2T vectors
+    assert torch.equal(every @ every.T, torch.eye(3 * 65 + 2 * 64))
+    assert torch.equal(attn_linear(model, 1, "v").weight, torch.eye(336))  # W_OV² = W_O²
+    with pytest.raises(ValueError, match="3N \\+ 2T"):
+        orthogonal_embeddings(build_model(TrainConfig(d_model=256, seq_len=64).model_config(65)))
+
+
+def test_gradient_steps_with_orthogonal_embeddings_store_w_kq2_exactly():
+    # the theorem's infinite-width idealization: no cross-talk, so step 2 recovers W_KQ² exactly
+    # (random embeddings at d=128: 0.4-0.6, above) and step 3 finds some previous-token pairs
+    config = TrainConfig(d_model=384, seq_len=64, output_mode="no_repeat", eval_batch_size=64)
+    records = run_gradient_steps(
+        config, PAPER_ORDER, n_sequences=512, embeddings="orthogonal", step_norms=ORTHOGONAL_STEP_NORMS
+    )
+    assert records[1].probes["W_OV2"] > 0.4  # measured 0.62 (1.00 with 4096 sequences)
+    assert records[2].probes["W_KQ2"] == 1.0
+    assert records[3].probes["W_KQ1"] > 3 / 63  # chance 1/63; measured 0.11
+    with pytest.raises(ValueError, match="embeddings"):
+        run_gradient_steps(config, PAPER_ORDER, n_sequences=8, embeddings="sphere")
