@@ -32,7 +32,8 @@ gradient's trigger × trigger block has off-diagonal entries as large as the dia
 they do not shrink with 4x more sequences. With exactly orthogonal embeddings
 (`orthogonal_embeddings`, the theorem's infinite width at d = 384) the first two steps recover
 their memories exactly (R = 1.00, 1.00 with 4096 sequences, ORTHOGONAL_STEP_NORMS) and the third
-reaches R(W_KQ¹) = 0.44 with 16384 sequences: its signal decays ∝ 1/t, so it needs many samples.
+reaches R(W_KQ¹) = 0.44 with 16384 sequences, 0.62 with 65536: its signal decays ∝ 1/t, so it
+needs many samples.
 
 Lemma (gradients as memories). For a linear memory ξ_W(z)_k = v_kᵀ W u_z trained with the
 cross-entropy loss on z ~ Unif([N]), y = f*(z), one population gradient step from W_0 = 0 gives
@@ -359,9 +360,9 @@ DEFAULT_STEP_NORMS: dict[str, float | tuple[float, ...]] = {
 # then picks the same key). A larger W_KQ2 step sharpens layer-2 attention, so that step 3 sees the
 # previous-token signal through the keys more than the self-attention pull of the value path
 # (W_O² also maps W_OV¹ w_E(k) to w_U(k) after step 1): R(W_KQ¹) 0.02, 0.17, 0.19, 0.13 for
-# norms 150, 5000, 20000, 10⁵ (4096 sequences); 0.44 with 16384 sequences (norm 20000): step 3 is
-# limited by sampling noise (its signal is ∝ 1/t). With random embeddings at d=256 these norms do
-# not help (R(W_KQ²) 0.20).
+# norms 150, 5000, 20000, 10⁵ (4096 sequences); 0.44 and 0.62 with 16384 and 65536 sequences
+# (norm 20000): step 3 is limited by sampling noise (its signal is ∝ 1/t). With random embeddings
+# at d=256 these norms do not help (R(W_KQ²) 0.20).
 ORTHOGONAL_STEP_NORMS: dict[str, float | tuple[float, ...]] = {
     "W_OV2": 3.0,
     "W_KQ2": 20000.0,
