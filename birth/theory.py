@@ -33,7 +33,11 @@ they do not shrink with 4x more sequences. With exactly orthogonal embeddings
 (`orthogonal_embeddings`, the theorem's infinite width at d = 384) the first two steps recover
 their memories exactly (R = 1.00, 1.00 with 4096 sequences, ORTHOGONAL_STEP_NORMS) and the third
 reaches R(W_KQ¹) = 0.44 with 16384 sequences, 0.62 with 65536: its signal decays ∝ 1/t, so it
-needs many samples.
+needs many samples. The in-context accuracy stays near chance even so: the first step also stores
+W_OV¹ w_E(k) → w_U(k) at 0.90 of the weight of w_E(k) → w_U(k) (layer 1's uniform average carries
+the output), which the W_OV² probe does not see, and with a previous-token layer 1 the value at the
+output's position then votes for the trigger too (learned W_O² with exact W_KQ², W_KQ¹: 0.05;
+all three exact: 0.97, d = 384).
 
 Lemma (gradients as memories). For a linear memory ξ_W(z)_k = v_kᵀ W u_z trained with the
 cross-entropy loss on z ~ Unif([N]), y = f*(z), one population gradient step from W_0 = 0 gives
