@@ -245,6 +245,46 @@ def _selected_query_logits(
     U: torch.Tensor,
     positions: torch.Tensor,
     scale: float,
+    groups: int = 8,
+) -> torch.Tensor:
+    """Last layer from the selected queries only, as `logits[positions]` in row-major (b, t) order.
+
+    Rows are padded to the largest count of selected positions within a group of sequences: a few
+    sequences can have far more than the rest (a trigger whose output is itself repeats to the
+    end: every later target is a 2nd+ occurrence), so the batch is sorted by count and cut into
+    `groups` groups, each padded to its own largest count (at the paper preset the batch's largest
+    count is 255 for a mean of ~76).
+    """
+    B = x.shape[0]
+    counts = positions.sum(dim=1)
+    by_count = torch.argsort(counts)
+    n_groups = max(1, min(groups, B))
+    # chunk (not indexing) so that backward concatenates the groups' gradients instead of filling
+    # a batch-sized zero tensor per group
+    xs, vs, ps = (t[by_count].chunk(n_groups) for t in (x, v, positions))
+    ks = [None] * len(xs) if k is None else k[by_count].chunk(n_groups)
+    pieces = [
+        _padded_query_logits(attn, xg, kg, vg, U, pg, scale) for xg, kg, vg, pg in zip(xs, ks, vs, ps)
+    ]
+    positions = positions[by_count]
+    # pieces hold the sorted rows' positions in row-major order: put them back in the caller's
+    rank = torch.empty_like(positions, dtype=torch.long)
+    rank[positions] = torch.arange(int(positions.sum()), device=x.device)
+    original = torch.empty_like(positions)
+    original[by_count] = positions  # back to the caller's row order, then number its positions
+    index = torch.empty_like(rank)
+    index[by_count] = rank
+    return torch.cat(pieces)[index[original]]
+
+
+def _padded_query_logits(
+    attn: nn.Module,
+    x: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor,
+    U: torch.Tensor,
+    positions: torch.Tensor,
+    scale: float,
 ) -> torch.Tensor:
     """Last layer from the selected queries only: rows padded to the largest count per sequence.
 

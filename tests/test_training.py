@@ -6,6 +6,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 
 import pytest
 import torch
@@ -224,3 +225,14 @@ def test_unsafe_checkpoint_error_never_advises_weights_only_false(tmp_path):
     message = str(info.value)
     assert "corrupted" in message and "\n" not in message
     assert "weights_only" not in message and "Unsupported operand" in message
+
+
+def test_keep_freed_memory_applies_on_glibc_and_is_idempotent():
+    import platform
+
+    from training.allocator import keep_freed_memory
+
+    applied = keep_freed_memory()
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert applied is True
+    assert keep_freed_memory() is applied

@@ -24,6 +24,7 @@ from birth.model import build_model, fast_logits, native, trainable_parameters
 from probes.recall import all_probes
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import Batch, TriggeredBigram
+from training.allocator import keep_freed_memory
 from training.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -222,6 +223,8 @@ def train(
     """Train (or resume) one run in `run_dir`. `on_step(step)` is called after each update."""
     run_dir = Path(run_dir)
     dev = resolve_device(device)
+    if dev.type == "cpu":
+        keep_freed_memory()  # freed activations are reused instead of page-faulted anew each step
     stats = load_stats()
     config.validate(stats.vocab_size)
 
