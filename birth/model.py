@@ -261,20 +261,20 @@ def _selected_query_logits(
     n_groups = max(1, min(groups, B))
     # chunk (not indexing) so that backward concatenates the groups' gradients instead of filling
     # a batch-sized zero tensor per group
-    xs, vs, ps = (t[by_count].chunk(n_groups) for t in (x, v, positions))
+    sorted_positions = positions[by_count]
+    xs, vs = x[by_count].chunk(n_groups), v[by_count].chunk(n_groups)
     ks = [None] * len(xs) if k is None else k[by_count].chunk(n_groups)
     pieces = [
-        _padded_query_logits(attn, xg, kg, vg, U, pg, scale) for xg, kg, vg, pg in zip(xs, ks, vs, ps)
+        _padded_query_logits(attn, xg, kg, vg, U, pg, scale)
+        for xg, kg, vg, pg in zip(xs, ks, vs, sorted_positions.chunk(n_groups))
     ]
-    positions = positions[by_count]
-    # pieces hold the sorted rows' positions in row-major order: put them back in the caller's
-    rank = torch.empty_like(positions, dtype=torch.long)
-    rank[positions] = torch.arange(int(positions.sum()), device=x.device)
-    original = torch.empty_like(positions)
-    original[by_count] = positions  # back to the caller's row order, then number its positions
+    # the pieces hold the sorted rows' selected positions in row-major order: number them, then
+    # read the numbers back in the caller's row order
+    rank = torch.empty_like(sorted_positions, dtype=torch.long)
+    rank[sorted_positions] = torch.arange(int(positions.sum()), device=x.device)
     index = torch.empty_like(rank)
     index[by_count] = rank
-    return torch.cat(pieces)[index[original]]
+    return torch.cat(pieces)[index[positions]]
 
 
 def _padded_query_logits(
