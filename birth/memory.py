@@ -211,8 +211,9 @@ def draw_embeddings(
 ) -> MemoryEmbeddings:
     """Embeddings of the given trial indices; trial r's numbers depend only on (seed, r).
 
-    `out`: a contiguous tensor whose storage is reused for the draws when it is large enough (truncate
-    mode; repeated calls then do not allocate and page-fault a fresh buffer each time).
+    `out`: truncate mode, a contiguous tensor whose storage is reused for the draws when it is large
+    enough (repeated calls then do not allocate and page-fault a fresh buffer each time); ignored in
+    independent mode, whose draws of several widths must not share storage.
     """
     if kind not in EMBEDDING_KINDS:
         raise ValueError(f"embedding kind must be one of {EMBEDDING_KINDS}, got {kind!r}")
@@ -222,12 +223,16 @@ def draw_embeddings(
     if not dims or min(dims) < 1:
         raise ValueError(f"dimensions must be >= 1, got {dims}")
 
-    def draws(width: int, *stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def draws(
+        width: int, *stream: int, storage: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # drawn coordinate-major, (width, N + M) per trial, so that the first d coordinates of every
         # embedding are one contiguous block and products over them need no copy
         shape = (len(trials), width, num_inputs + num_outputs)
-        if out is not None and out.numel() >= math.prod(shape) and out.dtype == dtype and out.device == torch.device(device):
-            both = out.view(-1)[: math.prod(shape)].view(shape)  # reuse the caller's storage
+        size = math.prod(shape)
+        reusable = storage is not None and storage.numel() >= size and storage.dtype == dtype
+        if reusable and storage.device == torch.device(device):
+            both = storage.view(-1)[:size].view(shape)
         else:
             both = torch.empty(shape, device=device, dtype=dtype)
 
@@ -253,7 +258,7 @@ def draw_embeddings(
         return both[:, :num_inputs], both[:, num_inputs:]
 
     if mode == "truncate":
-        return MemoryEmbeddings(dims, kind, mode, *draws(max(dims)))
+        return MemoryEmbeddings(dims, kind, mode, *draws(max(dims), storage=out))
     inputs, outputs = [], []
     for d in dims:
         e, u = draws(d, 1, d)  # keyed by d, so the order of dims does not matter
@@ -371,18 +376,15 @@ def memory_errors(
         size = min(trial_chunk, num_trials) * max(dims) * (num_inputs + num_outputs)
         storage = torch.empty(size, dtype=draw_dtype, device=device)
 
-    def draw(trials: list[int]) -> MemoryEmbeddings:
-        return draw_embeddings(
-            trials, num_inputs, num_outputs, sorted_dims, seed=seed, kind=kind, mode=mode,
-            device=device, dtype=draw_dtype, out=storage,
-        )
-
     if progress:
         from tqdm import tqdm
 
         chunks = tqdm(chunks, desc="trials", unit="chunk", leave=False)
     for trials in chunks:
-        emb = draw(trials)
+        emb = draw_embeddings(
+            trials, num_inputs, num_outputs, sorted_dims, seed=seed, kind=kind, mode=mode,
+            device=device, dtype=draw_dtype, out=storage,
+        )
         rows = slice(trials[0], trials[-1] + 1)
         qs = [w if w.shape[0] == 1 else w[rows] for w in weights]
         if truncated_gaussian:
@@ -495,7 +497,8 @@ def _truncated_gaussian_scores(
             scores.index_copy_(1, flat_cols, gram_out @ by_scheme)
         if sparse:
             later = rearrange(by_d[:, j:], "r k bm s -> r (k bm) s")
-            stored = later @ support_major[:, previous:d].transpose(-1, -2)  # Σ q_{d_k}(x') e_x'[block], k >= j
+            # Σ q_{d_k}(x') e_x'[block] for every k >= j
+            stored = later @ support_major[:, previous:d].transpose(-1, -2)
             match_sparse[:, j:] += rearrange(stored @ block, "r (k bm) n -> r k bm n", k=num_dims - j)
             by_scheme = rearrange(match_sparse[:, j], "r (b m) n -> r b m n", m=num_outputs)
             scores.index_copy_(1, sparse_cols, gram_out @ by_scheme)
@@ -523,7 +526,7 @@ def _per_d_scores(
         # instead of copying the (r, N, d) inputs; sphere: the normalization needs the copy
         e, u = emb.raw(position) if emb.kind == "gaussian" else emb.at(position)
         g = grouped[:, :, 0] if order is None else grouped[:, :, order[position]]
-        flat = rearrange(g, "r b m n -> r (b m) n")  # no broadcast of e over schemes (see above)
+        flat = rearrange(g, "r b m n -> r (b m) n")  # (B, M) folded: e is never broadcast over schemes
         match = (flat @ e) @ e.transpose(-1, -2)  # (r, B·M, N)
         gram_out = u @ u.transpose(-1, -2)  # (r, M, M)
         if emb.kind == "gaussian":

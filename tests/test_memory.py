@@ -172,3 +172,17 @@ def test_all_computation_paths_agree_with_bruteforce():
             for b, q in enumerate([flat[0, 0, 0], sparse[0, 0, k], dense[0, 0, k]]):
                 pred = memory_scores_bruteforce(q, targets, e[r], u[r]).argmax(0)
                 assert out[r, b, k].item() == pytest.approx(float((probs * (pred != targets)).sum()), abs=1e-12)
+
+
+def test_draw_storage_is_reused_in_truncate_mode_and_ignored_for_independent_draws():
+    args = ([0, 1], 30, 4, [3, 8])
+    fresh = draw_embeddings(*args, seed=5, dtype=torch.float32)
+    storage = torch.empty(2 * 8 * 34)
+    reused = draw_embeddings(*args, seed=5, dtype=torch.float32, out=storage)
+    assert reused.inputs.data_ptr() == storage.data_ptr()
+    assert torch.equal(reused.inputs, fresh.inputs) and torch.equal(reused.outputs, fresh.outputs)
+    # independent draws of several widths each keep their own numbers
+    independent = draw_embeddings(*args, seed=5, mode="independent", dtype=torch.float32, out=storage)
+    expected = draw_embeddings(*args, seed=5, mode="independent", dtype=torch.float32)
+    for k in range(2):
+        assert torch.equal(independent.inputs[k], expected.inputs[k])
