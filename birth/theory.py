@@ -377,6 +377,12 @@ BASES = ("uniform", "shakespeare")
 EMBEDDINGS = ("random", "orthogonal")
 
 
+def orthogonal_width(vocab_size: int, seq_len: int) -> int:
+    """The smallest d for `orthogonal_embeddings`: 3N + 2T basis vectors (w_E, p_t, their W_OV¹
+    images, w_U)."""
+    return 3 * vocab_size + 2 * seq_len
+
+
 @torch.no_grad()
 def orthogonal_embeddings(model: nn.Module) -> None:
     """The theorem's infinite-width idealization at finite d: every embedding exactly orthogonal.
@@ -393,8 +399,8 @@ def orthogonal_embeddings(model: nn.Module) -> None:
     _require_two_layer_simplified(model)
     nm = native(model)
     n, T, d = nm.tok_embed.weight.shape[0], nm.pos.weight.shape[0], model.cfg.d_model
-    if 3 * n + 2 * T > d:
-        raise ValueError(f"orthogonal embeddings need d >= 3N + 2T = {3 * n + 2 * T}, got d = {d}")
+    if orthogonal_width(n, T) > d:
+        raise ValueError(f"orthogonal embeddings need d >= 3N + 2T = {orthogonal_width(n, T)}, got d = {d}")
     eye = torch.eye(d, dtype=nm.tok_embed.weight.dtype, device=nm.tok_embed.weight.device)
     tokens, positions = eye[:n], eye[n : n + T]  # blocks 1, 2
     nm.tok_embed.weight.copy_(tokens)

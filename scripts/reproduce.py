@@ -23,7 +23,6 @@ NAMES = ("layers", "triggers", "order", "loss", "ood", "memories", "gradient-ste
 TRAINING = ("layers", "triggers", "order", "loss", "ood")
 
 DEFAULT_SEEDS = 2
-VOCAB_SIZE = 65  # the tiny Shakespeare characters (tasks/data/shakespeare_stats.json)
 FULL_SEEDS = 5
 
 
@@ -440,7 +439,10 @@ def exp_memories(args, out: Path, log) -> tuple[dict, str]:
 
 
 def exp_gradient_steps(args, out: Path, log) -> tuple[dict, str]:
-    from birth.theory import ORTHOGONAL_STEP_NORMS, PAPER_ORDER, REVERSE_ORDER, run_gradient_steps
+    from birth.theory import (
+        ORTHOGONAL_STEP_NORMS, PAPER_ORDER, REVERSE_ORDER, orthogonal_width, run_gradient_steps,
+    )
+    from tasks.shakespeare import load_stats
 
     config = base_config(
         args,
@@ -452,32 +454,27 @@ def exp_gradient_steps(args, out: Path, log) -> tuple[dict, str]:
     )
     # the loss is on second occurrences only (≈ 2 targets per sequence at T=64): many sequences
     n_sequences = args.sequences or (32768 if args.full else 4096)
-    # the theorem's infinite-width idealization: exactly orthogonal embeddings (3N + 2T <= d)
-    ortho_config = dataclasses.replace(
-        config, d_model=max(config.d_model, 128 * math.ceil((3 * VOCAB_SIZE + 2 * config.seq_len) / 128))
-    )
-    runs = (
-        ("paper", PAPER_ORDER, config, "random", None),
-        ("reverse", REVERSE_ORDER, config, "random", None),
-        ("orthogonal", PAPER_ORDER, ortho_config, "orthogonal", ORTHOGONAL_STEP_NORMS),
-    )
-    # without cross-talk, step 3 is limited by sampling noise (its signal is ∝ 1/t): 4x the sequences
-    sequences = {"paper": n_sequences, "reverse": n_sequences, "orthogonal": 4 * n_sequences}
+    # the theorem's infinite-width idealization: exactly orthogonal embeddings, d rounded up to 128
+    width = orthogonal_width(load_stats().vocab_size, config.seq_len)
+    ortho_config = dataclasses.replace(config, d_model=max(config.d_model, 128 * math.ceil(width / 128)))
+    # label: (order, config, embeddings, step norms, sequences per step, title); without cross-talk,
+    # step 3 is limited by sampling noise (its signal is ∝ 1/t): 4x the sequences
+    runs = {
+        "paper": (PAPER_ORDER, config, "random", None, n_sequences, f"paper order, d={config.d_model}"),
+        "reverse": (REVERSE_ORDER, config, "random", None, n_sequences, f"reverse order, d={config.d_model}"),
+        "orthogonal": (PAPER_ORDER, ortho_config, "orthogonal", ORTHOGONAL_STEP_NORMS, 4 * n_sequences,
+                       f"paper order, orthogonal embeddings, d={ortho_config.d_model}"),
+    }
     results = {}
-    for label, order, cfg, embeddings, norms in runs:
+    for label, (order, cfg, embeddings, norms, sequences, _) in runs.items():
         log(f"[gradient-steps] {label}: order {' → '.join(order)}, {embeddings} embeddings, "
-            f"d={cfg.d_model}, {sequences[label]} sequences per step")
+            f"d={cfg.d_model}, {sequences} sequences per step")
         records = run_gradient_steps(
-            cfg, order, n_sequences=sequences[label], embeddings=embeddings, step_norms=norms, progress=log
+            cfg, order, n_sequences=sequences, embeddings=embeddings, step_norms=norms, progress=log
         )
         results[label] = [r.to_dict() for r in records]
-    titles = {
-        "paper": f"paper order, d={config.d_model}",
-        "reverse": f"reverse order, d={config.d_model}",
-        "orthogonal": f"paper order, orthogonal embeddings, d={ortho_config.d_model}",
-    }
     fig, axes = _figure(1, 3, size=(5.0, 4.0))
-    for col, label in enumerate(("paper", "reverse", "orthogonal")):
+    for col, (label, run) in enumerate(runs.items()):
         ax = axes[0][col]
         recs = results[label]
         xs = list(range(len(recs)))
@@ -486,7 +483,7 @@ def exp_gradient_steps(args, out: Path, log) -> tuple[dict, str]:
         ax.plot(xs, [r["icl_acc"] for r in recs], "k--", marker="x", label="icl acc")
         ax.set_xticks(xs, ["init"] + [r["matrix"] for r in recs[1:]])
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(titles[label], fontsize=9)
+        ax.set_title(run[-1], fontsize=9)
         ax.set_ylabel("memory recall R")
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -502,7 +499,7 @@ def exp_gradient_steps(args, out: Path, log) -> tuple[dict, str]:
         f"orthogonal embeddings (d={ortho_config.d_model}), paper order: {steps('orthogonal')}"
     )
     return {"config": config.to_dict(), "orthogonal_config": ortho_config.to_dict(),
-            "n_sequences": sequences, "base": "uniform", **results}, headline
+            "n_sequences": {label: run[4] for label, run in runs.items()}, "base": "uniform", **results}, headline
 
 
 def exp_lemma(args, out: Path, log) -> tuple[dict, str]:
