@@ -259,9 +259,9 @@ def _selected_query_logits(
     counts = positions.sum(dim=1)
     by_count = torch.argsort(counts)
     n_groups = max(1, min(groups, B))
+    sorted_positions = positions[by_count]
     # chunk (not indexing) so that backward concatenates the groups' gradients instead of filling
     # a batch-sized zero tensor per group
-    sorted_positions = positions[by_count]
     xs, vs = x[by_count].chunk(n_groups), v[by_count].chunk(n_groups)
     ks = [None] * len(xs) if k is None else k[by_count].chunk(n_groups)
     pieces = [
