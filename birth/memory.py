@@ -12,7 +12,7 @@ counts as wrong (the read-out is then not determined; this also makes q ≡ 0 an
 Storage schemes (functions of the counts n_x of the T samples; pass `counts = p` for T = ∞):
   - frequency:  q = p̂ = n_x / T
   - power:      q = p̂^ρ on seen tokens, 0 on unseen ones
-  - seen:       q = 1{n_x > 0}
+  - seen:       q = 1{n_x >= s} (s = 1: every seen token)
   - threshold:  q = p̂^ρ on the P seen tokens with the largest counts (ρ = 0: weight 1), 0 elsewhere;
                 ties in n_x are broken towards the smaller token index (the more frequent token
                 under Zipf), so the selected set is deterministic. P may depend on d (paper: P = d/8).
@@ -77,9 +77,15 @@ def q_power(counts: torch.Tensor, rho: float) -> torch.Tensor:
     return torch.where(counts > 0, freq.pow(rho), torch.zeros_like(freq))
 
 
-def q_seen(counts: torch.Tensor) -> torch.Tensor:
-    """q = 1{x seen at least once}."""
-    return (counts > 0).to(counts.dtype if counts.is_floating_point() else torch.float64)
+def q_seen(counts: torch.Tensor, min_count: int = 1) -> torch.Tensor:
+    """q = 1{x seen at least min_count times} (min_count = 1: seen at all).
+
+    min_count > 1 needs integer counts (finite T): at T = ∞ the "counts" are probabilities.
+    """
+    if min_count < 1:
+        raise ValueError(f"min_count must be >= 1, got {min_count}")
+    threshold = 0 if min_count == 1 else min_count - 0.5  # counts >= s, robust to float counts
+    return (counts > threshold).to(counts.dtype if counts.is_floating_point() else torch.float64)
 
 
 def q_threshold(counts: torch.Tensor, top: int | Sequence[int], rho: float = 0.0) -> torch.Tensor:
@@ -101,20 +107,25 @@ def q_threshold(counts: torch.Tensor, top: int | Sequence[int], rho: float = 0.0
     return weights.squeeze(-2) if isinstance(top, (int, np.integer)) else weights
 
 
-def sgd_scheme_table(max_count: int, gamma: float, num_outputs: int) -> torch.Tensor:
+def sgd_scheme_table(max_count: int, gamma: float, num_outputs: int, orthonormal: bool = False) -> torch.Tensor:
     """F(n) for n = 0..max_count, F(n) = f^n(0), f(q) = q + γ / (1 + e^q / M), float64.
 
     A fresh iteration from q = 0 for every call (the reference's q_γ plot kept its state across γ).
+    `orthonormal`: the exact coefficient of u_{f*(x)} e_xᵀ after n SGD steps on x with orthonormal
+    embeddings instead. The M − 1 wrong outputs then share the coefficient −q / (M − 1) (the
+    softmax residual sums to 0), the margin is q M / (M − 1), and
+    f(q) = q + γ / (1 + e^{q M / (M − 1)} / (M − 1)); the slides' f drops the wrong outputs' share.
     """
-    if gamma <= 0:
-        raise ValueError(f"gamma must be > 0, got {gamma}")
-    if num_outputs < 1:
-        raise ValueError(f"num_outputs must be >= 1, got {num_outputs}")
+    if not (math.isfinite(gamma) and gamma > 0):
+        raise ValueError(f"gamma must be a finite number > 0, got {gamma}")
+    if num_outputs < (2 if orthonormal else 1):
+        raise ValueError(f"num_outputs must be >= {2 if orthonormal else 1}, got {num_outputs}")
     table = np.zeros(int(max_count) + 1)
     q = 0.0
+    scale, divisor = (num_outputs / (num_outputs - 1), num_outputs - 1) if orthonormal else (1.0, num_outputs)
     for n in range(1, int(max_count) + 1):
         # e^q / M overflows only when the step is already ~0: cap the exponent
-        q = q + gamma / (1.0 + np.exp(min(q, 700.0)) / num_outputs)
+        q = q + gamma / (1.0 + np.exp(min(q * scale, 700.0)) / divisor)
         table[n] = q
     return torch.from_numpy(table)
 
@@ -136,10 +147,12 @@ def storage_weights(
     top: int | Sequence[int] | None = None,
     gamma: float | None = None,
     num_outputs: int | None = None,
+    min_count: int | None = None,
 ) -> torch.Tensor:
     """Dispatch to one of SCHEMES by name (see the module docstring).
 
     rho: needed by "power"; for "threshold" it defaults to 0 (weight 1 on the kept tokens).
+    min_count: "seen" stores the tokens seen at least this many times (default 1).
     """
     if scheme == "frequency":
         return q_frequency(counts)
@@ -148,7 +161,7 @@ def storage_weights(
             raise ValueError("the power scheme needs `rho`")
         return q_power(counts, rho)
     if scheme == "seen":
-        return q_seen(counts)
+        return q_seen(counts, 1 if min_count is None else min_count)
     if scheme == "threshold":
         if top is None:
             raise ValueError("the threshold scheme needs `top` (P)")

@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from birth.model import attn_linear
+from birth.seeds import THEORY_SELECT_STREAM, THEORY_STEP_STREAM, theory_batch_seed
 
 MEMORIES = ("W_OV2", "W_KQ2", "W_KQ1")
 # which nn.Linear of the simplified model stores each memory: (layer, name)
@@ -464,7 +465,7 @@ def uniform_stats(stats):
 
 
 def run_gradient_steps(
-    config,  # training.config.TrainConfig (imported lazily: training imports birth)
+    config,  # a training.config.TrainConfig (its task, model, run sections)
     order: Sequence[str] = PAPER_ORDER,
     *,
     n_sequences: int = 2048,
@@ -498,59 +499,59 @@ def run_gradient_steps(
     """
     from tasks.shakespeare import load_stats
     from tasks.triggered_bigram import TriggeredBigram
-    from training.loop import evaluate, loss_mask, step_seed
+    from birth.metrics import evaluate, loss_mask
 
-    from birth.model import build_model
-
-    if config.n_layers != 2 or config.variant != "simplified":
+    if config.model.n_layers != 2 or config.model.variant != "simplified":
         raise ValueError("the gradient-step procedure needs the simplified 2-layer model")
     if n_sequences < 1 or chunk < 1:
         raise ValueError(f"n_sequences and chunk must be >= 1, got {n_sequences}, {chunk}")
-    config = dataclasses.replace(config, trainable_init="zero")
+    config = config.replace(trainable_init="zero")
     stats = uniform_stats(load_stats()) if base == "uniform" else load_stats()
     if base not in BASES:
         raise ValueError(f"base must be one of {BASES}, got {base!r}")
     config.validate(stats.vocab_size)
-    task = TriggeredBigram(config.task_config(), stats)
-    model = build_model(config.model_config(stats.vocab_size))
+    task = TriggeredBigram(config.task, stats)
+    model = config.build_model(stats.vocab_size)
     if embeddings not in EMBEDDINGS:
         raise ValueError(f"embeddings must be one of {EMBEDDINGS}, got {embeddings!r}")
     if embeddings == "orthogonal":
         orthogonal_embeddings(model)
     if value_identity:
         with torch.no_grad():
-            attn_linear(model, 1, "v").weight.copy_(torch.eye(config.d_model))
-    probe_triggers = task.fixed_triggers if config.trigger_mode == "fixed" else None
-    eval_batch = task.sample(config.eval_batch_size, task.generator(config.eval_seed))
+            attn_linear(model, 1, "v").weight.copy_(torch.eye(config.model.d_model))
+    probe_triggers = task.fixed_triggers if config.task.trigger_mode == "fixed" else None
+    eval_batch = task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed))
 
     norms = dict(DEFAULT_STEP_NORMS if step_norms is None else step_norms)
     if scale_norms_with_d:
         for name in ("W_KQ2", "W_KQ1"):
             v = norms[name]
-            f = math.sqrt(config.d_model / 128)
+            f = math.sqrt(config.model.d_model / 128)
             norms[name] = v * f if isinstance(v, (int, float)) else [x * f for x in v]
 
     def mask_of(b) -> torch.Tensor:
-        return loss_mask(b, config.loss_on)
+        return loss_mask(b, config.optim.loss_on)
 
     sizes = [min(chunk, n_sequences - start) for start in range(0, n_sequences, chunk)]
 
     def batches_for_step(i: int) -> list:
-        # an offset keeps these draws apart from the training loop's own per-step batches
+        # a stream of their own: apart from the training loop's per-step batches
         return [
-            task.sample(size, task.generator(step_seed(config.seed, 10_000_000 + 1000 * i + j)))
+            task.sample(size, task.generator(theory_batch_seed(config.run.seed, THEORY_STEP_STREAM, i, j)))
             for j, size in enumerate(sizes)
         ]
 
     def select_batches(i: int) -> list:
         # held-out sequences for the step-size line search (never used for a gradient)
         return [
-            task.sample(size, task.generator(step_seed(config.seed, 20_000_000 + 1000 * i + j)))
+            task.sample(size, task.generator(theory_batch_seed(config.run.seed, THEORY_SELECT_STREAM, i, j)))
             for j, size in enumerate(sizes[: max(1, len(sizes) // 4)])
         ]
 
     def measure(m: nn.Module) -> tuple[dict[str, float], float]:
-        row = evaluate(m, eval_batch, config, probe_triggers)
+        row = evaluate(
+            m, eval_batch, loss_on=config.optim.loss_on, fast_path=config.run.fast_path, probe_triggers=probe_triggers
+        )
         probes = {k.removeprefix("probes/"): v for k, v in row.items() if k.startswith("probes/")}
         return probes, row["eval/icl_acc"]
 
@@ -563,7 +564,7 @@ def run_gradient_steps(
             induction_logits(m, b.inputs, mask_of(b), direct_path=direct_path),
             b.targets[mask_of(b)],
         ),
-        lambda b: int(loss_mask(b, config.loss_on).sum()),
+        lambda b: int(mask_of(b).sum()),
         measure,
         progress,
         select_batches,

@@ -22,12 +22,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from birth.model import build_model, fast_logits, native, trainable_parameters
+from birth.model import fast_logits, native, trainable_parameters
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import TriggeredBigram
 from training.config import PRESETS
 from training.allocator import keep_freed_memory
-from training.loop import make_optimizer, step_seed, training_loss
+from birth.seeds import step_seed
+from training.loop import make_optimizer, training_loss
 
 
 REFERENCE_CODE_SECONDS = (13.0, 15.0)
@@ -56,12 +57,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     config = PRESETS[args.preset]
     stats = load_stats()
-    task = TriggeredBigram(config.task_config(), stats)
-    model = build_model(config.model_config(stats.vocab_size))
-    optimizer = make_optimizer(trainable_parameters(model), config)
+    task = TriggeredBigram(config.task, stats)
+    model = config.build_model(stats.vocab_size)
+    optimizer = make_optimizer(trainable_parameters(model), config.optim)
 
     def step_with(loss_fn, step: int) -> None:
-        batch = task.sample(config.batch_size, task.generator(step_seed(config.seed, step)))
+        batch = task.sample(config.optim.batch_size, task.generator(step_seed(config.run.seed, step)))
         loss = loss_fn(batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -84,7 +85,7 @@ def main() -> None:
         ("reference", reference, True),
         ("fast", fast, True),
     ]
-    print(f"preset {args.preset}: d={config.d_model} T={config.seq_len} batch={config.batch_size}, "
+    print(f"preset {args.preset}: d={config.model.d_model} T={config.task.seq_len} batch={config.optim.batch_size}, "
           f"{torch.get_num_threads()} threads, best of {args.repeats} steps after one warm-up")
     times = {}
     for name, loss_fn, keep in variants:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
 
 import torch
+
+from birth.io import atomic_write_text
 
 # Canonical public location of the corpus (Karpathy's char-rnn repository).
 TINY_SHAKESPEARE_URL = (
@@ -161,17 +162,7 @@ def load_stats(path: str | os.PathLike | None = None) -> CorpusStats:
 
 def save_stats(stats: CorpusStats, path: str | os.PathLike) -> None:
     """Write atomically (temp file + rename) so a failed write never leaves a half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; package data must be readable by all
-        with os.fdopen(fd, "w") as f:
-            json.dump(stats.to_json(), f, separators=(",", ":"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(stats.to_json(), separators=(",", ":")))
 
 
 def shipped_stats_path() -> Path:

@@ -12,44 +12,54 @@ sequence's triggers redirected to their outputs), no Python loop over sequences.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from einops import rearrange
 
 from tasks.shakespeare import CorpusStats, load_stats
 
-TRIGGER_MODES = ("fixed", "random")
-OUTPUT_MODES = ("uniform", "no_repeat", "bigram")
 
 
-@dataclass
+TriggerMode = Literal["fixed", "random"]
+OutputMode = Literal["uniform", "no_repeat", "bigram"]
+TRIGGER_MODES: tuple[str, ...] = get_args(TriggerMode)
+OUTPUT_MODES: tuple[str, ...] = get_args(OutputMode)
+
+
+def _check_int(name: str, value: int, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
 class TaskConfig:
-    """Triggered-bigram task settings (paper defaults: K=5 fixed triggers, T=256, uniform outputs)."""
+    """Triggered-bigram task (paper defaults: K=5 fixed triggers, T=256, uniform outputs)."""
 
     seq_len: int = 256  # T: inputs are z_1..z_T, targets z_2..z_{T+1}
-    n_triggers: int = 5  # K
-    trigger_mode: str = "fixed"  # fixed = the K most frequent characters; random = per sequence
-    trigger_offset: int = 0  # fixed mode: skip this many of the most frequent characters
-    output_mode: str = "uniform"  # uniform | no_repeat (o_k != q_k) | bigram (o_k ~ π_b(.|q_k))
+    n_triggers: int = 5  # K, the number of trigger tokens
+    trigger_mode: TriggerMode = "fixed"  # fixed: the K most frequent characters; random: K per sequence
+    trigger_offset: int = 0  # fixed triggers: skip this many of the most frequent characters
+    output_mode: OutputMode = "uniform"  # o_k uniform, uniform but != q_k (no_repeat), or ~ pi_b(.|q_k)
+
+    def __post_init__(self) -> None:
+        _check_int("seq_len", self.seq_len, 2)
+        _check_int("n_triggers", self.n_triggers, 0)
+        _check_int("trigger_offset", self.trigger_offset, 0)
+        if self.trigger_mode not in TRIGGER_MODES:
+            raise ValueError(f"--trigger-mode must be one of {TRIGGER_MODES}, got {self.trigger_mode!r}")
+        if self.output_mode not in OUTPUT_MODES:
+            raise ValueError(f"--output-mode must be one of {OUTPUT_MODES}, got {self.output_mode!r}")
 
     def validate(self, vocab_size: int) -> None:
-        if self.seq_len < 2:
-            raise ValueError(f"seq_len (T) must be >= 2, got {self.seq_len}")
-        if self.n_triggers < 0:
-            raise ValueError(f"n_triggers (K) must be >= 0, got {self.n_triggers}")
+        """The checks that need the vocabulary size N."""
         if self.n_triggers >= vocab_size:
             raise ValueError(
-                f"n_triggers (K) must be < the vocabulary size N={vocab_size}, got {self.n_triggers}"
+                f"--n-triggers (K) must be < the vocabulary size N={vocab_size}, got {self.n_triggers}"
             )
-        if self.trigger_mode not in TRIGGER_MODES:
-            raise ValueError(f"trigger_mode must be one of {TRIGGER_MODES}, got {self.trigger_mode!r}")
-        if self.output_mode not in OUTPUT_MODES:
-            raise ValueError(f"output_mode must be one of {OUTPUT_MODES}, got {self.output_mode!r}")
-        if self.trigger_offset < 0:
-            raise ValueError(f"trigger_offset must be >= 0, got {self.trigger_offset}")
         if self.trigger_mode == "fixed" and self.trigger_offset + self.n_triggers > vocab_size:
             raise ValueError(
-                f"trigger_offset + n_triggers must be <= N={vocab_size}, "
+                f"--trigger-offset + --n-triggers must be <= N={vocab_size}, "
                 f"got {self.trigger_offset} + {self.n_triggers}"
             )
 

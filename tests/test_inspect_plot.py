@@ -8,15 +8,14 @@ import json
 import numpy as np
 import pytest
 
-from scripts.cli import main as cli_main
-from scripts.plot_runs import first_crossing
+from birth.cli import main as cli_main
+from birth.metrics import first_crossing
 from training.checkpoint import checkpoint_path
 from training.config import QUICK
 from training.loop import train
 
 # the tiny_config fixture of conftest.py, at module scope so that the runs are trained once
-TINY = dataclasses.replace(
-    QUICK, d_model=16, seq_len=16, batch_size=8, eval_batch_size=16, eval_every=2,
+TINY = QUICK.replace( d_model=16, seq_len=16, batch_size=8, eval_batch_size=16, eval_every=2,
     checkpoint_every=4, steps=12, lr=0.5,
 )
 
@@ -30,8 +29,8 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     for name, config in {
         "seed0": TINY,
-        "seed1": dataclasses.replace(TINY, seed=1),
-        "one_layer": dataclasses.replace(TINY, n_layers=1),
+        "seed1": TINY.replace(seed=1),
+        "one_layer": TINY.replace(n_layers=1),
     }.items():
         train(config, root / name, progress=False, log=_quiet)
     return root

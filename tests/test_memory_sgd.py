@@ -5,7 +5,7 @@ import torch
 
 from birth.memory import memory_errors, q_sgd
 from tasks.zipf import ZipfAssociations
-from training.memory_sgd import TrainConfig, approximate_q_dynamics, exact_error, sample_batches, train_memory
+from training.memory_sgd import MemoryTrainConfig, approximate_q_dynamics, exact_error, sample_batches, train_memory
 
 TASK = ZipfAssociations(30, 3, 1.5)
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sgd_learns_and_is_seeded():
-    config = TrainConfig("sgd", lr=5.0, batch_size=8, num_steps=150, eval_steps=[0, 50])
+    config = MemoryTrainConfig("sgd", lr=5.0, batch_size=8, num_steps=150, eval_steps=(0, 50))
     a = train_memory(TASK, 32, 2, config, seed=1)
     b = train_memory(TASK, 32, 2, config, seed=1)
     assert a["steps"].tolist() == [0, 50, 150]
@@ -26,23 +26,23 @@ def test_sgd_learns_and_is_seeded():
 @pytest.mark.parametrize("optimizer", ["adam", "sign"])
 @pytest.mark.parametrize("layer_norm", [False, True])
 def test_other_optimizers_learn(optimizer, layer_norm):
-    config = TrainConfig(optimizer, lr=0.05, batch_size=16, num_steps=100, layer_norm=layer_norm)
+    config = MemoryTrainConfig(optimizer, lr=0.05, batch_size=16, num_steps=100, layer_norm=layer_norm)
     out = train_memory(TASK, 32, 2, config, seed=0)
     assert (out["error"][:, -1] < 0.2).all()
 
 
 def test_adam_is_not_sign_sgd():
     # the reference's "Adam" had betas = 0, i.e. sign-SGD; a real Adam takes different steps
-    kwargs = dict(lr=0.05, batch_size=4, num_steps=30, eval_steps=list(range(31)))
-    adam = train_memory(TASK, 16, 1, TrainConfig("adam", **kwargs), seed=3)["error"]
-    sign = train_memory(TASK, 16, 1, TrainConfig("sign", **kwargs), seed=3)["error"]
-    fake = train_memory(TASK, 16, 1, TrainConfig("adam", adam_betas=(0.0, 0.0), **kwargs), seed=3)["error"]
+    kwargs = dict(lr=0.05, batch_size=4, num_steps=30, eval_steps=tuple(range(31)))
+    adam = train_memory(TASK, 16, 1, MemoryTrainConfig("adam", **kwargs), seed=3)["error"]
+    sign = train_memory(TASK, 16, 1, MemoryTrainConfig("sign", **kwargs), seed=3)["error"]
+    fake = train_memory(TASK, 16, 1, MemoryTrainConfig("adam", adam_betas=(0.0, 0.0), **kwargs), seed=3)["error"]
     assert torch.allclose(fake, sign)
     assert not torch.allclose(adam, sign)
 
 
 def test_learned_embeddings_and_lr_drop_run():
-    config = TrainConfig("sgd", lr=2.0, batch_size=8, num_steps=60, lr_drop_step=30, learn_embeddings=True)
+    config = MemoryTrainConfig("sgd", lr=2.0, batch_size=8, num_steps=60, lr_drop_step=30, learn_embeddings=True)
     out = train_memory(TASK, 8, 2, config, seed=0)
     assert out["error"].shape == (2, 1) and (out["error"] < 1).all()
 
@@ -57,7 +57,7 @@ def test_batch1_q_dynamics_is_the_sgd_scheme():
 
 def test_sgd_matches_the_q_approximation_when_d_is_large():
     task = ZipfAssociations(20, 4, 2.0)
-    config = TrainConfig("sgd", lr=1.0, batch_size=1, num_steps=300, eval_steps=[100, 300])
+    config = MemoryTrainConfig("sgd", lr=1.0, batch_size=1, num_steps=300, eval_steps=(100, 300))
     trained = train_memory(task, 200, 4, config, seed=2)
     q = approximate_q_dynamics(trained["batches"], 20, 4, 1.0, trained["steps"].tolist())
     approx = memory_errors(q[:, :, None], task.targets(), task.probs(), [200], num_trials=4, seed=2, num_outputs=4,
@@ -75,6 +75,37 @@ def test_exact_error_of_one_hot_memory_is_zero():
 
 def test_bad_config_raises():
     with pytest.raises(ValueError):
-        train_memory(TASK, 8, 1, TrainConfig("adamw"), seed=0)
+        train_memory(TASK, 8, 1, MemoryTrainConfig("adamw"), seed=0)
     with pytest.raises(ValueError):
-        train_memory(TASK, 8, 1, TrainConfig("sgd", num_steps=5, eval_steps=[9]), seed=0)
+        train_memory(TASK, 8, 1, MemoryTrainConfig("sgd", num_steps=5, eval_steps=(9,)), seed=0)
+
+
+@pytest.mark.parametrize("dim", [8, 40])  # d < N (dependent embeddings) and d > N
+def test_tracked_coefficients_rebuild_the_trained_memory(dim):
+    # W = Σ_{y,x} Q[y, x] u_y e_xᵀ exactly, whatever d: SGD from 0 only adds such outer products
+    config = MemoryTrainConfig("sgd", lr=3.0, batch_size=4, num_steps=80, lr_drop_step=50, eval_steps=(0, 20),
+                               track_coefficients=True)
+    out = train_memory(TASK, dim, 2, config, seed=5, dtype=torch.float64)
+    q = out["coefficients"]
+    assert q.shape == (2, 3, 3, 30) and (q[:, 0] == 0).all()
+    rebuilt = einsum_rebuild(q[:, -1], out["inputs"], out["outputs"])
+    assert torch.allclose(rebuilt, out["memory"], atol=1e-10)
+    # each sample moves its own column only: unseen tokens keep zero coefficients
+    seen = torch.zeros(2, 30, dtype=torch.bool)
+    for r in range(2):
+        seen[r, out["batches"][r].unique()] = True
+    assert (q[:, -1].abs().sum(1) > 0).eq(seen).all()
+    # columns sum to zero: the softmax residual sums to 0 over y
+    assert torch.allclose(q[:, -1].sum(1), torch.zeros(2, 30, dtype=torch.float64), atol=1e-12)
+
+
+def einsum_rebuild(q: torch.Tensor, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    return outputs.transpose(1, 2) @ q @ inputs  # Σ_{y,x} Q[y,x] u_y e_xᵀ: (R, d, d)
+
+
+def test_tracking_refuses_updates_outside_the_span():
+    for kwargs in (dict(optimizer="adam"), dict(layer_norm=True), dict(learn_embeddings=True)):
+        with pytest.raises(ValueError, match="track_coefficients"):
+            MemoryTrainConfig(track_coefficients=True, **kwargs)
+    with pytest.raises(ValueError, match="lr"):
+        MemoryTrainConfig(lr=float("nan"))

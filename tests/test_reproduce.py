@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from scripts.cli import main
+from birth.cli import main
 
 TINY = ["--steps", "4", "--seeds", "1", "--d-model", "16", "--seq-len", "16", "--batch-size", "8",
         "--eval-every", "2", "--eval-batch-size", "8", "--device", "cpu", "--no-progress"]

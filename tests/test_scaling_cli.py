@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from scripts.cli import main
+from birth.cli import main
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

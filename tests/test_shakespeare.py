@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from scripts.cli import main as cli_main
+from birth.cli import main as cli_main
 from tasks.shakespeare import (
     CorpusStats,
     DataError,

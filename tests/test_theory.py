@@ -19,20 +19,20 @@ from probes.recall import all_probes
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import TriggeredBigram
 from training.config import TrainConfig
-from training.loop import evaluate
+from birth.metrics import evaluate
 
 
 def test_hand_built_memories_give_probes_one_and_high_accuracy():
     stats = load_stats()
-    config = TrainConfig(d_model=256, seq_len=64, eval_batch_size=128)
-    task = TriggeredBigram(config.task_config(), stats)
+    config = TrainConfig().replace(d_model=256, seq_len=64, eval_batch_size=128)
+    task = TriggeredBigram(config.task, stats)
     batch = task.sample(128, task.generator(7))
-    model = build_model(config.model_config(stats.vocab_size))
+    model = build_model(config.model, n_ctx=config.task.seq_len)
     insert_memories(model, task.fixed_triggers, 30.0, first_position_fix=True)
     assert all_probes(model, task.fixed_triggers) == {"W_OV2": 1.0, "W_KQ2": 1.0, "W_KQ1": 1.0}
-    strong = evaluate(model, batch, config, task.fixed_triggers)["eval/icl_acc"]
+    strong = evaluate(model, batch, probe_triggers=task.fixed_triggers)["eval/icl_acc"]
     insert_memories(model, task.fixed_triggers, 0.3, first_position_fix=True)
-    weak = evaluate(model, batch, config, task.fixed_triggers)["eval/icl_acc"]
+    weak = evaluate(model, batch, probe_triggers=task.fixed_triggers)["eval/icl_acc"]
     assert strong >= 0.98  # seed 0 here: 0.985; d=256, T=128 reaches >= 0.99 (README)
     assert weak < 0.5  # the same memories at a small scale do not focus attention
 
@@ -73,7 +73,7 @@ def test_lemma_rejects_bad_arguments():
 
 
 def test_gradient_steps_store_w_ov2_then_w_kq2_and_reverse_order_has_no_signal():
-    config = TrainConfig(d_model=128, seq_len=64, output_mode="no_repeat", eval_batch_size=64)
+    config = TrainConfig().replace(d_model=128, seq_len=64, output_mode="no_repeat", eval_batch_size=64)
     paper = run_gradient_steps(config, PAPER_ORDER, n_sequences=512, chunk=256)
     reverse = run_gradient_steps(config, REVERSE_ORDER, n_sequences=512, chunk=256)
     assert [r.matrix for r in paper] == [None, *PAPER_ORDER]
@@ -89,8 +89,8 @@ def test_gradient_steps_store_w_ov2_then_w_kq2_and_reverse_order_has_no_signal()
 
 def test_orthogonal_embeddings_are_exactly_orthogonal_and_w_ov1_remaps_them():
     stats = load_stats()
-    config = TrainConfig(d_model=336, seq_len=64)  # 3 * 65 + 2 * 64 = 323 <= 336
-    model = build_model(config.model_config(stats.vocab_size))
+    config = TrainConfig().replace(d_model=336, seq_len=64)  # 3 * 65 + 2 * 64 = 323 <= 336
+    model = build_model(config.model, n_ctx=config.task.seq_len)
     orthogonal_embeddings(model)
     W_E, P, W_U = model.W_E.detach(), model.W_pos.detach(), model.W_U.T.detach()
     remapped = torch.cat([W_E, P]) @ model.OV[0, 0].AB  # row form: w_E(k) W_OV¹, p_t W_OV¹
@@ -98,13 +98,13 @@ def test_orthogonal_embeddings_are_exactly_orthogonal_and_w_ov1_remaps_them():
     assert torch.equal(every @ every.T, torch.eye(3 * 65 + 2 * 64))
     assert torch.equal(attn_linear(model, 1, "v").weight, torch.eye(336))  # W_OV² = W_O²
     with pytest.raises(ValueError, match="3N \\+ 2T"):
-        orthogonal_embeddings(build_model(TrainConfig(d_model=256, seq_len=64).model_config(65)))
+        orthogonal_embeddings(build_model(ModelConfig(d_model=256), n_ctx=64))
 
 
 def test_gradient_steps_with_orthogonal_embeddings_store_w_kq2_exactly():
     # the theorem's infinite-width idealization: no cross-talk, so step 2 recovers W_KQ² exactly
     # (random embeddings at d=128: 0.4-0.6, above) and step 3 finds some previous-token pairs
-    config = TrainConfig(d_model=384, seq_len=64, output_mode="no_repeat", eval_batch_size=64)
+    config = TrainConfig().replace(d_model=384, seq_len=64, output_mode="no_repeat", eval_batch_size=64)
     records = run_gradient_steps(
         config, PAPER_ORDER, n_sequences=512, embeddings="orthogonal", step_norms=ORTHOGONAL_STEP_NORMS
     )

@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from scripts.cli import main as cli_main
+from birth.cli import main as cli_main
 from training.checkpoint import (
     CheckpointError,
     checkpoint_path,
@@ -35,7 +35,7 @@ def _run(config, run_dir, **kwargs):
 def test_same_seed_gives_identical_metrics(tmp_path, tiny_config):
     a = _run(tiny_config, tmp_path / "a")
     b = _run(tiny_config, tmp_path / "b")
-    c = _run(dataclasses.replace(tiny_config, seed=1), tmp_path / "c")
+    c = _run(tiny_config.replace(seed=1), tmp_path / "c")
     rows_a = read_metrics(tmp_path / "a" / "metrics.jsonl")
     assert a.status == b.status == "completed"
     assert rows_a == read_metrics(tmp_path / "b" / "metrics.jsonl")
@@ -67,9 +67,9 @@ def test_interrupt_then_resume_equals_uninterrupted_run(tmp_path, tiny_config):
 
 
 def test_resume_can_extend_a_finished_run(tmp_path, tiny_config):
-    _run(dataclasses.replace(tiny_config, steps=16), tmp_path / "long")
+    _run(tiny_config.replace(steps=16), tmp_path / "long")
     _run(tiny_config, tmp_path / "short")
-    _run(dataclasses.replace(tiny_config, steps=16), tmp_path / "short", resume=True)
+    _run(tiny_config.replace(steps=16), tmp_path / "short", resume=True)
     assert read_metrics(tmp_path / "long" / "metrics.jsonl") == read_metrics(tmp_path / "short" / "metrics.jsonl")
 
 
@@ -97,11 +97,11 @@ def test_corrupted_checkpoint_gives_one_clear_error(tmp_path, tiny_config, capsy
 
 def test_mismatched_checkpoint_is_refused(tmp_path, tiny_config):
     _run(tiny_config, tmp_path / "a")
-    _run(dataclasses.replace(tiny_config, d_model=8), tmp_path / "b")
+    _run(tiny_config.replace(d_model=8), tmp_path / "b")
     # put b's checkpoint into a's run: the config check refuses it before any weight is loaded
     os.replace(latest_checkpoint(tmp_path / "b"), checkpoint_path(tmp_path / "a", 99))
     with pytest.raises(CheckpointError, match="different run config"):
-        _run(dataclasses.replace(tiny_config, steps=120), tmp_path / "a", resume=True)
+        _run(tiny_config.replace(steps=120), tmp_path / "a", resume=True)
 
 
 def test_checkpoints_hold_no_pickled_code(tmp_path, tiny_config):
@@ -114,7 +114,7 @@ def test_checkpoints_hold_no_pickled_code(tmp_path, tiny_config):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, tiny_config):
-    config = dataclasses.replace(tiny_config, lr=1e30, momentum=0.0, steps=40)
+    config = tiny_config.replace(lr=1e30, momentum=0.0, steps=40)
     result = _run(config, tmp_path / "run")
     assert result.status == "diverged" and result.exit_code == 1
     for _, path in list_checkpoints(tmp_path / "run"):
@@ -150,7 +150,7 @@ def test_learning_order_reads_first_crossings():
 )
 def test_invalid_train_config_raises_naming_the_field(override, field):
     with pytest.raises(ValueError, match=field):
-        dataclasses.replace(TrainConfig(), **override).validate(65)
+        TrainConfig().replace(**override).validate(65)
 
 
 def test_cli_train_writes_run_and_summary(tmp_path, capsys):
@@ -186,7 +186,7 @@ def test_presets_are_valid():
 
 def test_fast_path_trains_like_the_transformer_lens_forward(tmp_path, tiny_config):
     _run(tiny_config, tmp_path / "fast")
-    _run(dataclasses.replace(tiny_config, fast_path=False), tmp_path / "tl")
+    _run(tiny_config.replace(fast_path=False), tmp_path / "tl")
     fast = read_metrics(tmp_path / "fast" / "metrics.jsonl")
     slow = read_metrics(tmp_path / "tl" / "metrics.jsonl")
     assert len(fast) == len(slow)
@@ -199,7 +199,7 @@ def test_fast_path_trains_like_the_transformer_lens_forward(tmp_path, tiny_confi
 def test_quick_preset_learns_the_induction_head(tmp_path):
     """A shortened quick preset: the three memories form and in-context accuracy is far above the
     ~0.3 a model without an induction head reaches."""
-    config = dataclasses.replace(PRESETS["quick"], steps=300, eval_every=100, checkpoint_every=300)
+    config = PRESETS["quick"].replace(steps=300, eval_every=100, checkpoint_every=300)
     result = _run(config, tmp_path / "quick")
     assert result.final["eval/icl_acc"] > 0.9
     # W_OV2 is stored first; W_KQ2 (chance 1/65 with random triggers) is well on its way
@@ -213,7 +213,7 @@ def test_resume_refuses_fewer_steps_than_done_and_keeps_the_config(tmp_path, tin
     _run(tiny_config, tmp_path / "run")
     before = (tmp_path / "run" / "config.json").read_text()
     with pytest.raises(ValueError, match="below the checkpoint"):
-        _run(dataclasses.replace(tiny_config, steps=4), tmp_path / "run", resume=True)
+        _run(tiny_config.replace(steps=4), tmp_path / "run", resume=True)
     assert (tmp_path / "run" / "config.json").read_text() == before
 
 

@@ -356,9 +356,10 @@ def test_generator_advances_between_batches(stats) -> None:
     ],
 )
 def test_invalid_config_raises_naming_the_field(stats, kw: dict, field: str) -> None:
-    with pytest.raises(ValueError, match=field):
+    flag = "--" + field.replace("_", "-")  # messages name the command-line flag
+    with pytest.raises(ValueError, match=flag):
         make(stats, **kw)
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=flag):
         TaskConfig(**kw).validate(N)
 
 

@@ -66,7 +66,7 @@ def test_offline_run_history_holds_the_probes(tmp_path, monkeypatch, tiny_config
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb_cache"))
-    config = dataclasses.replace(tiny_config, heatmap_every=6)
+    config = tiny_config.replace(heatmap_every=6)
     run_dir = tmp_path / "run"
     result = train(config, run_dir, wandb_mode="offline", progress=False, log=lambda *_: None)
     assert result.status == "completed"

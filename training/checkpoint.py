@@ -6,13 +6,13 @@ the step, the model and optimizer state dicts. Loading never executes pickled co
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from birth.io import atomic_write
 
 FORMAT_VERSION = 1
 _CKPT = re.compile(r"step_(\d{6,})\.pt$")
@@ -23,18 +23,7 @@ class CheckpointError(ValueError):
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def save_checkpoint(
@@ -126,19 +115,25 @@ def load_trained_model(
     """The model a training checkpoint holds, rebuilt from its config and in eval mode, with that
     config (a `training.config.TrainConfig`) and the step. Every failure is one CheckpointError."""
     # imported here: the model builder imports transformer_lens, which checkpoints alone need not
-    from birth.model import build_model, native
+    from birth.model import native
     from tasks.shakespeare import load_stats
     from training.config import TrainConfig
 
     ckpt = load_checkpoint(path, map_location=device)
     try:
-        config = TrainConfig.from_dict(ckpt["config"])
+        config = TrainConfig.from_dict(ckpt["config"], source=str(path))
         stats = load_stats()
         config.validate(stats.vocab_size)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path} holds an invalid run config: {err}") from None
-    model = build_model(config.model_config(stats.vocab_size), device=device)
+    model = config.build_model(stats.vocab_size, device=device)
     load_model_state(native(model), ckpt["model"], path)
     model.eval()
     return model, config, int(ckpt["step"])
 
+
+
+def load_run_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The trained model of a run directory (its latest checkpoint) or of one checkpoint file."""
+    path = Path(path)
+    return load_trained_model(latest_checkpoint(path) if path.is_dir() else path, device)[0]

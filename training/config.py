@@ -1,117 +1,179 @@
-"""One dataclass for a training run of the triggered-bigram transformer, and its presets."""
+"""The configuration of a training run: four frozen sections and the named presets.
+
+    TrainConfig(task=TaskConfig(...), model=ModelConfig(...), optim=OptimConfig(...), run=RunConfig(...))
+
+Field names are unique across the sections, so the command line flattens them (`--seq-len`,
+`--d-model`, `--lr`, `--seed`) and `TrainConfig.replace(lr=0.1, d_model=64)` takes them flat too.
+Every section validates itself in `__post_init__` with a message naming the flag; the checks that
+need the vocabulary size are in `TrainConfig.validate(vocab_size)`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, get_args
 
-from birth.model import ModelConfig
+import torch
+from torch import nn
+
+from birth.config_io import config_from_dict
+from birth.model import ModelConfig, build_model
+from birth.seeds import check_seed
 from tasks.triggered_bigram import TaskConfig
 
-OPTIMIZERS = ("sgd", "adamw")
-LOSS_ON = ("outputs", "all")
+Optimizer = Literal["sgd", "adamw"]
+LossOn = Literal["outputs", "all"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+LOSS_ON: tuple[str, ...] = get_args(LossOn)
 
 
-@dataclass
-class TrainConfig:
-    # task (see tasks.triggered_bigram.TaskConfig)
-    seq_len: int = 256
-    n_triggers: int = 5
-    trigger_mode: str = "fixed"
-    trigger_offset: int = 0
-    output_mode: str = "uniform"
-    # model (see birth.model.ModelConfig)
-    n_layers: int = 2
-    d_model: int = 256
-    variant: str = "simplified"
-    trainable_init: str = "random"
-    unit_embeddings: bool = False  # w_E, p_t ~ N(0, I) instead of N(0, I/d) (paper preset)
-    # optimization
-    optimizer: str = "sgd"
-    lr: float = 0.03
-    momentum: float = 0.9  # SGD momentum; AdamW uses betas (0.9, 0.99)
-    weight_decay: float = 1e-4
-    batch_size: int = 512
-    steps: int = 1000
-    loss_on: str = "outputs"  # outputs: targets with counter >= 2 (paper Fig. 3); all: every target
-    # evaluation, checkpoints, logging
-    eval_every: int = 10
-    eval_batch_size: int = 512
-    checkpoint_every: int = 100
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_int(name: str, value: Any, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{_flag(name)} must be an integer >= {low}, got {value!r}")
+
+
+def check_float(name: str, value: Any, low: float, high: float = math.inf, *, open_low: bool = False) -> None:
+    """A finite float in [low, high) ((low, high) with open_low); nan and inf are refused."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if open_low else value >= low) and value < high
+    if not ok:
+        bounds = f"{'(' if open_low else '['}{low:g}, {high:g})"
+        raise ValueError(f"{_flag(name)} must be a finite number in {bounds}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """What is trained and how."""
+
+    optimizer: Optimizer = "sgd"  # SGD with momentum, or AdamW
+    lr: float = 0.03  # learning rate
+    momentum: float = 0.9  # SGD momentum (AdamW uses --betas)
+    betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas (the reference full model's)
+    weight_decay: float = 1e-4  # decoupled for AdamW, L2 for SGD
+    batch_size: int = 512  # sequences per step (fresh data every step)
+    steps: int = 1000  # optimizer steps
+    loss_on: LossOn = "outputs"  # outputs: targets with counter >= 2 (paper Fig. 3); all: every target
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"--loss-on must be one of {LOSS_ON}, got {self.loss_on!r}")
+        check_float("lr", self.lr, 0.0, open_low=True)
+        check_float("momentum", self.momentum, 0.0, 1.0)
+        check_float("weight_decay", self.weight_decay, 0.0)
+        if len(self.betas) != 2:
+            raise ValueError(f"--betas takes two numbers, got {self.betas!r}")
+        for beta in self.betas:
+            check_float("betas", beta, 0.0, 1.0)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("steps", self.steps, 0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Seeds, evaluation and checkpoints."""
+
+    seed: int = 0  # model init; the batch of step t is drawn from a generator seeded by (seed, t)
+    eval_seed: int = 1_000_003  # seed of the fixed held-out batch
+    eval_every: int = 10  # evaluate (metrics and probes) every this many steps, and at the end
+    eval_batch_size: int = 512  # held-out sequences
+    checkpoint_every: int = 100  # checkpoint every this many steps, and at the end
     heatmap_every: int = 0  # W&B attention heatmaps every this many steps (0: never)
-    seed: int = 0  # model init; data seed is derived from it
-    eval_seed: int = 1_000_003  # the fixed held-out batch
     fast_path: bool = True  # fused forward (tested equal to the TransformerLens forward)
 
-    def task_config(self) -> TaskConfig:
-        return TaskConfig(
-            seq_len=self.seq_len,
-            n_triggers=self.n_triggers,
-            trigger_mode=self.trigger_mode,
-            trigger_offset=self.trigger_offset,
-            output_mode=self.output_mode,
-        )
+    def __post_init__(self) -> None:
+        check_seed(self.seed, "--seed")
+        check_seed(self.eval_seed, "--eval-seed")
+        for name in ("eval_every", "eval_batch_size", "checkpoint_every"):
+            check_int(name, getattr(self, name), 1)
+        check_int("heatmap_every", self.heatmap_every, 0)
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            n_layers=self.n_layers,
-            d_model=self.d_model,
-            n_ctx=self.seq_len,
-            vocab_size=vocab_size,
-            variant=self.variant,
-            trainable_init=self.trainable_init,
-            unit_embeddings=self.unit_embeddings,
-            seed=self.seed,
-        )
+
+SECTIONS = ("task", "model", "optim", "run")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run of the triggered-bigram transformer."""
+
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.optim.loss_on == "outputs" and self.task.n_triggers == 0:
+            raise ValueError(
+                "--n-triggers 0 leaves no target for --loss-on outputs (targets after a trigger); "
+                "use --loss-on all to train on the bigrams alone"
+            )
 
     def validate(self, vocab_size: int) -> None:
-        self.task_config().validate(vocab_size)
-        self.model_config(vocab_size).validate()
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.loss_on not in LOSS_ON:
-            raise ValueError(f"loss_on must be one of {LOSS_ON}, got {self.loss_on!r}")
-        for name in ("batch_size", "eval_batch_size", "eval_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.steps < 0:
-            raise ValueError(f"steps must be >= 0, got {self.steps}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError(
-                f"weight_decay must be >= 0 and momentum in [0, 1), got "
-                f"{self.weight_decay}, {self.momentum}"
-            )
-        if self.heatmap_every < 0:
-            raise ValueError(f"heatmap_every must be >= 0, got {self.heatmap_every}")
+        """The checks that need the vocabulary size (the others ran at construction)."""
+        self.task.validate(vocab_size)
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def build_model(self, vocab_size: int = 65, device: str | torch.device = "cpu") -> nn.Module:
+        """The run's model: its architecture, T positions, seeded by the run's seed."""
+        return build_model(
+            self.model, n_ctx=self.task.seq_len, vocab_size=vocab_size, seed=self.run.seed, device=device
+        )
+
+    def replace(self, **changes: Any) -> TrainConfig:
+        """A copy with fields changed by their flat names (`lr=0.1, d_model=64`) or whole sections."""
+        sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+        for key, value in changes.items():
+            if key in SECTIONS:
+                sections[key] = {"__whole__": value}
+                continue
+            owner = [s for s in SECTIONS if key in _field_names(getattr(self, s))]
+            if not owner:
+                raise ValueError(f"unknown config field {key!r}")
+            sections[owner[0]][key] = value
+        new = {}
+        for name, fields in sections.items():
+            current = getattr(self, name)
+            if "__whole__" in fields:
+                current = fields.pop("__whole__")
+            new[name] = dataclasses.replace(current, **fields) if fields else current
+        return TrainConfig(**new)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return {name: _section_dict(getattr(self, name)) for name in SECTIONS}
 
     @classmethod
-    def from_dict(cls, obj: dict) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(obj) - names
-        if unknown:
-            raise ValueError(f"unknown config fields: {sorted(unknown)}")
-        return cls(**obj)
+    def from_dict(cls, obj: Any, source: str = "config") -> TrainConfig:
+        """Parse a nested dict (as written by to_dict), checking names and types."""
+        return config_from_dict(cls, obj, source)
 
 
-# The paper's Fig. 3 setting (README of the reference code), with its embedding scale: its token
-# and positional embeddings are N(0, 1) per coordinate; with N(0, 1/d) embeddings, SGD at lr 0.03
-# does not learn in 160 steps (in-context accuracy 0.346, W_OV2 0.11).
-PAPER = TrainConfig(unit_embeddings=True)
+def _field_names(section: Any) -> set[str]:
+    return {f.name for f in dataclasses.fields(section)}
 
-# CPU-friendly (about a minute on 2 CPU cores): the paper preset's optimizer, embedding scale and
-# loss at d=128, T=64, batch 128, from zero-initialized W_K¹, W_K², W_O², with random triggers (K=5
-# per sequence, drawn from the unigram law), for which the W_KQ2 probe ranks all 65 tokens. Seeds
-# 0, 1, 2: in-context accuracy 0.998 after 2000 steps, learning order W_OV2 (80, 70, 70) → W_KQ2
-# (400, 370, 240) → W_KQ1 (1000, 700, 580). With fixed triggers the W_KQ2 probe ranks only the 5
-# triggers and passes 0.9 within 5-55 steps, before W_OV2, in every setting tried (README, "Tuning
-# the quick preset").
-QUICK = dataclasses.replace(
-    PAPER,
+
+def _section_dict(section: Any) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+# The paper's Fig. 3 setting (README of the reference code), with its embedding scale: token and
+# positional embeddings N(0, 1) per coordinate, which its SGD learning rate of 0.03 assumes.
+PAPER = TrainConfig(model=ModelConfig(unit_embeddings=True))
+
+# CPU-friendly (about a minute on 2 cores): the paper preset's optimizer, embedding scale and loss at
+# d=128, T=64, batch 128, zero-initialized W_K¹, W_K², W_O², random triggers (for which the W_KQ2
+# probe ranks all 65 tokens). docs/tuning.md has the settings tried and what they gave.
+QUICK = PAPER.replace(
     d_model=128,
     seq_len=64,
     batch_size=128,
@@ -123,4 +185,5 @@ QUICK = dataclasses.replace(
     checkpoint_every=500,
 )
 
-PRESETS: dict[str, TrainConfig] = {"quick": QUICK, "paper": PAPER}
+PRESETS: MappingProxyType[str, TrainConfig] = MappingProxyType({"quick": QUICK, "paper": PAPER})
+PresetName = Literal["quick", "paper"]

@@ -7,10 +7,11 @@ W&B is best effort: offline by default (files under RUN_DIR/wandb, synced later 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from birth.io import atomic_write_text
 
 WANDB_MODES = ("off", "offline", "online")
 
@@ -37,9 +38,7 @@ class MetricsFile:
         self.path = Path(path)
         if resume_step is not None:
             kept = [r for r in read_metrics(self.path) if r.get("step", -1) < resume_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
-            os.replace(tmp, self.path)
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._f = open(self.path, "a")
 
     def write(self, row: dict[str, Any]) -> None:

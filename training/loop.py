@@ -20,8 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birth.model import build_model, fast_logits, native, trainable_parameters
-from probes.recall import all_probes
+from birth.io import atomic_write_json
+from birth.metrics import evaluate, first_crossing, loss_mask
+from birth.model import fast_logits, native, trainable_parameters
+from birth.seeds import step_seed
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import Batch, TriggeredBigram
 from training.allocator import keep_freed_memory
@@ -33,7 +35,7 @@ from training.checkpoint import (
     load_model_state,
     save_checkpoint,
 )
-from training.config import TrainConfig
+from training.config import OptimConfig, TrainConfig
 from training.logger import MetricsFile, WandbLogger, read_metrics
 
 THRESHOLD = 0.9  # a probe "has learned" its memory once it reaches this recall
@@ -49,80 +51,27 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def step_seed(seed: int, step: int) -> int:
-    """Seed of the training batch at `step`: distinct for every (seed, step), fits in 63 bits."""
-    return (seed * 0x9E3779B97F4A7C15 + step * 0x632BE59BD9B4E019 + 1) % (2**63)
-
-
-def logits_of(model: nn.Module, tokens: torch.Tensor, fast: bool) -> torch.Tensor:
-    return fast_logits(model, tokens) if fast else model(tokens)
-
-
-def loss_mask(batch: Batch, loss_on: str) -> torch.Tensor:
-    if loss_on == "outputs":
-        return batch.counter >= 2
-    return torch.ones_like(batch.counter, dtype=torch.bool)
-
-
-def masked_ce(logits: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits[mask], targets[mask])
-
-
 def training_loss(model: nn.Module, batch: Batch, config: TrainConfig) -> torch.Tensor | None:
     """Cross-entropy on the selected targets (None when the batch has none)."""
-    mask = loss_mask(batch, config.loss_on)
+    loss_on = config.optim.loss_on
+    mask = loss_mask(batch, loss_on)
     if not mask.any():
         return None
-    if config.fast_path:
+    if config.run.fast_path:
         # the fast path evaluates the last layer at the selected queries only
-        logits = fast_logits(model, batch.inputs, mask if config.loss_on == "outputs" else None)
-        if config.loss_on != "outputs":
+        logits = fast_logits(model, batch.inputs, mask if loss_on == "outputs" else None)
+        if loss_on != "outputs":
             logits = logits[mask]
     else:
         logits = model(batch.inputs)[mask]
     return F.cross_entropy(logits, batch.targets[mask])
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    batch: Batch,
-    config: TrainConfig,
-    probe_triggers: torch.Tensor | None,
-) -> dict[str, float]:
-    """Held-out metrics (paper Fig. 3): loss, in-context accuracy (counter >= 2), first-occurrence
-    accuracy (counter == 1), bigram loss (counter == 0) and the memory-recall probes."""
-    logits = logits_of(model, batch.inputs, config.fast_path)
-    targets, counter = batch.targets, batch.counter
-    correct = logits.argmax(dim=-1) == targets
-
-    def acc(mask: torch.Tensor) -> float:
-        return correct[mask].float().mean().item() if mask.any() else float("nan")
-
-    def ce(mask: torch.Tensor) -> float:
-        return masked_ce(logits, targets, mask).item() if mask.any() else float("nan")
-
-    row = {
-        "eval/loss": ce(loss_mask(batch, config.loss_on)),
-        "eval/icl_acc": acc(counter >= 2),
-        "eval/first_acc": acc(counter == 1),
-        "eval/trigger_acc": acc(counter >= 1),
-        "eval/bigram_loss": ce(counter == 0),
-        "eval/bigram_acc": acc(counter == 0),
-    }
-    for name, value in all_probes(model, probe_triggers).items():
-        row[f"probes/{name}"] = value
-    return row
-
-
 def learning_order(rows: list[dict], threshold: float = THRESHOLD) -> dict[str, int | None]:
     """First step at which each probe reaches `threshold` (None if never)."""
     keys = [k for k in (rows[0] if rows else {}) if k.startswith("probes/")]
-    order: dict[str, int | None] = {}
-    for key in keys:
-        hit = [r["step"] for r in rows if r.get(key) is not None and r[key] >= threshold]
-        order[key.removeprefix("probes/")] = min(hit) if hit else None
-    return order
+    steps = [r["step"] for r in rows]
+    return {k.removeprefix("probes/"): first_crossing(steps, [r.get(k) for r in rows], threshold) for k in keys}
 
 
 def format_order(order: dict[str, int | None]) -> str:
@@ -172,19 +121,19 @@ def _stop_on_signals(flag: _StopFlag) -> Iterator[None]:
             signal.signal(s, h)
 
 
-def make_optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-        )
-    return torch.optim.AdamW(
-        params, lr=config.lr, betas=(0.9, 0.99), weight_decay=config.weight_decay
-    )
+def make_optimizer(params: list[nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
+    if optim.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    return torch.optim.AdamW(params, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
 
 
 def _same_run(a: dict, b: dict) -> bool:
     """Two run configs describe the same run; `steps` may differ (a resume may extend a run)."""
-    return {**a, "steps": None} == {**b, "steps": None}
+
+    def without_steps(c: dict) -> dict:
+        return {**c, "optim": {**c.get("optim", {}), "steps": None}}
+
+    return without_steps(a) == without_steps(b)
 
 
 def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
@@ -196,7 +145,7 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
             f"use --resume {run_dir} to continue it or choose another --out"
         )
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    atomic_write_json(run_dir / "config.json", config.to_dict())
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
@@ -204,9 +153,10 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.json)")
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text()))
-    except (json.JSONDecodeError, TypeError) as err:
-        raise ValueError(f"{path} is not a valid run config: {err}") from None
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    return TrainConfig.from_dict(obj, source=str(path))
 
 
 def train(
@@ -239,15 +189,15 @@ def train(
         if not _same_run(ckpt["config"], saved.to_dict()):
             raise CheckpointError(f"{ckpt_path} was written by a different run config")
         start_step = int(ckpt["step"])
-        if config.steps < start_step:
-            raise ValueError(f"--steps {config.steps} is below the checkpoint's step {start_step}")
+        if config.optim.steps < start_step:
+            raise ValueError(f"--steps {config.optim.steps} is below the checkpoint's step {start_step}")
     else:
         prepare_run_dir(run_dir, config)
 
-    task = TriggeredBigram(config.task_config(), stats, device=dev)
-    model = build_model(config.model_config(stats.vocab_size), device=dev)
+    task = TriggeredBigram(config.task, stats, device=dev)
+    model = config.build_model(stats.vocab_size, device=dev)
     params = trainable_parameters(model)
-    optimizer = make_optimizer(params, config)
+    optimizer = make_optimizer(params, config.optim)
     if ckpt is not None:
         load_model_state(native(model), ckpt["model"], ckpt_path)
         try:
@@ -255,10 +205,10 @@ def train(
         except (ValueError, KeyError, RuntimeError) as err:
             raise CheckpointError(f"{ckpt_path}: optimizer state does not match: {err}") from None
         # only now that the checkpoint loaded: record a possibly extended number of steps
-        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        atomic_write_json(run_dir / "config.json", config.to_dict())
 
-    probe_triggers = task.fixed_triggers if config.trigger_mode == "fixed" else None
-    eval_batch = task.sample(config.eval_batch_size, task.generator(config.eval_seed))
+    probe_triggers = task.fixed_triggers if config.task.trigger_mode == "fixed" else None
+    eval_batch = task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed))
     metrics = MetricsFile(run_dir / "metrics.jsonl", resume_step=start_step if resume else None)
     wandb_id_file = run_dir / "wandb_id.txt"
     wb = WandbLogger(
@@ -285,16 +235,26 @@ def train(
 
     def do_eval(step: int, train_loss: float | None) -> dict:
         model.eval()
-        row = {"step": step, **evaluate(model, eval_batch, config, probe_triggers)}
+        row = {
+            "step": step,
+            **evaluate(
+                model,
+                eval_batch,
+                loss_on=config.optim.loss_on,
+                fast_path=config.run.fast_path,
+                probe_triggers=probe_triggers,
+            ),
+        }
         if train_loss is not None:
             row["train/loss"] = train_loss
         metrics.write(row)
         wb.log(row)
-        if config.heatmap_every and step % config.heatmap_every == 0 and wb.run is not None:
+        if run.heatmap_every and step % run.heatmap_every == 0 and wb.run is not None:
             _log_heatmaps(wb, model, task, eval_batch, step, run_dir)
         model.train()
         return row
 
+    run, steps = config.run, config.optim.steps
     flag = _StopFlag()
     status, step, last_row = "completed", start_step, {}
     train_loss: float | None = ckpt.get("train_loss") if ckpt is not None else None
@@ -306,14 +266,14 @@ def train(
             if progress:
                 from tqdm.auto import tqdm
 
-                bar = tqdm(total=config.steps, initial=start_step, desc="train", dynamic_ncols=True)
+                bar = tqdm(total=steps, initial=start_step, desc="train", dynamic_ncols=True)
             model.train()
-            for step in range(start_step, config.steps):
-                if step % config.eval_every == 0:
+            for step in range(start_step, steps):
+                if step % run.eval_every == 0:
                     last_row = do_eval(step, train_loss)
                     if bar is not None:
                         bar.set_postfix_str(_postfix(last_row))
-                batch = task.sample(config.batch_size, task.generator(step_seed(config.seed, step)))
+                batch = task.sample(config.optim.batch_size, task.generator(step_seed(run.seed, step)))
                 loss = training_loss(model, batch, config)
                 if loss is not None and not torch.isfinite(loss):
                     status = "diverged"
@@ -331,7 +291,7 @@ def train(
                 if bar is not None:
                     bar.update(1)
                 done = step + 1
-                if done % config.checkpoint_every == 0 and done < config.steps:
+                if done % run.checkpoint_every == 0 and done < steps:
                     save(done)
                     last_saved = done
                 if on_step is not None:
@@ -341,7 +301,7 @@ def train(
                     step = done
                     break
             else:
-                step = config.steps
+                step = steps
             if status != "diverged":
                 if status == "completed":
                     last_row = do_eval(step, train_loss)
@@ -371,7 +331,7 @@ def train(
         **{f"order/{k}": v for k, v in order.items()},
         "seconds_per_step": result.seconds_per_step,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(run_dir / "summary.json", summary)
     wb.summary(summary)
     wb.finish()
     if status == "interrupted":

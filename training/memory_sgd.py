@@ -17,8 +17,9 @@ q_γ = F(n_x) scheme of birth.memory.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Sequence
+import math
+from dataclasses import dataclass
+from typing import Literal, Sequence, get_args
 
 import torch
 import torch.nn.functional as F
@@ -27,33 +28,42 @@ from einops import einsum, rearrange
 from birth.memory import draw_embeddings, errors_from_scores
 from tasks.zipf import ZipfAssociations, trial_generator
 
-OPTIMIZERS = ("sgd", "adam", "sign")
+MemoryOptimizer = Literal["sgd", "adam", "sign"]
+OPTIMIZERS: tuple[str, ...] = get_args(MemoryOptimizer)
 
 
-@dataclass
-class TrainConfig:
-    optimizer: str = "sgd"  # sgd | adam | sign
-    lr: float = 1.0
-    batch_size: int = 1
-    num_steps: int = 1000
+@dataclass(frozen=True)
+class MemoryTrainConfig:
+    """How a memory is trained (named apart from the transformer's `training.config.TrainConfig`)."""
+
+    optimizer: MemoryOptimizer = "sgd"  # sign = SGD on the sign of the gradient
+    lr: float = 1.0  # step size γ
+    batch_size: int = 1  # samples per step
+    num_steps: int = 1000  # optimization steps
     lr_drop_step: int | None = None  # multiply the lr by lr_drop_factor from this step on
-    lr_drop_factor: float = 0.1
-    layer_norm: bool = False
-    learn_embeddings: bool = False
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    eval_steps: Sequence[int] = field(default_factory=list)  # steps after which to measure; 0 = init
+    lr_drop_factor: float = 0.1  # factor of the lr drop
+    layer_norm: bool = False  # LayerNorm (no affine) on W e_x
+    learn_embeddings: bool = False  # train E and U too (from their random draw)
+    adam_betas: tuple[float, float] = (0.9, 0.999)  # Adam's (β1, β2); (0, 0) is sign-SGD
+    eval_steps: tuple[int, ...] = ()  # steps after which to measure (0 = init); the last step always
+    track_coefficients: bool = False  # record Q with W = Σ Q[y, x] u_y e_xᵀ (plain SGD only)
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
         if self.batch_size < 1 or self.num_steps < 0:
             raise ValueError("batch_size must be >= 1 and num_steps >= 0")
-        if not all(0.0 <= b < 1.0 for b in self.adam_betas):
+        if not (math.isfinite(self.lr_drop_factor) and self.lr_drop_factor > 0):
+            raise ValueError(f"lr_drop_factor must be a finite number > 0, got {self.lr_drop_factor}")
+        if not all(0.0 <= b < 1.0 for b in self.adam_betas):  # also refuses nan
             raise ValueError(f"adam betas must lie in [0, 1), got {self.adam_betas}")
         if any(s < 0 or s > self.num_steps for s in self.eval_steps):
             raise ValueError(f"eval steps must lie in [0, num_steps={self.num_steps}]")
+        if self.track_coefficients and (self.optimizer != "sgd" or self.layer_norm or self.learn_embeddings):
+            # only then does every update lie in span(u_y e_xᵀ) with known coefficients
+            raise ValueError("track_coefficients needs plain SGD: optimizer 'sgd', no layer_norm, fixed embeddings")
 
 
 def sample_batches(
@@ -92,7 +102,7 @@ def train_memory(
     task: ZipfAssociations,
     dim: int,
     num_trials: int,
-    config: TrainConfig,
+    config: MemoryTrainConfig,
     *,
     seed: int,
     kind: str = "gaussian",
@@ -105,9 +115,12 @@ def train_memory(
     Embeddings are those of birth.memory.draw_embeddings(range(R), N, M, [dim], seed=seed), so the
     q-scheme errors of birth.memory.memory_errors(..., dims=[dim], seed=seed) use the same ones.
     `batches` (R, steps, b) overrides the sampled data (seeded by `seed` otherwise).
-    Returns {"steps": (C,), "error": (R, C), "batches": (R, steps, b)}.
+    Returns {"steps": (C,), "error": (R, C), "batches": (R, steps, b), "memory": the final W (R, d, d),
+    "inputs": (R, N, d), "outputs": (R, M, d) (the final embeddings)}, and with
+    `config.track_coefficients` "coefficients" (R, C, M, N): the Q of W = Σ_{y,x} Q[y, x] u_y e_xᵀ
+    at each eval step. From W = 0 every SGD step adds −(γ/b) Σ_i (softmax_y − 1{y = y_i}) u_y e_{x_i}ᵀ,
+    so Q is exact at any d, even when the embeddings are linearly dependent (d < N).
     """
-    config.validate()
     probs, targets = task.probs(), task.targets().to(device)
     if batches is None:
         batches = sample_batches(task, num_trials, config.num_steps, config.batch_size, seed)
@@ -132,19 +145,28 @@ def train_memory(
     batches = batches.to(device)
     eval_steps = sorted(set(int(s) for s in config.eval_steps) | {config.num_steps})
     errors = torch.zeros(num_trials, len(eval_steps), dtype=torch.float64)
+    track = config.track_coefficients
+    if track:
+        coefficients = torch.zeros(num_trials, task.num_outputs, task.num_inputs, device=device, dtype=torch.float64)
+        snapshots = torch.zeros(num_trials, len(eval_steps), task.num_outputs, task.num_inputs, dtype=torch.float64)
+        one_hot = F.one_hot(targets, task.num_outputs).to(torch.float64)  # (N, M)
 
     def measure(column: int) -> None:
         with torch.no_grad():
             errors[:, column] = exact_error(memory, inputs, outputs, targets, probs, config.layer_norm).cpu()
+        if track:
+            snapshots[:, column] = coefficients.cpu()
 
     column = 0
     if eval_steps[0] == 0:
         measure(0)
         column = 1
+    lr = config.lr
     for step in range(config.num_steps):
         if config.lr_drop_step is not None and step == config.lr_drop_step:
+            lr = config.lr * config.lr_drop_factor
             for group in optimizer.param_groups:
-                group["lr"] = config.lr * config.lr_drop_factor
+                group["lr"] = lr
         x = batches[:, step]  # (R, b)
         e_batch = torch.gather(inputs, 1, x[..., None].expand(-1, -1, dim))  # (R, b, d)
         logits = einsum(outputs, _hidden(memory, e_batch, config.layer_norm), "r m d, r b d -> r b m")
@@ -152,6 +174,11 @@ def train_memory(
         loss = F.cross_entropy(
             rearrange(logits, "r b m -> (r b) m"), targets[x].reshape(-1), reduction="sum"
         ) / config.batch_size
+        if track:
+            with torch.no_grad():  # the coefficient of u_y e_xᵀ in this step's −γ ∇W
+                residual = torch.softmax(logits.to(torch.float64), -1) - one_hot[x]  # (R, b, M)
+                index = x[:, None, :].expand(-1, task.num_outputs, -1)
+                coefficients.scatter_add_(2, index, residual.transpose(1, 2) * (-lr / config.batch_size))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.optimizer == "sign":
@@ -161,7 +188,13 @@ def train_memory(
         if column < len(eval_steps) and step + 1 == eval_steps[column]:
             measure(column)
             column += 1
-    return {"steps": torch.tensor(eval_steps), "error": errors, "batches": batches.cpu()}
+    out = {
+        "steps": torch.tensor(eval_steps), "error": errors, "batches": batches.cpu(),
+        "memory": memory.detach().cpu(), "inputs": inputs.detach().cpu(), "outputs": outputs.detach().cpu(),
+    }
+    if track:
+        out["coefficients"] = snapshots
+    return out
 
 
 def approximate_q_dynamics(

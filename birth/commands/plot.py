@@ -10,13 +10,15 @@ Writes learning_order.png, learning_order.pdf and learning_order.json into --out
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from birth.io import save_figure
+from birth.metrics import first_crossing
 
 ICL_KEY = "eval/icl_acc"
 # colours of the paper's Fig. 3 order of appearance; W_OV is the 1-layer model's only probe
@@ -78,12 +80,6 @@ def align(runs: list[RunCurves]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     for key in keys:
         stacked[key] = np.stack([run.curves[key][np.isin(run.steps, steps)] for run in runs])
     return steps, stacked
-
-
-def first_crossing(steps: np.ndarray, values: np.ndarray, threshold: float) -> int | None:
-    """First step at which `values` >= threshold (None if never)."""
-    hit = np.nonzero(values >= threshold)[0]
-    return int(steps[hit[0]]) if len(hit) else None
 
 
 def crossing_steps(steps: np.ndarray, runs_values: np.ndarray, threshold: float) -> list[int | None]:
@@ -155,7 +151,13 @@ def _crossing_text(name: str, c: dict, n_runs: int) -> str:
     return f"{name}: step {c['mean']:.0f} ± {c['std']:.0f}{missing}"
 
 
-def run(args: argparse.Namespace) -> int:
+def run(argv: list[str], prog: str) -> int:
+    from birth.cli import parse_args
+
+    return execute(parse_args(add_arguments, argv, prog, __doc__))
+
+
+def execute(args: argparse.Namespace) -> int:
     if not 0 < args.threshold <= 1:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
     if not args.name or "/" in args.name or os.sep in args.name:
@@ -168,23 +170,20 @@ def run(args: argparse.Namespace) -> int:
     fig, crossings = plot_learning_order(steps, stacked, args.threshold, title)
 
     out_dir = args.out if args.out is not None else default_out_dir(args.run_dirs)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png, pdf, summary = (out_dir / f"{args.name}.{ext}" for ext in ("png", "pdf", "json"))
-    fig.savefig(png, dpi=150)
-    fig.savefig(pdf)
-    summary.write_text(json.dumps({
+    data = {
         "runs": [str(r.run_dir) for r in runs],
         "threshold": args.threshold,
         "steps": [int(s) for s in steps],
         "crossings": crossings,
         "final": {k: _mean_or_none(v[:, -1]) for k, v in stacked.items()},
-    }, indent=2) + "\n")
+    }
+    paths = save_figure(fig, out_dir, args.name, data, log=None)
 
     ordered = sorted(crossings.items(), key=lambda kv: math.inf if kv[1]["mean"] is None else kv[1]["mean"])
     print(f"learning order (first step >= {args.threshold:g}), {n_runs} run(s): "
           + "; ".join(_crossing_text(name, c, n_runs) for name, c in ordered))
     print("wrote:")
-    for path in (png, pdf, summary):
+    for path in paths:
         print(f"  {path}")
     return 0
 

@@ -23,7 +23,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-new-vocab", action="store_true", help="accept a text whose vocabulary differs from the shipped one (needs --out)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(argv: list[str], prog: str) -> int:
+    from birth.cli import parse_args
+
+    return execute(parse_args(add_arguments, argv, prog, __doc__))
+
+
+def execute(args: argparse.Namespace) -> int:
     text = read_corpus(args.text, download=args.download)
     stats = compute_stats(text)
     out = args.out or shipped_stats_path()

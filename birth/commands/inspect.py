@@ -10,9 +10,10 @@ CHECKPOINT is a `step_*.pt` file or a run directory (its latest checkpoint is us
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
+
+from birth.io import atomic_write_json
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,7 +74,13 @@ def format_scores(scores: dict) -> list[str]:
     return lines
 
 
-def run(args: argparse.Namespace) -> int:
+def run(argv: list[str], prog: str) -> int:
+    from birth.cli import parse_args
+
+    return execute(parse_args(add_arguments, argv, prog, __doc__))
+
+
+def execute(args: argparse.Namespace) -> int:
     import torch
 
     from probes.attention import (
@@ -99,42 +106,32 @@ def run(args: argparse.Namespace) -> int:
     ckpt_path = resolve_checkpoint(args.checkpoint)
     model, config, step = load_trained_model(ckpt_path, device=device)
     stats = load_stats()
-    half_len = args.repeat_len if args.repeat_len is not None else config.seq_len // 2
-    if not 1 <= half_len <= config.seq_len // 2:
-        raise ValueError(f"--repeat-len must be in [1, T/2 = {config.seq_len // 2}], got {half_len}")
+    half_len = args.repeat_len if args.repeat_len is not None else config.task.seq_len // 2
+    if not 1 <= half_len <= config.task.seq_len // 2:
+        raise ValueError(f"--repeat-len must be in [1, T/2 = {config.task.seq_len // 2}], got {half_len}")
 
-    task = TriggeredBigram(config.task_config(), stats, device=device)
+    task = TriggeredBigram(config.task, stats, device=device)
     # the run's own held-out batch (same seed as evaluation during training)
-    batch = task.sample(args.batch_size, task.generator(config.eval_seed))
+    batch = task.sample(args.batch_size, task.generator(config.run.eval_seed))
     with torch.no_grad():
         scores = {
             "checkpoint": str(ckpt_path),
             "step": step,
-            "n_layers": config.n_layers,
+            "n_layers": config.model.n_layers,
             "triggered_bigram": triggered_bigram_scores(model, batch),
-            "repeated_random": repeated_sequence_scores(model, half_len, batch_size=32, seed=config.eval_seed),
+            "repeated_random": repeated_sequence_scores(model, half_len, batch_size=32, seed=config.run.eval_seed),
         }
 
     out_dir = args.out if args.out is not None else default_out_dir(ckpt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs = save_attention_heatmaps(model, stats, batch, out_dir, index=args.index, max_positions=args.positions)
     html = save_attention_html(model, stats, batch, out_dir / "attention.html", index=args.index)
-    scores_path = out_dir / "scores.json"
-    # json writes nan as NaN (not strict JSON); None reads everywhere
-    scores_path.write_text(json.dumps(_nan_to_none(scores), indent=2) + "\n")
+    scores_path = atomic_write_json(out_dir / "scores.json", scores)  # NaN as null: strict JSON
 
-    print(f"checkpoint {ckpt_path} (step {scores['step']}, {config.n_layers} layer{'s' * (config.n_layers > 1)})")
+    print(f"checkpoint {ckpt_path} (step {scores['step']}, {config.model.n_layers} layer{'s' * (config.model.n_layers > 1)})")
     for line in format_scores(scores):
         print(line)
     print("wrote:")
     for path in (*pngs, html, scores_path):
         print(f"  {path}")
     return 0
-
-
-def _nan_to_none(obj):
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _nan_to_none(v) for k, v in obj.items()}
-    return obj

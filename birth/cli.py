@@ -1,0 +1,151 @@
+"""The `birth` command: one subcommand per module of `birth.commands`, imported only when it runs.
+
+Each subcommand module defines `run(argv: list[str], prog: str) -> int`. Importing lazily keeps
+`birth --help` fast (transformer_lens alone takes seconds to import). Errors the user can fix are
+one line on stderr, exit status 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import io
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("birth.commands.train", "train a transformer on the triggered-bigram task and watch its memories form"),
+    "inspect": ("birth.commands.inspect", "attention maps and induction scores of a checkpoint, per head"),
+    "plot": ("birth.commands.plot", "learning-order figure (probes and accuracy vs step) of runs"),
+    "reproduce": ("birth.commands.experiment", "reproduce a claim of Birth of a Transformer (experiments, theory)"),
+    "scaling": ("birth.commands.experiment", "scaling-law experiments of associative memories"),
+    "capacity": ("birth.commands.experiment", "capacity of linear and non-linear associative memories"),
+    "dynamics": ("birth.commands.experiment", "gradient dynamics of associative memories (ICML 2024)"),
+    "experiments": ("birth.commands.experiment", "list every registered experiment"),
+    "grid": ("birth.grid", "run a grid of experiments or training runs through submitit"),
+    "prepare-data": ("birth.commands.prepare_data", "rebuild the Shakespeare statistics from a text"),
+}
+
+
+class CLIError(ValueError):
+    """A user-facing error: printed as one line, exit status 2."""
+
+
+T = TypeVar("T")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_BOX = "╭╮╰╯│─"
+
+
+def _one_line(text: str) -> str:
+    """The message of tyro's error box as one line (the box's first section, borders removed)."""
+    lines = [_ANSI.sub("", line) for line in text.splitlines()]
+    body = []
+    for line in lines[1:] if lines and lines[0].lstrip().startswith("╭") else lines:
+        inner = line.strip().strip("│").strip()
+        if not inner or set(inner) <= set(_BOX) or inner.startswith("╰"):
+            if body:
+                break
+            continue
+        body.append(inner)
+    return " ".join(body) or "invalid arguments"
+
+
+def parse_dataclass(cls: type[T], default: T, args: Sequence[str], prog: str, description: str) -> T:
+    """Parse `args` into a `cls` dataclass starting from `default`, with tyro: one flag per field
+    (nested sections flattened), its type, choices, default and help comment in `--help`.
+    A bad value becomes a CLIError with tyro's message on one line."""
+    import tyro
+
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            return tyro.cli(
+                cls,
+                default=default,
+                args=list(args),
+                prog=prog,
+                description=description,
+                config=(tyro.conf.OmitArgPrefixes,),
+            )
+    except SystemExit as stop:
+        if stop.code in (0, None):
+            raise
+        raise CLIError(_one_line(buffer.getvalue())) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints usage and exits; we want one line
+        raise CLIError(message)
+
+
+def parse_args(
+    add_arguments: Callable[[argparse.ArgumentParser], None], argv: Sequence[str], prog: str, doc: str | None
+) -> argparse.Namespace:
+    """argparse for the commands that are not a config (inspect, plot, prepare-data, grid)."""
+    parser = _Parser(prog=prog, description=(doc or "").split("\n\n")[0])
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def print_config(obj: Any) -> None:
+    """YAML of a config (a dataclass or a nested dict), as `--config FILE.yaml` reads it back."""
+    import yaml
+
+    from birth.io import to_jsonable
+
+    print(yaml.safe_dump(to_jsonable(obj), sort_keys=False), end="")
+
+
+def read_yaml(path: str, option: str = "--config") -> Any:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return yaml.safe_load(f) or {}
+    except OSError as err:
+        raise CLIError(f"{option} {path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise CLIError(f"{option} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(
+        prog="birth",
+        description="Transformers as associative memories: train, probe, inspect and reproduce "
+        "'Birth of a Transformer', the scaling laws of associative memories and their gradient dynamics.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in SUBCOMMANDS.items():
+        sub.add_parser(name, help=help_, add_help=False)
+    if not argv or argv[0] in ("-h", "--help"):
+        parser.print_help()
+        return 0 if argv else 2
+    if argv[0] not in SUBCOMMANDS:
+        print(f"birth: error: unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    name, rest = argv[0], argv[1:]
+    prog = f"birth {name}"
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+        return int(module.run(rest, prog) or 0)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, IsADirectoryError) as err:
+        # one clear line, no traceback, for bad input the user can fix (ValueError covers
+        # CLIError, config, checkpoint, data and output-directory errors)
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{prog}: error: out of memory (try a smaller --d-model, --batch-size or --seq-len)", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""`birth train`: train a transformer on the triggered-bigram task and watch its memories form.
+
+Every field of the run's config is a flag (`--lr 0.1`, `--d-model 64`, `--trigger-mode random`)
+that overrides the preset (or the `--config FILE.yaml`). `--print-config` prints the resolved
+config as YAML and exits; `--resume RUN_DIR` continues a run (only `--steps` may change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from training.config import PRESETS, PresetName, TrainConfig
+
+WandbMode = Literal["off", "offline", "online"]
+
+
+@dataclass(frozen=True)
+class TrainCommand:
+    config: TrainConfig = field(default_factory=TrainConfig)
+    preset: PresetName = "quick"  # base config that the flags override
+    config_file: Annotated[Path | None, tyro.conf.arg(name="config")] = None  # a YAML config (e.g. from --print-config) that replaces the preset
+    print_config: bool = False  # print the resolved config as YAML and exit
+    out: Path | None = None  # run directory (default: runs/<preset>-<layers>L-seed<seed>-<time>-<pid>)
+    resume: Path | None = None  # continue the run in this directory from its last checkpoint (--steps may extend it)
+    wandb: WandbMode = "offline"  # W&B logging (offline: files in RUN_DIR/wandb)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch CPU threads (default: torch's choice); recorded with the run
+    progress: bool = True  # progress bar
+
+
+def _base_config(argv: list[str]) -> TrainConfig:
+    """The config the flags override: --resume's saved config, --config FILE or --preset."""
+    from birth.cli import CLIError, read_yaml
+    from training.loop import read_run_config
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--preset", default="quick")
+    pre.add_argument("--config", default=None)
+    pre.add_argument("--resume", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.resume is not None:
+        if known.config is not None:
+            raise CLIError("give either --resume RUN_DIR or --config FILE, not both")
+        return read_run_config(Path(known.resume))
+    if known.config is not None:
+        return TrainConfig.from_dict(read_yaml(known.config), source=f"--config {known.config}")
+    if known.preset not in PRESETS:
+        raise CLIError(f"--preset must be one of {', '.join(PRESETS)}, got {known.preset!r}")
+    return PRESETS[known.preset]
+
+
+def parse(argv: list[str], prog: str = "birth train") -> TrainCommand:
+    from birth.cli import parse_dataclass
+
+    base = _base_config(argv)
+    return parse_dataclass(TrainCommand, TrainCommand(config=base), argv, prog, __doc__.split("\n\n")[0])
+
+
+def _changed_fields(old: TrainConfig, new: TrainConfig) -> list[str]:
+    a, b = old.to_dict(), new.to_dict()
+    return [f"--{k.replace('_', '-')}" for s in a for k in a[s] if a[s][k] != b[s][k]]
+
+
+def run(argv: list[str], prog: str) -> int:
+    import torch
+
+    from birth.cli import CLIError, print_config
+    from tasks.shakespeare import load_stats
+    from training.loop import print_summary, read_run_config, train
+
+    cmd = parse(argv, prog)
+    config = cmd.config
+    if cmd.print_config:
+        print_config(config.to_dict())
+        return 0
+    if cmd.threads is not None and cmd.threads < 1:
+        raise CLIError(f"--threads must be >= 1, got {cmd.threads}")
+    if cmd.resume is not None:
+        if cmd.out is not None:
+            raise CLIError("give either --resume RUN_DIR or --out, not both")
+        saved = read_run_config(cmd.resume)
+        changed = [f for f in _changed_fields(saved, config) if f != "--steps"]
+        if changed:
+            raise CLIError(
+                f"--resume continues {cmd.resume} with its own config; these flags would change the run: "
+                f"{', '.join(changed)} (only --steps may extend it)"
+            )
+        run_dir = cmd.resume
+    else:
+        run_dir = cmd.out or Path("runs") / (
+            # the pid keeps two runs started in the same second (sweep agents) apart
+            f"{cmd.preset}-{config.model.n_layers}L-seed{config.run.seed}-"
+            f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        )
+    config.validate(load_stats().vocab_size)  # report a bad flag before announcing the run
+    if cmd.threads is not None:
+        torch.set_num_threads(cmd.threads)
+    print(f"run directory: {run_dir}")
+    result = train(
+        config,
+        run_dir,
+        resume=cmd.resume is not None,
+        device=cmd.device,
+        wandb_mode=cmd.wandb,
+        progress=cmd.progress,
+    )
+    print_summary(result)
+    return result.exit_code
+
+
+def replace_config(cmd: TrainCommand, **changes) -> TrainCommand:
+    return dataclasses.replace(cmd, config=cmd.config.replace(**changes))

@@ -1,0 +1,488 @@
+"""Gradient dynamics of associative memories (*Learning Associative Memories with Gradient Descent*,
+Cabannes, Simsek, Bietti, ICML 2024).
+
+Model: a linear memory W ∈ R^{d×d} between input embeddings e_x (x ∈ [n]) and output embeddings
+u_y (y ∈ [m]), read out through the scores z_{x,y} = u_yᵀ W e_x, trained on the cross-entropy of
+y = f*(x) under an input law p:
+
+    L(W) = Σ_x p(x) ℓ(z_x, f*(x)),   ℓ(z, y) = -z_y + log Σ_y' exp z_y'.
+
+The gradient has a closed form, ∇L = Σ_x p(x) Σ_y (softmax(z_x) - δ_{f*(x)})_y u_y e_xᵀ: every
+association pushes W along u_y e_xᵀ (seed talks: "each association creates a landscape that pushes
+towards u_y e_xᵀ"), and embeddings that are not orthogonal make those pushes interfere.
+
+Everything here is a function of tensors with optional leading batch dimensions, so a grid of
+problems (learning rates, imbalances, cosines) trains as one batched tensor program: W (..., d, d),
+E (..., n, d), U (..., m, d), p (..., n), targets (n,). The margin of token x is
+z_{x,f*(x)} - max_{y≠f*(x)} z_{x,y}: x is recalled (argmax is right) iff its margin is > 0, and the
+accuracy is the exact Σ_x p(x) 1{margin_x > 0} (nothing sampled; a tie counts as wrong).
+
+Also here: loss landscapes on a 2-D plane of matrices W(γ) = γ₀ A₀ + γ₁ A₁, top Hessian eigenvalue
+by power iteration on autograd Hessian-vector products (never a dense Hessian), spike counting on a
+loss curve, the (imbalance, step) phase diagram of the two-token problem, early stopping, and the
+per-token W_OV² margins of the birth transformer with a small SGD loop for it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from birth.seeds import generator
+
+# --------------------------------------------------------------------------------------------
+# problems: embeddings, input law, targets
+
+
+def zipf_probs(n: int, exponent: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """p(x) ∝ (x + 1)^-exponent for x = 0..n-1 (exponent 0 is uniform)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    weights = torch.arange(1, n + 1, dtype=torch.float64).pow(-float(exponent))
+    return (weights / weights.sum()).to(dtype)
+
+
+def correlated_embeddings(n: int, cosine: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """n unit vectors in R^n with every pairwise cosine equal to `cosine`: the rows of the Cholesky
+    factor of (1 - c) I + c 11ᵀ (for n = 2: [[1, 0], [c, √(1 - c²)]], the reference's E)."""
+    if not -1.0 / max(n - 1, 1) < cosine < 1.0 and not (n == 1):
+        raise ValueError(f"cosine must lie in (-1/(n-1), 1) for n={n} vectors, got {cosine}")
+    gram = (1.0 - cosine) * torch.eye(n, dtype=torch.float64) + cosine
+    return torch.linalg.cholesky(gram).to(dtype)
+
+
+def orthonormal_embeddings(n: int, d: int, gen: torch.Generator | None = None,
+                           dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """n orthonormal rows in R^d (n <= d): the identity's first rows, or a random rotation of them."""
+    if n > d:
+        raise ValueError(f"{n} orthonormal vectors need d >= {n}, got d={d}")
+    if gen is None:
+        return torch.eye(d, dtype=dtype)[:n]
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=gen, dtype=torch.float64))
+    q = q * torch.sign(torch.diagonal(r))  # Haar-distributed rotation
+    return q[:n].to(dtype)
+
+
+def sphere_embeddings(n: int, d: int, gen: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """n vectors uniform on the unit sphere of R^d."""
+    return F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=-1).to(dtype)
+
+
+def gaussian_embeddings(n: int, d: int, gen: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """n vectors N(0, I/d) (norm ≈ 1)."""
+    return (torch.randn(n, d, generator=gen, dtype=torch.float64) / math.sqrt(d)).to(dtype)
+
+
+@dataclass(frozen=True)
+class MemoryProblem:
+    """One association problem (or a batch of them, with leading dimensions on every tensor but
+    `targets`): inputs E (..., n, d), outputs U (..., m, d), input law p (..., n), f* (n,)."""
+
+    inputs: torch.Tensor
+    outputs: torch.Tensor
+    probs: torch.Tensor
+    targets: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n, m = self.inputs.shape[-2], self.outputs.shape[-2]
+        if self.inputs.shape[-1] != self.outputs.shape[-1]:
+            raise ValueError("input and output embeddings must have the same width d")
+        if self.probs.shape[-1] != n or self.targets.shape != (n,):
+            raise ValueError(f"probs (..., {n}) and targets ({n},) must match the {n} input embeddings")
+        if int(self.targets.min()) < 0 or int(self.targets.max()) >= m:
+            raise ValueError(f"targets must lie in [0, {m})")
+
+    @property
+    def dim(self) -> int:
+        return self.inputs.shape[-1]
+
+    @property
+    def batch_shape(self) -> torch.Size:
+        return torch.broadcast_shapes(self.inputs.shape[:-2], self.outputs.shape[:-2], self.probs.shape[:-1])
+
+    def zeros(self) -> torch.Tensor:
+        """W = 0 for every problem of the batch."""
+        return torch.zeros(*self.batch_shape, self.dim, self.dim, dtype=self.inputs.dtype)
+
+
+def two_token_problem(cosine: float, p_first: float, dtype: torch.dtype = torch.float64) -> MemoryProblem:
+    """The reference's 2-D problem: n = m = d = 2, U = I, f*(x) = x, cos(e_0, e_1) = `cosine`,
+    p = (p_first, 1 - p_first)."""
+    probs = torch.tensor([p_first, 1.0 - p_first], dtype=dtype)
+    return MemoryProblem(correlated_embeddings(2, cosine, dtype), torch.eye(2, dtype=dtype), probs,
+                         torch.arange(2))
+
+
+# --------------------------------------------------------------------------------------------
+# scores, loss, gradient, margins
+
+
+def scores(W: torch.Tensor, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """z_{x,y} = u_yᵀ W e_x: W (..., d, d), E (..., n, d), U (..., m, d) -> (..., n, m)."""
+    return inputs @ W.transpose(-1, -2) @ outputs.transpose(-1, -2)
+
+
+def token_losses(W: torch.Tensor, problem: MemoryProblem) -> torch.Tensor:
+    """ℓ(z_x, f*(x)) per token: (..., n)."""
+    z = scores(W, problem.inputs, problem.outputs)
+    return torch.logsumexp(z, -1) - z[..., torch.arange(z.shape[-2]), problem.targets]
+
+
+def memory_loss(W: torch.Tensor, problem: MemoryProblem, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """L(W) = Σ_x w(x) ℓ(z_x, f*(x)) with w = p (population) or given weights (a batch's
+    empirical frequencies): (...)."""
+    weights = problem.probs if weights is None else weights
+    return (weights * token_losses(W, problem)).sum(-1)
+
+
+def memory_gradient(W: torch.Tensor, problem: MemoryProblem, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """∇_W L = Uᵀ Gᵀ E with G[x, y] = w(x) (softmax(z_x) - δ_{f*(x)})_y, in closed form (the batched
+    grids need no autograd graph; tests compare it with autograd)."""
+    weights = problem.probs if weights is None else weights
+    z = scores(W, problem.inputs, problem.outputs)
+    residual = torch.softmax(z, -1) - F.one_hot(problem.targets, z.shape[-1]).to(z.dtype)
+    g = weights.unsqueeze(-1) * residual  # (..., n, m)
+    return problem.outputs.transpose(-1, -2) @ g.transpose(-1, -2) @ problem.inputs
+
+
+def margins(W: torch.Tensor, problem: MemoryProblem) -> torch.Tensor:
+    """z_{x,f*(x)} - max_{y≠f*(x)} z_{x,y}: (..., n). Token x is recalled iff its margin is > 0."""
+    z = scores(W, problem.inputs, problem.outputs)
+    rows = torch.arange(z.shape[-2])
+    right = z[..., rows, problem.targets]
+    others = z.clone()
+    others[..., rows, problem.targets] = -math.inf
+    return right - others.amax(-1)
+
+
+def accuracy(W: torch.Tensor, problem: MemoryProblem) -> torch.Tensor:
+    """Σ_x p(x) 1{x recalled}: the exact accuracy, (...)."""
+    return (problem.probs * (margins(W, problem) > 0).to(problem.probs.dtype)).sum(-1)
+
+
+# --------------------------------------------------------------------------------------------
+# gradient descent
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """A training run recorded at `steps` (step 0 = initialization): loss (S,) + batch, exact
+    accuracy (S,) + batch, margins (S,) + batch + (n,), and the final W."""
+
+    steps: torch.Tensor
+    loss: torch.Tensor
+    accuracy: torch.Tensor
+    margins: torch.Tensor
+    weights: torch.Tensor
+
+    def recall(self) -> torch.Tensor:
+        """Per-token recall over time, (S, ..., n) bool."""
+        return self.margins > 0
+
+
+def batch_weights(problem: MemoryProblem, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+    """Empirical frequencies of `batch_size` tokens drawn i.i.d. from p (one draw per problem of
+    the batch): (..., n). The mini-batch gradient is memory_gradient with these weights."""
+    probs = problem.probs.expand(*problem.batch_shape, problem.probs.shape[-1]).reshape(-1, problem.probs.shape[-1])
+    draws = torch.multinomial(probs.float(), batch_size, replacement=True, generator=gen)
+    counts = torch.zeros_like(probs).scatter_add_(1, draws, torch.ones_like(draws, dtype=probs.dtype))
+    return (counts / batch_size).reshape(*problem.batch_shape, -1)
+
+
+def train(
+    problem: MemoryProblem,
+    lr: float | torch.Tensor,
+    steps: int,
+    *,
+    batch_size: int = 0,
+    seed: int = 0,
+    init: torch.Tensor | None = None,
+    record_every: int = 1,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> Trajectory:
+    """Gradient descent W ← W - η ∇L(W) from `init` (W = 0 by default).
+
+    batch_size 0: full batch (the population loss, what the reference's 2-D experiments run);
+    b > 0: mini-batch SGD on b tokens drawn from p at each step, the draws seeded by `seed` (one
+    generator for the run, so a run depends only on its seed). `lr` may be a tensor broadcasting
+    against the batch shape (one step size per problem of a grid). Records loss, accuracy and
+    margins every `record_every` steps and at the last; `callback(step, W)` sees W after each step.
+    """
+    if steps < 0 or record_every < 1 or batch_size < 0:
+        raise ValueError("steps >= 0, record_every >= 1 and batch_size >= 0 are required")
+    W = problem.zeros() if init is None else init.clone().to(problem.inputs.dtype)
+    lr_t = torch.as_tensor(lr, dtype=W.dtype)
+    lr_t = lr_t.reshape(*lr_t.shape, 1, 1)
+    gen = generator(seed, 0x5D) if batch_size else None
+    recorded_steps, losses, accs, margs = [], [], [], []
+
+    def record(step: int) -> None:
+        recorded_steps.append(step)
+        losses.append(memory_loss(W, problem))
+        margs.append(margins(W, problem))
+        accs.append((problem.probs * (margs[-1] > 0).to(W.dtype)).sum(-1))
+
+    record(0)
+    for step in range(1, steps + 1):
+        weights = batch_weights(problem, batch_size, gen) if batch_size else None
+        W = W - lr_t * memory_gradient(W, problem, weights)
+        if callback is not None:
+            callback(step, W)
+        if step % record_every == 0 or step == steps:
+            record(step)
+    return Trajectory(torch.tensor(recorded_steps), torch.stack(losses), torch.stack(accs), torch.stack(margs), W)
+
+
+# --------------------------------------------------------------------------------------------
+# margins: growth like log t
+
+
+@dataclass(frozen=True)
+class LogFit:
+    slope: float  # d margin / d log t
+    intercept: float
+
+
+def fit_log_growth(steps: Sequence[float] | torch.Tensor, values: Sequence[float] | torch.Tensor,
+                   from_step: float = 1.0) -> LogFit:
+    """Least-squares fit values ≈ slope · log t + intercept over the steps t >= from_step (> 0)."""
+    t = torch.as_tensor(steps, dtype=torch.float64)
+    v = torch.as_tensor(values, dtype=torch.float64)
+    keep = (t >= max(from_step, 1e-12)) & torch.isfinite(v)
+    if int(keep.sum()) < 2:
+        raise ValueError("a log fit needs at least two finite points at t >= from_step")
+    x, y = t[keep].log(), v[keep]
+    xc = x - x.mean()
+    slope = float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+    return LogFit(slope, float(y.mean() - slope * x.mean()))
+
+
+def log_spaced_steps(steps: int, count: int) -> list[int]:
+    """About `count` distinct integers log-spaced in [1, steps], with 0 first."""
+    points = torch.logspace(0, math.log10(max(steps, 1)), count, dtype=torch.float64).round().long()
+    return [0, *sorted(set(points.tolist()))]
+
+
+# --------------------------------------------------------------------------------------------
+# spikes
+
+
+def count_spikes(values: Sequence[float] | torch.Tensor, factor: float = 2.0, floor: float = 0.0) -> int:
+    """Number of loss spikes in a series.
+
+    A spike starts at step t when values[t] exceeds max(factor · m_t, floor), m_t the running
+    minimum of values[:t], while values[t-1] did not; the run of steps above that level is one
+    spike. A decreasing curve has none; 1, 3, 1, 3, ... with factor 2 has one per rise. `floor`
+    keeps tiny relative wobbles of a loss near 0 (rounding noise) from counting. NaN or inf values
+    count as above the level (a diverged loss is a spike).
+    """
+    if not factor > 1.0:
+        raise ValueError(f"spike factor must be > 1, got {factor}")
+    v = torch.as_tensor(values, dtype=torch.float64).flatten().tolist()
+    spikes, above, running_min = 0, False, math.inf
+    for value in v:
+        level = max(factor * running_min, floor)
+        now_above = not math.isfinite(value) or (math.isfinite(level) and value > level)
+        if now_above and not above:
+            spikes += 1
+        above = now_above
+        if math.isfinite(value):
+            running_min = min(running_min, value)
+    return spikes
+
+
+def first_step_at(steps: Sequence[int] | torch.Tensor, values: Sequence[float] | torch.Tensor,
+                  threshold: float, *, stays: bool = False) -> int | None:
+    """First recorded step whose value is >= threshold (None if never); with `stays`, the first
+    step from which every later value is >= threshold."""
+    s = torch.as_tensor(steps).tolist()
+    ok = (torch.as_tensor(values, dtype=torch.float64) >= threshold).tolist()
+    if not stays:
+        return next((int(t) for t, good in zip(s, ok) if good), None)
+    first = None
+    for t, good in zip(s, ok):
+        if good and first is None:
+            first = int(t)
+        elif not good:
+            first = None
+    return first
+
+
+# --------------------------------------------------------------------------------------------
+# landscapes on a plane of matrices
+
+
+def plane_matrices(basis: torch.Tensor, gammas: torch.Tensor) -> torch.Tensor:
+    """W(γ) = Σ_k γ_k A_k: basis (2, d, d), gammas (..., 2) -> (..., d, d)."""
+    return torch.einsum("...k,kij->...ij", gammas.to(basis.dtype), basis)
+
+
+def memory_basis(problem: MemoryProblem, tokens: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """A_k = u_{f*(x_k)} e_{x_k}ᵀ for two tokens: the plane spanned by their memories (2, d, d)."""
+    rows = [torch.outer(problem.outputs[problem.targets[x]], problem.inputs[x]) for x in tokens]
+    return torch.stack(rows)
+
+
+def diagonal_basis(d: int = 2, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """A_k = 1_k 1_kᵀ, k = 0, 1: the plane span(e_i e_iᵀ) of the seed talk's level lines (2, d, d)."""
+    basis = torch.zeros(2, d, d, dtype=dtype)
+    basis[0, 0, 0] = basis[1, 1, 1] = 1.0
+    return basis
+
+
+def landscape(problem: MemoryProblem, basis: torch.Tensor, gamma0: torch.Tensor,
+              gamma1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loss on the grid W(γ₀[i], γ₁[j]): the total L (G0, G1) and each token's ℓ_x (n, G0, G1)."""
+    grid = torch.stack(torch.meshgrid(gamma0, gamma1, indexing="ij"), -1)  # (G0, G1, 2)
+    per_token = token_losses(plane_matrices(basis, grid), problem)  # (G0, G1, n)
+    return (problem.probs * per_token).sum(-1), per_token.permute(2, 0, 1)
+
+
+def plane_trajectory(problem: MemoryProblem, basis: torch.Tensor, lr: float, steps: int, *,
+                     start: tuple[float, float] = (0.0, 0.0), batch_size: int = 0,
+                     seed: int = 0) -> torch.Tensor:
+    """(S)GD on γ for the model W(γ) = γ₀ A₀ + γ₁ A₁: ∂L/∂γ_k = ⟨∇_W L, A_k⟩. Returns (steps+1, 2).
+    batch_size 0 is full batch; b > 0 draws b tokens from p per step (seeded)."""
+    gamma = torch.tensor(start, dtype=basis.dtype)
+    gen = generator(seed, 0x1A) if batch_size else None
+    path = [gamma]
+    for _ in range(steps):
+        weights = batch_weights(problem, batch_size, gen) if batch_size else None
+        grad_w = memory_gradient(plane_matrices(basis, gamma), problem, weights)
+        gamma = gamma - lr * torch.einsum("ij,kij->k", grad_w, basis)
+        path.append(gamma)
+    return torch.stack(path)
+
+
+# --------------------------------------------------------------------------------------------
+# sharpness
+
+
+def hessian_vector_product(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor,
+                           vector: torch.Tensor) -> torch.Tensor:
+    """H v for H the Hessian of loss_fn at params, by double backward (no Hessian is formed)."""
+    p = params.detach().requires_grad_(True)
+    (grad,) = torch.autograd.grad(loss_fn(p), p, create_graph=True)
+    (hv,) = torch.autograd.grad(grad, p, grad_outputs=vector)
+    return hv.detach()
+
+
+def top_hessian_eigenvalue(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor, *,
+                           iters: int = 100, tol: float = 1e-10, seed: int = 0,
+                           init: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
+    """The eigenvalue of largest magnitude of the Hessian of loss_fn at params, and its unit
+    eigenvector, by power iteration on Hessian-vector products (for the convex memory loss that is
+    the top eigenvalue, the sharpness). Stops when the Rayleigh quotient moves by < tol (relative).
+    `init` warm-starts from a previous eigenvector (along training the top direction moves slowly).
+    """
+    v = init.clone() if init is not None else torch.randn(params.shape, generator=generator(seed, 0x4E),
+                                                          dtype=params.dtype)
+    v = v / v.norm()
+    value = 0.0
+    for _ in range(iters):
+        hv = hessian_vector_product(loss_fn, params, v)
+        new_value = float((v * hv).sum())  # Rayleigh quotient
+        norm = hv.norm()
+        if float(norm) == 0.0:
+            return 0.0, v
+        v = hv / norm
+        if abs(new_value - value) <= tol * max(abs(new_value), 1e-30):
+            return new_value, v
+        value = new_value
+    return value, v
+
+
+def sharpness_along(problem: MemoryProblem, lr: float, steps: int, *, every: int = 1, iters: int = 100,
+                    batch_size: int = 0, seed: int = 0) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
+    """Train (as `train`) and measure the top Hessian eigenvalue of the population loss every
+    `every` steps: returns the trajectory, the measured steps and the eigenvalues."""
+    measured_steps, values = [], []
+    state: dict[str, torch.Tensor | None] = {"v": None}
+
+    def measure(step: int, W: torch.Tensor) -> None:
+        if step % every and step != steps:
+            return
+        value, vec = top_hessian_eigenvalue(lambda w: memory_loss(w, problem), W, iters=iters, seed=seed,
+                                            init=state["v"])
+        state["v"] = vec
+        measured_steps.append(step)
+        values.append(value)
+
+    init = problem.zeros()
+    measure(0, init)
+    traj = train(problem, lr, steps, batch_size=batch_size, seed=seed, init=init, callback=measure)
+    return traj, torch.tensor(measured_steps), torch.tensor(values, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------------
+# forgetting
+
+
+def forgetting_events(recall: torch.Tensor) -> torch.Tensor:
+    """Per token, how many times a recalled token stops being recalled: recall (S, n) bool -> (n,)."""
+    return (recall[:-1] & ~recall[1:]).sum(0)
+
+
+# --------------------------------------------------------------------------------------------
+# phase diagram of the two-token problem
+
+
+@dataclass(frozen=True)
+class PhaseDiagram:
+    """First step at accuracy 1 (-1: never) and final accuracy over (cosine, p, lr) grids."""
+
+    cosines: torch.Tensor  # (A,)
+    p_first: torch.Tensor  # (P,)
+    lrs: torch.Tensor  # (L,)
+    first_step: torch.Tensor  # (A, P, L) long, -1 where accuracy 1 is never reached
+    final_accuracy: torch.Tensor  # (A, P, L)
+    spikes: torch.Tensor  # (A, P, L) count_spikes of each loss curve
+
+
+def phase_diagram(cosines: Sequence[float], p_first: Sequence[float], lrs: Sequence[float], steps: int,
+                  *, spike_factor: float = 2.0, spike_floor: float = 1e-3) -> PhaseDiagram:
+    """Full-batch GD from W = 0 on the two-token problem at every (cosine, p, lr), all at once."""
+    c = torch.as_tensor(cosines, dtype=torch.float64)
+    p = torch.as_tensor(p_first, dtype=torch.float64)
+    lr = torch.as_tensor(lrs, dtype=torch.float64)
+    A, P, L = len(c), len(p), len(lr)
+    # E (A, 1, 1, 2, 2): rows e_0 = (1, 0), e_1 = (c, √(1-c²)), the reference's embeddings
+    E = torch.zeros(A, 2, 2, dtype=torch.float64)
+    E[:, 0, 0] = 1.0
+    E[:, 1, 0] = c
+    E[:, 1, 1] = (1.0 - c * c).clamp_min(0.0).sqrt()
+    probs = torch.stack([p, 1.0 - p], -1)  # (P, 2)
+    problem = MemoryProblem(E[:, None, None], torch.eye(2, dtype=torch.float64), probs[None, :, None],
+                            torch.arange(2))
+    lr_grid = lr.expand(A, P, L)
+    traj = train(problem, lr_grid, steps)
+    full = traj.accuracy >= 1.0  # (S, A, P, L)
+    reached = full.any(0)
+    first = torch.where(reached, traj.steps[full.to(torch.int8).argmax(0)], torch.full_like(reached, -1,
+                                                                                             dtype=torch.long))
+    loss = traj.loss.reshape(len(traj.steps), -1)
+    spikes = torch.tensor([count_spikes(loss[:, k], spike_factor, spike_floor) for k in range(loss.shape[1])])
+    return PhaseDiagram(c, p, lr, first, traj.accuracy[-1], spikes.reshape(A, P, L))
+
+
+# --------------------------------------------------------------------------------------------
+# early stopping
+
+
+@dataclass(frozen=True)
+class EarlyStop:
+    best_step: int
+    best_error: float
+    final_error: float
+
+
+def early_stopping(steps: Sequence[int] | torch.Tensor, errors: Sequence[float] | torch.Tensor) -> EarlyStop:
+    """The recorded step of lowest error (the first one on ties) against the last error."""
+    e = torch.as_tensor(errors, dtype=torch.float64)
+    s = torch.as_tensor(steps)
+    k = int(torch.argmin(e))  # argmin returns the first minimum
+    return EarlyStop(int(s[k]), float(e[k]), float(e[-1]))
