@@ -51,7 +51,9 @@ def _one_line(text: str) -> str:
                 break
             continue
         body.append(inner)
-    return " ".join(body) or "invalid arguments"
+    message = " ".join(body) or "invalid arguments"
+    # a section's own validation names its flag already: drop tyro's "Error parsing config.optim:"
+    return re.sub(r"^Error parsing [\w.]+: (?=--)", "", message)
 
 
 def parse_dataclass(cls: type[T], default: T, args: Sequence[str], prog: str, description: str) -> T:

@@ -126,10 +126,22 @@ def scores(W: torch.Tensor, inputs: torch.Tensor, outputs: torch.Tensor) -> torc
     return inputs @ W.transpose(-1, -2) @ outputs.transpose(-1, -2)
 
 
+def _gaps(z: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d_y' = z_y' - z_{f*(x)} (-inf at y' = f*(x)) and a = log Σ_{y'≠f*(x)} e^{d_y'}: (..., n, m), (..., n).
+
+    The loss is softplus(a) and 1 - softmax_{f*(x)} is sigmoid(a): computed from a, neither rounds
+    to 0 while the margin is below ~700 (logsumexp(z) - z_y and 1 - softmax do beyond a margin of
+    ~37 in float64, which would freeze the margins of well-learned tokens)."""
+    rows = torch.arange(z.shape[-2])
+    gaps = z - z[..., rows, targets].unsqueeze(-1)
+    gaps[..., rows, targets] = -math.inf
+    return gaps, torch.logsumexp(gaps, -1)
+
+
 def token_losses(W: torch.Tensor, problem: MemoryProblem) -> torch.Tensor:
-    """ℓ(z_x, f*(x)) per token: (..., n)."""
-    z = scores(W, problem.inputs, problem.outputs)
-    return torch.logsumexp(z, -1) - z[..., torch.arange(z.shape[-2]), problem.targets]
+    """ℓ(z_x, f*(x)) = log(1 + Σ_{y≠f*(x)} e^{z_y - z_{f*(x)}}) per token: (..., n)."""
+    _, a = _gaps(scores(W, problem.inputs, problem.outputs), problem.targets)
+    return F.softplus(a)
 
 
 def memory_loss(W: torch.Tensor, problem: MemoryProblem, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -143,20 +155,24 @@ def memory_gradient(W: torch.Tensor, problem: MemoryProblem, weights: torch.Tens
     """∇_W L = Uᵀ Gᵀ E with G[x, y] = w(x) (softmax(z_x) - δ_{f*(x)})_y, in closed form (the batched
     grids need no autograd graph; tests compare it with autograd)."""
     weights = problem.probs if weights is None else weights
-    z = scores(W, problem.inputs, problem.outputs)
-    residual = torch.softmax(z, -1) - F.one_hot(problem.targets, z.shape[-1]).to(z.dtype)
+    gaps, a = _gaps(scores(W, problem.inputs, problem.outputs), problem.targets)
+    # softmax_y' = e^{d_y'} / (1 + e^a) for y' ≠ f*(x), and softmax - 1 = -sigmoid(a) at f*(x)
+    residual = torch.exp(gaps - F.softplus(a).unsqueeze(-1))
+    residual[..., torch.arange(gaps.shape[-2]), problem.targets] = -torch.sigmoid(a)
     g = weights.unsqueeze(-1) * residual  # (..., n, m)
     return problem.outputs.transpose(-1, -2) @ g.transpose(-1, -2) @ problem.inputs
 
 
 def margins(W: torch.Tensor, problem: MemoryProblem) -> torch.Tensor:
     """z_{x,f*(x)} - max_{y≠f*(x)} z_{x,y}: (..., n). Token x is recalled iff its margin is > 0."""
-    z = scores(W, problem.inputs, problem.outputs)
-    rows = torch.arange(z.shape[-2])
-    right = z[..., rows, problem.targets]
-    others = z.clone()
-    others[..., rows, problem.targets] = -math.inf
-    return right - others.amax(-1)
+    gaps, _ = _gaps(scores(W, problem.inputs, problem.outputs), problem.targets)
+    return -gaps.amax(-1)
+
+
+def all_recalled(margins_: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
+    """Accuracy exactly 1: every token of positive probability recalled ((..., n) -> (...) bool).
+    (Comparing Σ p(x) 1{recalled} with 1.0 would depend on how p rounds.)"""
+    return ((margins_ > 0) | (probs <= 0)).all(-1)
 
 
 def accuracy(W: torch.Tensor, problem: MemoryProblem) -> torch.Tensor:
@@ -202,6 +218,7 @@ def train(
     seed: int = 0,
     init: torch.Tensor | None = None,
     record_every: int = 1,
+    record_steps: Sequence[int] | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> Trajectory:
     """Gradient descent W ← W - η ∇L(W) from `init` (W = 0 by default).
@@ -210,12 +227,19 @@ def train(
     b > 0: mini-batch SGD on b tokens drawn from p at each step, the draws seeded by `seed` (one
     generator for the run, so a run depends only on its seed). `lr` may be a tensor broadcasting
     against the batch shape (one step size per problem of a grid). Records loss, accuracy and
-    margins every `record_every` steps and at the last; `callback(step, W)` sees W after each step.
+    margins at step 0, every `record_every` steps and at the last (or exactly at `record_steps`, e.g.
+    log-spaced, which must include 0); `callback(step, W)` sees W after each step.
     """
     if steps < 0 or record_every < 1 or batch_size < 0:
         raise ValueError("steps >= 0, record_every >= 1 and batch_size >= 0 are required")
+    wanted = None if record_steps is None else set(int(s) for s in record_steps)
+    if wanted is not None and (0 not in wanted or max(wanted) > steps or min(wanted) < 0):
+        raise ValueError(f"record_steps must include 0 and lie in [0, {steps}]")
     W = problem.zeros() if init is None else init.clone().to(problem.inputs.dtype)
     lr_t = torch.as_tensor(lr, dtype=W.dtype)
+    # one W per (step size, problem): the records then have the same shape from step 0 on
+    batch = torch.broadcast_shapes(W.shape[:-2], lr_t.shape)
+    W = W.expand(*batch, *W.shape[-2:]).clone()
     lr_t = lr_t.reshape(*lr_t.shape, 1, 1)
     gen = generator(seed, 0x5D) if batch_size else None
     recorded_steps, losses, accs, margs = [], [], [], []
@@ -232,7 +256,7 @@ def train(
         W = W - lr_t * memory_gradient(W, problem, weights)
         if callback is not None:
             callback(step, W)
-        if step % record_every == 0 or step == steps:
+        if (step in wanted) if wanted is not None else (step % record_every == 0 or step == steps):
             record(step)
     return Trajectory(torch.tensor(recorded_steps), torch.stack(losses), torch.stack(accs), torch.stack(margs), W)
 
@@ -259,6 +283,42 @@ def fit_log_growth(steps: Sequence[float] | torch.Tensor, values: Sequence[float
     xc = x - x.mean()
     slope = float((xc * (y - y.mean())).sum() / (xc * xc).sum())
     return LogFit(slope, float(y.mean() - slope * x.mean()))
+
+
+def orthogonal_margin_theory(steps: torch.Tensor, lr: float, prob: float, n_outputs: int) -> torch.Tensor:
+    """Margin of a token under gradient flow with orthonormal embeddings (n <= d, m <= d), W_0 = 0.
+
+    The scores of x evolve alone: z ← z - η p(x) (softmax(z) - δ_y); they start equal and keep
+    a zero sum, so the margin m obeys dm/dt = η p m_out / (e^m + m_out - 1), whose solution is
+        e^m + (m_out - 1) m = η p m_out t + 1,
+    m ≈ log(η p m_out t) for large t: slope 1 in log t whatever η and p (only the offset moves).
+    Solved here for m by Newton's method (the left side is convex and increasing in m >= 0)."""
+    t = torch.as_tensor(steps, dtype=torch.float64)
+    target = lr * prob * n_outputs * t + 1.0
+    m = torch.log(target)  # an upper bound of the root (the left side is >= e^m): Newton decreases
+    for _ in range(100):
+        f = torch.exp(m) + (n_outputs - 1) * m - target
+        m = m - f / (torch.exp(m) + n_outputs - 1)
+    return m
+
+
+def orthogonal_margin_recursion(steps: int, lr: float | torch.Tensor, probs: torch.Tensor,
+                                n_outputs: int) -> torch.Tensor:
+    """Margins of full-batch GD from W = 0 with orthonormal embeddings, exactly: (steps+1, ...).
+
+    Each token's scores move alone (z ← z - η p (softmax(z) - δ_y)), the m-1 wrong scores stay
+    equal, and the margin follows the scalar recursion
+        m_{t+1} = m_t + η p m_out / (e^{m_t} + m_out - 1),   m_0 = 0,
+    whose first step is m_1 = η p. Once e^{m_t} is large, e^{m_t} grows by about η p m_out per
+    step: m_t ≈ log(e^{m_1} + η p m_out t), slope 1 in log t once η p m_out t > e^{η p}."""
+    rate = torch.as_tensor(lr, dtype=torch.float64) * torch.as_tensor(probs, dtype=torch.float64) * n_outputs
+    m = torch.zeros_like(rate)
+    out = [m]
+    for _ in range(steps):
+        decay = torch.exp(-m)  # written with e^{-m} so that large margins do not overflow
+        m = m + rate * decay / (1.0 + (n_outputs - 1) * decay)
+        out.append(m)
+    return torch.stack(out)
 
 
 def log_spaced_steps(steps: int, count: int) -> list[int]:
@@ -364,58 +424,72 @@ def plane_trajectory(problem: MemoryProblem, basis: torch.Tensor, lr: float, ste
 
 def hessian_vector_product(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor,
                            vector: torch.Tensor) -> torch.Tensor:
-    """H v for H the Hessian of loss_fn at params, by double backward (no Hessian is formed)."""
+    """H v for H the Hessian of loss_fn(params).sum() at params, by double backward (the Hessian is
+    never formed: two backward passes per product)."""
     p = params.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(loss_fn(p), p, create_graph=True)
+    (grad,) = torch.autograd.grad(loss_fn(p).sum(), p, create_graph=True)
     (hv,) = torch.autograd.grad(grad, p, grad_outputs=vector)
     return hv.detach()
 
 
 def top_hessian_eigenvalue(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor, *,
-                           iters: int = 100, tol: float = 1e-10, seed: int = 0,
-                           init: torch.Tensor | None = None) -> tuple[float, torch.Tensor]:
-    """The eigenvalue of largest magnitude of the Hessian of loss_fn at params, and its unit
-    eigenvector, by power iteration on Hessian-vector products (for the convex memory loss that is
-    the top eigenvalue, the sharpness). Stops when the Rayleigh quotient moves by < tol (relative).
-    `init` warm-starts from a previous eigenvector (along training the top direction moves slowly).
+                           batch_dims: int = 0, iters: int = 100, tol: float = 1e-10, seed: int = 0,
+                           init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The eigenvalue of largest magnitude of the Hessian of loss_fn at params, and a unit
+    eigenvector, by power iteration on Hessian-vector products (for the convex memory loss it is the
+    top eigenvalue: the sharpness).
+
+    With batch_dims = k, the first k dimensions of params index independent problems and loss_fn
+    returns their losses (shape params.shape[:k]): the Hessian of the sum is block diagonal, so one
+    product per iteration serves every problem, each normalized on its own. Stops when every
+    Rayleigh quotient moves by < tol (relative) or after `iters` products. `init` warm-starts from
+    a previous eigenvector (along training the top direction moves slowly). Returns the eigenvalues
+    (shape params.shape[:k]; a 0-dim tensor without batch) and the eigenvectors (params' shape).
     """
-    v = init.clone() if init is not None else torch.randn(params.shape, generator=generator(seed, 0x4E),
-                                                          dtype=params.dtype)
-    v = v / v.norm()
-    value = 0.0
+    event = tuple(range(batch_dims, params.dim()))
+    if init is not None:
+        v = init.clone()
+    else:
+        v = torch.randn(params.shape, generator=generator(seed, 0x4E), dtype=params.dtype)
+    v = v / v.norm(dim=event, keepdim=True)
+    value = torch.full(params.shape[:batch_dims], math.nan, dtype=params.dtype)
     for _ in range(iters):
         hv = hessian_vector_product(loss_fn, params, v)
-        new_value = float((v * hv).sum())  # Rayleigh quotient
-        norm = hv.norm()
-        if float(norm) == 0.0:
-            return 0.0, v
-        v = hv / norm
-        if abs(new_value - value) <= tol * max(abs(new_value), 1e-30):
-            return new_value, v
+        new_value = (v * hv).sum(event)  # Rayleigh quotient
+        norm = hv.norm(dim=event, keepdim=True)
+        flat = norm == 0  # H v = 0: the eigenvalue is 0 along v (keep v)
+        v = torch.where(flat, v, hv / norm.clamp_min(1e-300))
+        done = (new_value - value).abs() <= tol * new_value.abs().clamp_min(1e-30)
         value = new_value
+        if bool(done.all()):
+            break
     return value, v
 
 
-def sharpness_along(problem: MemoryProblem, lr: float, steps: int, *, every: int = 1, iters: int = 100,
-                    batch_size: int = 0, seed: int = 0) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
-    """Train (as `train`) and measure the top Hessian eigenvalue of the population loss every
-    `every` steps: returns the trajectory, the measured steps and the eigenvalues."""
+def sharpness_along(problem: MemoryProblem, lr: float | torch.Tensor, steps: int, *, every: int = 1,
+                    iters: int = 100, tol: float = 1e-7, batch_size: int = 0, seed: int = 0
+                    ) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
+    """Train (as `train`; `lr` may be a tensor of step sizes) and measure the top Hessian eigenvalue
+    of the population loss every `every` steps and at the last, for every problem of the batch at
+    once. Returns the trajectory, the measured steps (K,) and the eigenvalues (K, *batch)."""
+    lr_t = torch.as_tensor(lr, dtype=problem.inputs.dtype)
+    batch = torch.broadcast_shapes(problem.batch_shape, lr_t.shape)
     measured_steps, values = [], []
     state: dict[str, torch.Tensor | None] = {"v": None}
 
     def measure(step: int, W: torch.Tensor) -> None:
         if step % every and step != steps:
             return
-        value, vec = top_hessian_eigenvalue(lambda w: memory_loss(w, problem), W, iters=iters, seed=seed,
-                                            init=state["v"])
+        value, vec = top_hessian_eigenvalue(lambda w: memory_loss(w, problem), W, batch_dims=len(batch),
+                                            iters=iters, tol=tol, seed=seed, init=state["v"])
         state["v"] = vec
         measured_steps.append(step)
         values.append(value)
 
-    init = problem.zeros()
+    init = problem.zeros().expand(*batch, problem.dim, problem.dim).clone()
     measure(0, init)
-    traj = train(problem, lr, steps, batch_size=batch_size, seed=seed, init=init, callback=measure)
-    return traj, torch.tensor(measured_steps), torch.tensor(values, dtype=torch.float64)
+    traj = train(problem, lr_t, steps, batch_size=batch_size, seed=seed, init=init, callback=measure)
+    return traj, torch.tensor(measured_steps), torch.stack(values)
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,7 +534,7 @@ def phase_diagram(cosines: Sequence[float], p_first: Sequence[float], lrs: Seque
                             torch.arange(2))
     lr_grid = lr.expand(A, P, L)
     traj = train(problem, lr_grid, steps)
-    full = traj.accuracy >= 1.0  # (S, A, P, L)
+    full = all_recalled(traj.margins, problem.probs)  # (S, A, P, L)
     reached = full.any(0)
     first = torch.where(reached, traj.steps[full.to(torch.int8).argmax(0)], torch.full_like(reached, -1,
                                                                                              dtype=torch.long))

@@ -30,25 +30,31 @@ are thus smooth in n and d within a trial, which keeps the capacity search stabl
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, get_args
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import einsum
 
 from tasks.zipf import trial_generator
 
+Memory = Literal["linear", "relu", "hopfield", "hopfield-auto", "softmax", "nearest"]
+MEMORIES: tuple[str, ...] = get_args(Memory)
 CLASS_MEMORIES = ("linear", "relu")
 BINARY_MEMORIES = ("hopfield", "hopfield-auto", "softmax", "nearest")
-MEMORIES = CLASS_MEMORIES + BINARY_MEMORIES
+POLYNOMIAL = ("linear", "hopfield", "hopfield-auto")  # theory n* ∝ d or d / log d; the others exp(c d)
 
 
 # --------------------------------------------------------------------------------------------
 # read-outs (single batch of trials; shapes carry a leading trial axis R)
 
 
-def linear_scores(keys: torch.Tensor, labels: torch.Tensor, outputs: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+def linear_scores(
+    keys: torch.Tensor, labels: torch.Tensor, outputs: torch.Tensor, queries: torch.Tensor
+) -> torch.Tensor:
     """u_yᵀ W q with W = Σ_i u_{y_i} e_iᵀ: keys (R,n,d), labels (R,n), outputs (R,M,d), queries (R,q,d) -> (R,q,M)."""
     memory = einsum(outputs[torch.arange(keys.shape[0])[:, None], labels], keys, "r n i, r n j -> r i j")
     return einsum(outputs, memory, queries, "r m i, r i j, r q j -> r q m")
@@ -59,7 +65,9 @@ def relu_scores(
 ) -> torch.Tensor:
     """u_yᵀ Σ_i u_{y_i} ReLU(e_iᵀ q − η) -> (R, q, M)."""
     activations = F.relu(einsum(queries, keys, "r q d, r n d -> r q n") - eta)  # (R, q, n)
-    by_label = einsum(activations, F.one_hot(labels, outputs.shape[1]).to(keys.dtype), "r q n, r n m -> r q m")
+    by_label = einsum(
+        activations, F.one_hot(labels, outputs.shape[1]).to(keys.dtype), "r q n, r n m -> r q m"
+    )
     gram = einsum(outputs, outputs, "r m d, r k d -> r m k")
     return einsum(by_label, gram, "r q k, r m k -> r q m")
 
@@ -79,7 +87,8 @@ def hopfield_auto(keys: torch.Tensor, queries: torch.Tensor, steps: int = 20) ->
     memory = memory - torch.diag_embed(torch.diagonal(memory, dim1=-2, dim2=-1))
     state = queries.clone()
     used = 0
-    for used in range(1, steps + 1):
+    for step in range(1, steps + 1):
+        used = step
         field = einsum(memory, state, "r i j, r q j -> r q i")
         new = torch.where(field == 0, state, torch.sign(field))  # a zero field keeps the bit
         if torch.equal(new, state):
@@ -88,18 +97,26 @@ def hopfield_auto(keys: torch.Tensor, queries: torch.Tensor, steps: int = 20) ->
     return state, used
 
 
-def softmax_memory(keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor, beta: float) -> torch.Tensor:
+def softmax_memory(
+    keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor, beta: float
+) -> torch.Tensor:
     """sign(Σ_i softmax_i(β⟨q, x_i⟩) y_i) -> (R, q, d)."""
     attention = torch.softmax(beta * einsum(queries, keys, "r q d, r n d -> r q n"), dim=-1)
     return torch.sign(einsum(attention, values, "r q n, r n d -> r q d"))
 
 
-def nearest_neighbour(keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_neighbour(
+    keys: torch.Tensor, values: torch.Tensor, queries: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """y of the stored key closest to the query (largest ⟨q, x_i⟩); also whether the top is unique."""
     similarity = einsum(queries, keys, "r q d, r n d -> r q n")
     top2 = similarity.topk(min(2, similarity.shape[-1]), dim=-1)
     best = top2.indices[..., 0]
-    unique = (top2.values[..., 0] > top2.values[..., 1]) if similarity.shape[-1] > 1 else torch.ones_like(best, dtype=torch.bool)
+    unique = (
+        (top2.values[..., 0] > top2.values[..., 1])
+        if similarity.shape[-1] > 1
+        else torch.ones_like(best, dtype=torch.bool)
+    )
     picked = torch.gather(values, 1, best[..., None].expand(-1, -1, values.shape[-1]))
     return picked, unique
 
@@ -133,6 +150,10 @@ class RecallSetup:
             raise ValueError(f"delta must lie in [0, 0.5), got {self.delta}")
         if self.num_outputs < 2:
             raise ValueError(f"num_outputs must be >= 2, got {self.num_outputs}")
+        if not (math.isfinite(self.beta) and self.beta > 0):
+            raise ValueError(f"beta must be a finite number > 0, got {self.beta}")
+        if not 0 <= self.eta < 1:  # also refuses nan; the theory rate is −½ ln(1 − η²)
+            raise ValueError(f"eta must lie in [0, 1), got {self.eta}")
 
 
 def _draw(setup: RecallSetup, trial: int, device) -> dict[str, torch.Tensor]:
@@ -142,9 +163,14 @@ def _draw(setup: RecallSetup, trial: int, device) -> dict[str, torch.Tensor]:
         return {
             "keys": torch.randn(n_max, d_max, generator=gen, device=device, dtype=torch.float64),
             "labels": torch.randint(0, setup.num_outputs, (n_max,), generator=gen, device=device),
-            "outputs": torch.randn(setup.num_outputs, d_max, generator=gen, device=device, dtype=torch.float64),
+            "outputs": torch.randn(
+                setup.num_outputs, d_max, generator=gen, device=device, dtype=torch.float64
+            ),
         }
-    signs = lambda *shape: torch.randint(0, 2, shape, generator=gen, device=device).to(torch.float64) * 2 - 1  # noqa: E731
+
+    def signs(*shape: int) -> torch.Tensor:
+        return torch.randint(0, 2, shape, generator=gen, device=device).to(torch.float64) * 2 - 1
+
     return {
         "keys": signs(n_max, d_max),
         "values": signs(n_max, d_max),
@@ -166,7 +192,9 @@ def stack_draws(draws: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     return {k: torch.stack([dr[k] for dr in draws]) for k in draws[0]}
 
 
-def recall_for(setup: RecallSetup, stacked: dict[str, torch.Tensor], dim: int, size: int) -> tuple[torch.Tensor, int]:
+def recall_for(
+    setup: RecallSetup, stacked: dict[str, torch.Tensor], dim: int, size: int
+) -> tuple[torch.Tensor, int]:
     """Per-trial recall (fraction of queried associations retrieved exactly) for n = size at d = dim.
 
     stacked: the trials' draws, stack_draws([_draw(setup, r, device) for r in trials]).
@@ -203,7 +231,10 @@ def recall_for(setup: RecallSetup, stacked: dict[str, torch.Tensor], dim: int, s
 
 
 def recall_curves(
-    setup: RecallSetup, device: str | torch.device = "cpu", progress: bool = False, threshold: float = 0.99,
+    setup: RecallSetup,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+    threshold: float = 0.99,
     patience: int = 6,
 ) -> dict:
     """Recall of every trial for every (d, n): {"recall": (R, D, S), "iterations": (D, S)}.
@@ -215,7 +246,9 @@ def recall_curves(
     """
     setup.validate()
     stacked = stack_draws([_draw(setup, trial, device) for trial in range(setup.num_trials)])
-    recall = torch.full((setup.num_trials, len(setup.dims), len(setup.sizes)), float("nan"), dtype=torch.float64)
+    recall = torch.full(
+        (setup.num_trials, len(setup.dims), len(setup.sizes)), float("nan"), dtype=torch.float64
+    )
     iterations = torch.ones(len(setup.dims), len(setup.sizes), dtype=torch.long)
     rows = range(len(setup.dims))
     if progress:
@@ -232,7 +265,9 @@ def recall_curves(
     return {"recall": recall, "iterations": iterations}
 
 
-def capacity_from_recall(mean_recall: torch.Tensor, sizes: Sequence[int], threshold: float = 0.99) -> list[int]:
+def capacity_from_recall(
+    mean_recall: torch.Tensor, sizes: Sequence[int], threshold: float = 0.99
+) -> list[int]:
     """n*(d): the largest n on the grid reached before the first n with recall < threshold.
 
     mean_recall (D, S). 0 when the smallest n already fails; sizes[-1] (a lower bound) when none fails.
@@ -279,7 +314,7 @@ def theory_capacity(memory: str, d: int, delta: float, eta: float) -> tuple[str,
         return f"exp({rate:.3f} d)", math.exp(rate * d)
     # relu: recall is exact when no cross-talk e_iᵀe_x exceeds η; on the sphere
     # P(e_iᵀe_x > η) ≈ (1 − η²)^(d/2), so n* >~ exp(c d) with c = −½ ln(1 − η²) (a lower bound)
-    rate = -0.5 * math.log(1 - eta ** 2)
+    rate = -0.5 * math.log(1 - eta**2)
     return f"exp({rate:.3f} d)", math.exp(rate * d)
 
 
@@ -296,3 +331,76 @@ def cost_per_query(memory: str, d: int, n: int, num_outputs: int, iterations: in
     if memory == "softmax":  # keys and values; scores, exp, weighted sum
         return {"parameters": 2 * n * d, "flops": 4 * n * d + n}
     return {"parameters": 2 * n * d, "flops": 2 * n * d}
+
+
+# --------------------------------------------------------------------------------------------
+# growth of the capacity with d
+
+
+@dataclass(frozen=True)
+class GrowthFit:
+    slope: float  # log-log slope (polynomial memories) or rate c of exp(c d)
+    intercept: float  # of log n* against log d (or d)
+    points: int  # (d, n*) points fitted
+    ci_low: float = math.nan  # bootstrap 95% interval over trials (nan: no resample could be fitted)
+    ci_high: float = math.nan
+
+
+def fit_growth(
+    memory: str, dims: Sequence[int], capacities: Sequence[int], max_size: int
+) -> GrowthFit | None:
+    """Exponent of the growth: log-log slope (polynomial memories) or rate c in exp(c d).
+
+    Censored points (n* = 0, or n* = the largest n tried) are left out; None under 2 points.
+    """
+    keep = [(d, n) for d, n in zip(dims, capacities) if 0 < n < max_size]
+    if len(keep) < 2:
+        return None
+    d, n = np.array(keep, dtype=float).T
+    x = np.log(d) if memory in POLYNOMIAL else d
+    slope, intercept = np.polyfit(x, np.log(n), 1)
+    return GrowthFit(float(slope), float(intercept), len(keep))
+
+
+def fit_growth_with_ci(
+    memory: str,
+    dims: Sequence[int],
+    sizes: Sequence[int],
+    recall: torch.Tensor,
+    threshold: float,
+    generator: torch.Generator,
+    num_boot: int = 200,
+) -> tuple[list[int], GrowthFit | None]:
+    """n*(d) of the trial-mean recall (R, D, S), its growth fit, and a bootstrap CI over trials.
+
+    Each resample recomputes the capacities and the fit from trials drawn with replacement;
+    `generator` is consumed by exactly num_boot draws (a caller sharing it across memories gets the
+    same numbers whatever the fits give).
+    """
+    trials = recall.shape[0]
+    capacities = capacity_from_recall(recall.nanmean(0), sizes, threshold)
+    fit = fit_growth(memory, dims, capacities, sizes[-1])
+    boots = []
+    for _ in range(num_boot):
+        pick = torch.randint(0, trials, (trials,), generator=generator)
+        b = fit_growth(
+            memory, dims, capacity_from_recall(recall[pick].nanmean(0), sizes, threshold), sizes[-1]
+        )
+        if b is not None:
+            boots.append(b.slope)
+    if fit is not None and boots:
+        low, high = (float(v) for v in np.quantile(boots, [0.025, 0.975]))
+        fit = GrowthFit(fit.slope, fit.intercept, fit.points, low, high)
+    return capacities, fit
+
+
+def theory_exponent(memory: str, dims: Sequence[int], delta: float, eta: float) -> tuple[float, str]:
+    """(exponent, what it is) of the theoretical capacity growth, comparable with fit_growth's slope."""
+    if memory == "linear":
+        return 1.0, "log-log slope"
+    if memory in POLYNOMIAL:  # local log-log slope of d / log d over the grid
+        return float(np.polyfit(np.log(dims), np.log([d / math.log(d) for d in dims]), 1)[0]), "log-log slope"
+    if memory == "relu":
+        # no cross-talk term above η means exact recall: n P(e·e' > η) small, P ≈ (1 − η²)^(d/2)
+        return -0.5 * math.log(1 - eta**2), "rate c in exp(c d) (theory: a lower bound)"
+    return math.log(2) - binary_entropy(delta), "rate c in exp(c d)"

@@ -89,16 +89,22 @@ def check_writable(path: str | os.PathLike, option: str = "--out") -> Path:
         raise OutputError(f"{option} {path}: {probe} is not a directory")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise OutputError(f"{option} {path} is not writable ({probe} does not allow writing)")
+    if probe != path:
+        # os.access says yes to root everywhere, /proc and /sys included: try for real
+        try:
+            os.rmdir(tempfile.mkdtemp(dir=probe, prefix=".birth-probe-"))
+        except OSError as err:
+            raise OutputError(f"{option} {path} cannot be created in {probe}: {err.strerror}") from None
     return path
 
 
 def _claim_empty_dir(path: Path) -> bool:
-    """Create `path` exclusively, or claim an existing empty directory with an O_EXCL lock file."""
-    try:
-        path.mkdir()
-        return True
-    except FileExistsError:
-        pass
+    """Claim a new or empty directory: the one process whose O_EXCL lock file creation succeeds.
+
+    Even the process that created the directory takes the lock (another may find it still empty),
+    and the lock's owner checks again that the directory holds nothing else: a claimant that wrote
+    its files and released its lock between our first look and our lock must win, not us."""
+    path.mkdir(exist_ok=True)
     if any(p.name != LOCK_NAME for p in path.iterdir()):
         return False
     try:
@@ -106,6 +112,9 @@ def _claim_empty_dir(path: Path) -> bool:
     except FileExistsError:
         return False  # another process claimed it first
     os.close(fd)
+    if any(p.name != LOCK_NAME for p in path.iterdir()):
+        (path / LOCK_NAME).unlink()  # ours (O_EXCL succeeded); the directory is another run's
+        return False
     return True
 
 
@@ -127,7 +136,7 @@ def claim_output_dir(
         path.parent.mkdir(parents=True, exist_ok=True)
         if _claim_empty_dir(path):
             return path
-    except PermissionError as err:
+    except OSError as err:
         raise OutputError(f"{option} {path} is not writable: {err.strerror}") from None
     if not overwrite:
         raise OutputError(

@@ -38,9 +38,9 @@ with d, and independent draws cost one pass of M·N·d per d.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -107,7 +107,9 @@ def q_threshold(counts: torch.Tensor, top: int | Sequence[int], rho: float = 0.0
     return weights.squeeze(-2) if isinstance(top, (int, np.integer)) else weights
 
 
-def sgd_scheme_table(max_count: int, gamma: float, num_outputs: int, orthonormal: bool = False) -> torch.Tensor:
+def sgd_scheme_table(
+    max_count: int, gamma: float, num_outputs: int, orthonormal: bool = False
+) -> torch.Tensor:
     """F(n) for n = 0..max_count, F(n) = f^n(0), f(q) = q + γ / (1 + e^q / M), float64.
 
     A fresh iteration from q = 0 for every call (the reference's q_γ plot kept its state across γ).
@@ -395,8 +397,16 @@ def memory_errors(
         chunks = tqdm(chunks, desc="trials", unit="chunk", leave=False)
     for trials in chunks:
         emb = draw_embeddings(
-            trials, num_inputs, num_outputs, sorted_dims, seed=seed, kind=kind, mode=mode,
-            device=device, dtype=draw_dtype, out=storage,
+            trials,
+            num_inputs,
+            num_outputs,
+            sorted_dims,
+            seed=seed,
+            kind=kind,
+            mode=mode,
+            device=device,
+            dtype=draw_dtype,
+            out=storage,
         )
         rows = slice(trials[0], trials[-1] + 1)
         qs = [w if w.shape[0] == 1 else w[rows] for w in weights]
@@ -526,9 +536,7 @@ def _truncated_gaussian_scores(
         yield scores
 
 
-def _per_d_scores(
-    grouped: torch.Tensor, emb: MemoryEmbeddings, dims: list[int], order: list[int] | None
-):
+def _per_d_scores(grouped: torch.Tensor, emb: MemoryEmbeddings, dims: list[int], order: list[int] | None):
     """Scores at each d separately (sphere embeddings or independent draws; q may depend on d).
 
     grouped (r|1, B, D|1, M, N).
@@ -561,8 +569,11 @@ class PowerLawFit:
 
     def as_dict(self) -> dict[str, float]:
         return {
-            "slope": self.slope, "intercept": self.intercept,
-            "ci_low": self.ci_low, "ci_high": self.ci_high, "num_points": self.num_points,
+            "slope": self.slope,
+            "intercept": self.intercept,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "num_points": self.num_points,
         }
 
 
@@ -606,3 +617,138 @@ def fit_power_law(
     tail = (1 - level) / 2
     low, high = np.quantile(boots, [tail, 1 - tail]) if boots.size else (float("nan"),) * 2
     return PowerLawFit(slope, intercept, float(low), float(high), int(keep.sum()))
+
+
+# --------------------------------------------------------------------------------------------
+# predicted error (theory) and its constant
+
+
+def memory_term(weights: torch.Tensor, probs: torch.Tensor, dims: Sequence[int], c: float) -> torch.Tensor:
+    """p{x : q(x)² d < c ‖q‖²}: the finite-memory part of the predicted error, one value per d.
+
+    A token is lost when its signal q(x) is below the interference of the other memories, whose
+    standard deviation is ‖q‖ / √d (Theorem 1 of the scaling-law paper, up to its constant c and
+    its log factors). The square makes the condition invariant to the scale of q, as the error
+    is; the seed slides write q(x) d < c ‖q‖², which is not, and whose exponent for q = p would be
+    −(α−1)/α instead of the −(α−1)/(2α) of their own table. q ≡ 0 loses every token.
+    weights: q of shape (N,) or (len(dims), N) (one q per d, e.g. P = d/8). Returns (len(dims),).
+    """
+    if not (math.isfinite(c) and c > 0):
+        raise ValueError(f"the constant c must be a finite number > 0, got {c}")
+    q = torch.as_tensor(weights, dtype=torch.float64)
+    q = q.expand(len(dims), -1) if q.ndim == 1 else q
+    if q.shape[0] != len(dims):
+        raise ValueError(f"weights must have shape (N,) or ({len(dims)}, N), got {tuple(q.shape)}")
+    d = torch.tensor([float(v) for v in dims], dtype=torch.float64)[:, None]
+    norm2 = (q * q).sum(-1, keepdim=True)
+    lost = (q * q * d < c * norm2) | (norm2 == 0)
+    return (lost * probs.to(torch.float64)).sum(-1)
+
+
+def unseen_mass(probs: torch.Tensor, sample_sizes: Sequence[float], exact: bool = False) -> torch.Tensor:
+    """Σ_x p(x) e^{−T p(x)} for each T (the finite-data part; 0 at T = ∞).
+
+    exact: Σ_x p(x) (1 − p(x))^T instead, the expected mass of the tokens not seen in T samples
+    (e^{−Tp} is its bound and its large-T form).
+    """
+    p = probs.to(torch.float64)
+    rows = []
+    for t in sample_sizes:
+        t = float(t)
+        if math.isinf(t) and t > 0:
+            rows.append(torch.zeros((), dtype=torch.float64))
+        elif not t >= 0:
+            raise ValueError(f"sample sizes T must be >= 0 (or inf), got {t}")
+        else:
+            rows.append((p * ((1 - p) ** t if exact else torch.exp(-t * p))).sum())
+    return torch.stack(rows)
+
+
+def predicted_error(
+    weights: torch.Tensor,
+    probs: torch.Tensor,
+    dims: Sequence[int],
+    c: float,
+    sample_sizes: Sequence[float] = (math.inf,),
+    exact: bool = False,
+) -> torch.Tensor:
+    """p{x : q(x)² d < c ‖q‖²} + Σ_x p(x) e^{−T p(x)}, capped at 1: shape (len(sample_sizes), len(dims)).
+
+    weights is the scheme at T = ∞ (counts = p): the paper splits the error into the memory part
+    of q_∞ and the finite-data part (Proposition 4). The two parts can count a token twice (lost
+    and unseen), so the sum is an upper estimate; it is capped at 1, the largest error.
+    """
+    total = memory_term(weights, probs, dims, c)[None, :] + unseen_mass(probs, sample_sizes, exact)[:, None]
+    return total.clamp(max=1.0)
+
+
+@dataclass(frozen=True)
+class TheoryConstant:
+    c: float  # the fitted constant
+    c_low: float  # every c in [c_low, c_high] of the grid fits equally well (the prediction is a step
+    c_high: float  # function of c: a wide interval means the data do not pin c down)
+    log10_rms: float  # root-mean-square of log10(predicted / measured) over the fitted points
+    num_points: int
+
+
+def fit_theory_constant(
+    weights: torch.Tensor,
+    probs: torch.Tensor,
+    dims: Sequence[int],
+    measured: torch.Tensor,
+    grid: Sequence[float] | None = None,
+) -> TheoryConstant:
+    """The c of p{x : q(x)² d < c ‖q‖²} closest to the measured T = ∞ errors (one per d) in log scale.
+
+    Grid search (the prediction is piecewise constant in c, no gradient): c on a log grid over
+    [1e-3, 1e3] by default; points with a measured error of 0 are left out, and a predicted 0 is
+    floored at half the smallest measured error so that its log is defined.
+    """
+    measured = torch.as_tensor(measured, dtype=torch.float64)
+    keep = measured > 0
+    if int(keep.sum()) < 1:
+        raise ValueError("fitting c needs at least one point with a non-zero error")
+    floor = float(measured[keep].min()) / 2
+    grid = np.logspace(-3, 3, 241) if grid is None else np.asarray(grid, dtype=float)
+    target = torch.log10(measured[keep])
+    losses = np.array(
+        [
+            float(
+                (
+                    (torch.log10(memory_term(weights, probs, dims, float(c))[keep].clamp_min(floor)) - target)
+                    ** 2
+                ).mean()
+            )
+            for c in grid
+        ]
+    )
+    best = losses.min()
+    tied = grid[losses <= best + 1e-12]
+    c = float(tied[len(tied) // 2])
+    return TheoryConstant(c, float(tied.min()), float(tied.max()), math.sqrt(best), int(keep.sum()))
+
+
+# --------------------------------------------------------------------------------------------
+# the memory matrix in the (u, e) basis
+
+
+def memory_coefficients(memory: torch.Tensor, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+    """Q with W = Σ_{y,x} Q[y, x] u_y e_xᵀ = Uᵀ Q E: Q = pinv(Uᵀ) W pinv(E).
+
+    memory (..., d, d), inputs E (..., N, d), outputs U (..., M, d) -> (..., M, N). Exact when the
+    e_x and the u_y are linearly independent (N <= d and M <= d, almost surely for Gaussian
+    draws); otherwise the least-squares solution of smallest norm, one of many.
+    """
+    return torch.linalg.pinv(outputs.transpose(-1, -2)) @ memory @ torch.linalg.pinv(inputs)
+
+
+def coefficient_scores(
+    coefficients: torch.Tensor, inputs: torch.Tensor, outputs: torch.Tensor
+) -> torch.Tensor:
+    """u_yᵀ W e_x for W = Σ Q[y, x'] u_y e_x'ᵀ: (U Uᵀ) Q (E Eᵀ), shape (..., M, N)."""
+    return (outputs @ outputs.transpose(-1, -2)) @ coefficients @ (inputs @ inputs.transpose(-1, -2))
+
+
+def scheme_coefficients(weights: torch.Tensor, targets: torch.Tensor, num_outputs: int) -> torch.Tensor:
+    """Q of a scheme memory Σ_x q(x) u_{f*(x)} e_xᵀ: q(x) at (f*(x), x), 0 elsewhere. (..., N) -> (..., M, N)."""
+    return weights.unsqueeze(-2) * F.one_hot(targets, num_outputs).T.to(weights.dtype)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -51,6 +51,44 @@ def loss_mask(batch: Batch, loss_on: LossOn) -> torch.Tensor:
     return torch.ones_like(batch.counter, dtype=torch.bool)
 
 
+def named_matrices(model: nn.Module) -> dict[str, nn.Parameter]:
+    """Every weight matrix of a `birth.model` transformer by its name (layers numbered from 1):
+    W_Q1, W_K1, W_V1, W_O1, ... per attention layer, W_in1, W_out1, ... per feed-forward layer
+    (a linear W_F is W_out of its layer), and W_E, W_U, W_pos (absent with rotary positions).
+
+    The names are those of `--schedule` and of the `norm/` and `grad_norm/` metrics."""
+    from birth.model import attn_linear, mlp_linear, model_config, native
+
+    config = model_config(model)
+    out: dict[str, nn.Parameter] = {}
+    for layer in range(config.n_layers):
+        for name in ("q", "k", "v", "o"):
+            out[f"W_{name.upper()}{layer + 1}"] = attn_linear(model, layer, name).weight
+        if config.has_mlp(layer):
+            out[f"W_in{layer + 1}"] = mlp_linear(model, layer, "in").weight
+            out[f"W_out{layer + 1}"] = mlp_linear(model, layer, "out").weight
+    nm = native(model)
+    out["W_E"] = nm.tok_embed.weight
+    out["W_U"] = nm.head.weight
+    if nm.pos is not None:
+        out["W_pos"] = nm.pos.weight
+    return out
+
+
+def trained_matrices(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The matrices of `named_matrices` that train (requires_grad), e.g. W_K1, W_K2, W_O2."""
+    return {name: p for name, p in named_matrices(model).items() if p.requires_grad}
+
+
+def _reads_raw_embeddings(model: nn.Module) -> bool:
+    """One head per layer, no LayerNorm, additive positions: the margin and position readings
+    (`probes.margins`) read the raw embeddings, as the simplified model's memories store them."""
+    from birth.model import model_config
+
+    config = model_config(model)
+    return config.n_heads == 1 and config.normalization == "none" and config.positions != "rotary"
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -59,16 +97,41 @@ def evaluate(
     loss_on: LossOn = "outputs",
     fast_path: bool = True,
     probe_triggers: torch.Tensor | None = None,
+    attention_probes: bool = False,
+    matrices: Mapping[str, nn.Parameter] | None = None,
 ) -> dict[str, float]:
     """Held-out metrics: loss on the trained targets, in-context accuracy (counter >= 2),
     first-occurrence accuracy (counter == 1), accuracy after any trigger (counter >= 1), bigram
-    loss and accuracy (counter == 0), and the memory-recall probes."""
-    from birth.model import fast_logits
+    loss and accuracy (counter == 0), and the memory-recall probes (`probes/`).
+
+    With one head per layer and no LayerNorm, also the non-saturating readings of the probes
+    (`probes.margins`): `margin/W_OV2`, `margin/W_KQ2`, `margin/W_KQ1` (normalized margins over all
+    candidates), `recall_all/W_KQ2` (W_KQ² against all N tokens) and the W_KQ¹ probe by position,
+    `kq1/W_KQ1_64` (the reference's wk0_64) and `kq1/pos_LLL-HHH`.
+
+    `attention_probes` (2+ layers, one head each): the attention probes of the reference code on
+    this batch, from one TransformerLens forward with hooks that replaces the fast path:
+    `attn/score_acc`, `attn/score2_acc`, `attn/pred_attended_acc` and the attention masses
+    `attn/prev_mass`, `attn/induction_mass` (`probes.attention.circuit_probes`).
+
+    `matrices` (name -> parameter, e.g. `trained_matrices(model)`): `norm/NAME` (Frobenius) and,
+    when the parameter holds a gradient (that of the last training step), `grad_norm/NAME`.
+    """
+    from birth.model import fast_logits, model_config
     from probes.recall import all_probes
 
-    logits = fast_logits(model, batch.inputs) if fast_path else model(batch.inputs)
+    config = model_config(model)
+    circuit = attention_probes and config.n_layers >= 2 and config.n_heads == 1
+    patterns: list[torch.Tensor] = []
+    if circuit:
+        from probes.attention import forward_with_patterns
+
+        logits, patterns = forward_with_patterns(model, batch.inputs)
+    else:
+        logits = fast_logits(model, batch.inputs) if fast_path else model(batch.inputs)
     targets, counter = batch.targets, batch.counter
-    correct = logits.argmax(dim=-1) == targets
+    predictions = logits.argmax(dim=-1)
+    correct = predictions == targets
 
     def acc(mask: torch.Tensor) -> float:
         return correct[mask].float().mean().item() if mask.any() else float("nan")
@@ -86,4 +149,22 @@ def evaluate(
     }
     for name, value in all_probes(model, probe_triggers).items():
         row[f"probes/{name}"] = value
+    if _reads_raw_embeddings(model):
+        from probes.margins import kq1_position_recall, margin_probes, recall_all_kq2
+
+        for name, value in margin_probes(model, probe_triggers).items():
+            row[f"margin/{name}"] = value
+        if config.n_layers >= 2:
+            row["recall_all/W_KQ2"] = recall_all_kq2(model, probe_triggers)
+            for name, value in kq1_position_recall(model).items():
+                row[f"kq1/{name}"] = value
+    if circuit:
+        from probes.attention import circuit_probes
+
+        for name, value in circuit_probes(patterns[0], patterns[1], batch.inputs, counter, predictions).items():
+            row[f"attn/{name}"] = value
+    for name, p in (matrices or {}).items():
+        row[f"norm/{name}"] = p.detach().norm().item()
+        if p.grad is not None:
+            row[f"grad_norm/{name}"] = p.grad.norm().item()
     return row

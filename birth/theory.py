@@ -24,20 +24,14 @@ The population gradient is approximated by averaging the gradient over many samp
 Step sizes: the theorem needs "large enough" η; here η of each step is set so that the update has
 a prescribed Frobenius norm (η = norm / ‖∇‖_F), which keeps the procedure meaningful across d, T
 and batch sizes; a grid of norms means a line search on held-out sequences. The η actually used is
-reported. See DEFAULT_STEP_NORMS for the measured reasons. With random embeddings the recovery
-is partial: d=256, T=64, 4096 sequences: R(W_OV²)=0.45-0.58, R(W_KQ²)=0.20-0.40, R(W_KQ¹)=0.02-0.03
-(chance 0.015, 0.20, 0.016); 32768 sequences: 0.83, 0.40, 0.05; in-context accuracy stays ≈ chance.
-The W_K² step is limited by cross-talk, not by sampling: with the exact W_OV² inserted, its
-gradient's trigger × trigger block has off-diagonal entries as large as the diagonal ones, and
-they do not shrink with 4x more sequences. With exactly orthogonal embeddings
-(`orthogonal_embeddings`, the theorem's infinite width at d = 384) the first two steps recover
-their memories exactly (R = 1.00, 1.00 with 4096 sequences, ORTHOGONAL_STEP_NORMS) and the third
-reaches R(W_KQ¹) = 0.44 with 16384 sequences, 0.62 with 65536: its signal decays ∝ 1/t, so it
-needs many samples. The in-context accuracy stays near chance even so: the first step also stores
-W_OV¹ w_E(k) → w_U(k) at 0.90 of the weight of w_E(k) → w_U(k) (layer 1's uniform average carries
-the output), which the W_OV² probe does not see, and with a previous-token layer 1 the value at the
-output's position then votes for the trigger too (learned W_O² with exact W_KQ², W_KQ¹: 0.05;
-all three exact: 0.97, d = 384).
+reported. With random embeddings the recovery is partial: the W_K² step is limited by the
+cross-talk of N(0, I/d) embeddings, not by sampling. With exactly orthogonal embeddings
+(`orthogonal_embeddings`, the theorem's infinite width at finite d) the first two steps recover
+their memories and the third is limited by sampling (its signal decays ∝ 1/t). The in-context
+accuracy stays near chance even so: the first step also stores W_OV¹ w_E(k) → w_U(k) (layer 1's
+uniform average carries the output), which the W_OV² probe does not see, and with a previous-token
+layer 1 the value at the output's position then votes for the trigger too. docs/results.md has
+the measurements behind each of these statements and behind the step norms.
 
 Lemma (gradients as memories). For a linear memory ξ_W(z)_k = v_kᵀ W u_z trained with the
 cross-entropy loss on z ~ Unif([N]), y = f*(z), one population gradient step from W_0 = 0 gives
@@ -49,8 +43,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,9 +68,7 @@ REVERSE_ORDER = ("W_KQ1", "W_KQ2", "W_OV2")
 def _require_two_layer_simplified(model: nn.Module) -> None:
     if model.cfg.n_layers != 2:
         raise ValueError(f"the induction memories need a 2-layer model, got {model.cfg.n_layers} layers")
-    if not torch.equal(
-        attn_linear(model, 1, "q").weight.detach().cpu(), torch.eye(model.cfg.d_model)
-    ):
+    if not torch.equal(attn_linear(model, 1, "q").weight.detach().cpu(), torch.eye(model.cfg.d_model)):
         raise ValueError("hand-built memories need the simplified model (W_Q = identity)")
 
 
@@ -139,6 +131,73 @@ def insert_memories(
     # row-form QK of a W_Q = I layer is k.weight itself (score = x_t @ k.weight @ x_sᵀ / √d)
     attn_linear(model, 1, "k").weight.copy_(attention_scale * math.sqrt(d) * memories["W_KQ2"])
     attn_linear(model, 0, "k").weight.copy_(attention_scale * math.sqrt(d) * memories["W_KQ1"])
+
+
+@dataclass(frozen=True)
+class MemoryPoint:
+    """The hand-built memories of one model at one scale, measured on a held-out batch."""
+
+    seed: int  # the model's seed (its random frozen embeddings and W_OV¹)
+    scale: float  # stored logit of W_OV² and attention score of the key-query memories
+    first_position_fix: bool  # the extra W_KQ² term for position 0 (see `target_memories`)
+    icl_acc: float  # in-context accuracy (counter >= 2 targets)
+    probes: dict[str, float]  # memory recall of W_OV2, W_KQ2, W_KQ1
+
+
+def hand_built_sweep(
+    config,  # a training.config.TrainConfig: its task, model and run sections
+    seeds: Sequence[int],
+    scales: Sequence[float],
+    fixes: Sequence[bool] = (False, True),
+) -> list[MemoryPoint]:
+    """In-context accuracy and probes of the paper's hand-built memories in the model of `config`,
+    for each seed, with and without the first-position term, at each scale.
+
+    Every point is measured on the held-out batch of `config` (its eval seed and size). The memories
+    store the K fixed triggers, or every token with random triggers.
+    """
+    from birth.metrics import evaluate
+    from tasks.shakespeare import load_stats
+    from tasks.triggered_bigram import TriggeredBigram
+
+    stats = load_stats()
+    config.validate(stats.vocab_size)
+    task = TriggeredBigram(config.task, stats)
+    batch = task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed))
+    triggers = task.fixed_triggers if config.task.trigger_mode == "fixed" else None
+    points = []
+    for seed in seeds:
+        model = config.replace(seed=seed).build_model(stats.vocab_size)
+        for fix in fixes:
+            for scale in scales:
+                insert_memories(model, triggers, scale, first_position_fix=fix)
+                row = evaluate(
+                    model,
+                    batch,
+                    loss_on=config.optim.loss_on,
+                    fast_path=config.run.fast_path,
+                    probe_triggers=triggers,
+                )
+                probes = {k.removeprefix("probes/"): v for k, v in row.items() if k.startswith("probes/")}
+                points.append(MemoryPoint(seed, scale, fix, row["eval/icl_acc"], probes))
+    return points
+
+
+def best_scale(points: Sequence[MemoryPoint], first_position_fix: bool) -> tuple[float, float]:
+    """(scale, accuracy) of the scale with the highest seed-mean in-context accuracy."""
+    from birth.metrics import mean_std
+
+    scales = dict.fromkeys(p.scale for p in points if p.first_position_fix == first_position_fix)
+    if not scales:
+        raise ValueError(f"no point with first_position_fix={first_position_fix}")
+    means = {
+        s: mean_std(p.icl_acc for p in points if p.scale == s and p.first_position_fix == first_position_fix)[
+            0
+        ]
+        for s in scales
+    }
+    scale = max(means, key=means.get)
+    return scale, means[scale]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,19 +398,18 @@ def lemma_one_step(
 # ---------------------------------------------------------------------------------------------
 
 # Frobenius norm of each step's update (a sequence: line search, the norm with the lowest loss on
-# held-out sequences). Measured (uniform base, no_repeat outputs, 512 sequences per step, T=64):
-# - W_OV2 = 10, deliberately small. The step-1 gradient is dominated by terms other than the target
-#   memory (cos with Σ_k w_E(k)ᵀ w_U(k) ≈ 0.24 at d=128; a rank-one "mean context" term has the
-#   top singular value, 4x the next). A large step (the former 100) makes the model's predictions
-#   far from uniform (loss 9.4 vs ln N = 4.17 at d=128), and then the backward vectors p̂ − e_y of
-#   step 2 are dominated by that bias: the W_KQ² update is a key-only term (every trigger query
-#   prefers the same key) and R(W_KQ²) stays at chance 0.20. With norm 10 the predictions stay near
-#   uniform (the theorem's regime: each step is taken where the next one still sees p̂ ≈ uniform).
-# - W_KQ2 = 150 (× √(d/128)): R(W_KQ²) was insensitive to it over 30 … 3000 at d=512.
-# - W_KQ1: line search over 10 … 10⁴ (× √(d/128)): its gradient is tiny (the signal passes through
-#   two attention layers) and the right size varies with d.
+# held-out sequences); docs/results.md has the measurements behind each choice.
+# - W_OV2: deliberately small. The step-1 gradient is dominated by terms other than the target
+#   memory (a rank-one "mean context" term has the top singular value). A large step makes the
+#   model's predictions far from uniform, and then the backward vectors p̂ − e_y of step 2 are
+#   dominated by that bias: the W_KQ² update becomes a key-only term (every trigger query prefers
+#   the same key). A small one keeps the predictions near uniform (the theorem's regime: each step
+#   is taken where the next one still sees p̂ ≈ uniform).
+# - W_KQ2 (× √(d/128), its scores are divided by √d): R(W_KQ²) is insensitive to it over a wide range.
+# - W_KQ1: a line search (× √(d/128)): its gradient is tiny (the signal passes through two
+#   attention layers) and the right size varies with d.
 # Picking η by the held-out loss for steps 1-2 is worse: it chooses the smallest step (the loss
-# barely improves from a first step) and R(W_KQ²) fell to 0.00 at d=256.
+# barely improves from a first step) and W_KQ² is then not learned.
 DEFAULT_STEP_NORMS: dict[str, float | tuple[float, ...]] = {
     "W_OV2": 10.0,
     "W_KQ2": 150.0,
@@ -359,15 +417,12 @@ DEFAULT_STEP_NORMS: dict[str, float | tuple[float, ...]] = {
 }
 
 
-# With exactly orthogonal embeddings (`orthogonal_embeddings`) a small first step keeps the
-# predictions near uniform, where step 2's gradient is the clean memory: d=384, T=64, 4096
-# sequences, W_OV2 norm 3 gives R(W_KQ²) = 1.00 (norm 10: 0.60, 30 and 100: 0.20, every trigger
-# then picks the same key). A larger W_KQ2 step sharpens layer-2 attention, so that step 3 sees the
-# previous-token signal through the keys more than the self-attention pull of the value path
-# (W_O² also maps W_OV¹ w_E(k) to w_U(k) after step 1): R(W_KQ¹) 0.02, 0.17, 0.19, 0.13 for
-# norms 150, 5000, 20000, 10⁵ (4096 sequences); 0.44 and 0.62 with 16384 and 65536 sequences
-# (norm 20000): step 3 is limited by sampling noise (its signal is ∝ 1/t). With random embeddings
-# at d=256 these norms do not help (R(W_KQ²) 0.20).
+# With exactly orthogonal embeddings (`orthogonal_embeddings`) an even smaller first step keeps the
+# predictions near uniform, where step 2's gradient is the clean memory (larger ones make every
+# trigger pick the same key). A larger W_KQ2 step sharpens layer-2 attention, so that step 3 sees
+# the previous-token signal through the keys more than the self-attention pull of the value path
+# (W_O² also maps W_OV¹ w_E(k) to w_U(k) after step 1). With random embeddings these norms do not
+# help. Measurements: docs/results.md.
 ORTHOGONAL_STEP_NORMS: dict[str, float | tuple[float, ...]] = {
     "W_OV2": 3.0,
     "W_KQ2": 20000.0,
@@ -497,9 +552,9 @@ def run_gradient_steps(
     `embeddings`: "random" (the model's N(0, I/d) draws) or "orthogonal" (`orthogonal_embeddings`,
     the theorem's infinite-width idealization; needs d >= 3N + 2T).
     """
+    from birth.metrics import evaluate, loss_mask
     from tasks.shakespeare import load_stats
     from tasks.triggered_bigram import TriggeredBigram
-    from birth.metrics import evaluate, loss_mask
 
     if config.model.n_layers != 2 or config.model.variant != "simplified":
         raise ValueError("the gradient-step procedure needs the simplified 2-layer model")
@@ -550,7 +605,11 @@ def run_gradient_steps(
 
     def measure(m: nn.Module) -> tuple[dict[str, float], float]:
         row = evaluate(
-            m, eval_batch, loss_on=config.optim.loss_on, fast_path=config.run.fast_path, probe_triggers=probe_triggers
+            m,
+            eval_batch,
+            loss_on=config.optim.loss_on,
+            fast_path=config.run.fast_path,
+            probe_triggers=probe_triggers,
         )
         probes = {k.removeprefix("probes/"): v for k, v in row.items() if k.startswith("probes/")}
         return probes, row["eval/icl_acc"]

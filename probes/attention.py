@@ -212,6 +212,89 @@ def attention_patterns(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Te
     return logits.float().cpu(), patterns
 
 
+# ---------------------------------------------------------------------------------------------
+# the reference code's attention probes, logged during training (`birth.metrics.evaluate`)
+# ---------------------------------------------------------------------------------------------
+
+
+def trigger_previous_token_targets(counter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query t + 1 (the output right after a trigger at t, counter[t] >= 1) targets key t."""
+    B, T = counter.shape
+    positions = torch.arange(T, device=counter.device).expand(B, T)
+    after_trigger = torch.nn.functional.pad(counter[:, :-1] >= 1, (1, 0))  # valid[t + 1] = counter[t] >= 1
+    return positions - 1, after_trigger
+
+
+@torch.no_grad()
+def forward_with_patterns(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits [B, T, N], one attention pattern [B, T, T] per layer), from one TransformerLens
+    forward whose hooks keep the patterns (no activation cache), on the model's device.
+
+    One head per layer (the simplified model)."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if n_heads != 1:
+        raise ValueError(f"forward_with_patterns reads one head per layer, the model has {n_heads}")
+    kept: dict[str, torch.Tensor] = {}
+
+    def keep(pattern: torch.Tensor, hook) -> None:
+        kept[hook.name] = pattern[:, 0]
+
+    names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)]
+    device = next(model.parameters()).device
+    logits = model.run_with_hooks(tokens.to(device), fwd_hooks=[(name, keep) for name in names])
+    return logits, [kept[name] for name in names]
+
+
+@torch.no_grad()
+def circuit_probes(
+    pattern1: torch.Tensor,
+    pattern2: torch.Tensor,
+    inputs: torch.Tensor,
+    counter: torch.Tensor,
+    predictions: torch.Tensor,
+) -> dict[str, float]:
+    """The reference code's attention probes of the induction circuit (ihead_basic_main.py).
+
+    - `score_acc`: at the output after a trigger (query t + 1, counter[t] >= 1), layer 1's argmax
+      key is t (the previous-token head at the positions the circuit needs); `prev_mass`: the
+      attention weight there;
+    - `score2_acc`: at a repeated trigger (counter >= 2), layer 2's argmax key s follows an
+      earlier occurrence of the same token (inputs[s - 1] == inputs[t], s >= 1: the key holds that
+      occurrence's output); `induction_mass`: the total weight on such keys;
+    - `pred_attended_acc`: at those queries, the token at layer 2's argmax key is the prediction.
+
+    Only the scored query rows are gathered, so the cost is O(queries x T), not O(B x T x T).
+    NaN when the batch has no such query.
+    """
+    for pattern in (pattern1, pattern2):
+        _check_pattern(pattern)
+    device = pattern1.device
+    inputs, counter, predictions = inputs.to(device), counter.to(device), predictions.to(device)
+    T = inputs.shape[1]
+    nan = float("nan")
+    out = {"score_acc": nan, "prev_mass": nan, "score2_acc": nan, "induction_mass": nan, "pred_attended_acc": nan}
+
+    targets, valid = trigger_previous_token_targets(counter)
+    b, t = torch.nonzero(valid, as_tuple=True)
+    if len(b):
+        rows = pattern1[b, t]  # [M, T]
+        out["score_acc"] = (rows.argmax(dim=-1) == t - 1).float().mean().item()
+        out["prev_mass"] = rows.gather(1, (t - 1).unsqueeze(1)).float().mean().item()
+
+    b, t = torch.nonzero(counter >= 2, as_tuple=True)
+    if len(b):
+        rows = pattern2[b, t]  # [M, T]
+        keys = torch.arange(T, device=device)
+        # key s qualifies when the token before it is the query's token and s - 1 < t
+        before = torch.nn.functional.pad(inputs[:, :-1], (1, 0), value=-1)[b]  # [M, T]: inputs[s - 1]
+        target_keys = (before == inputs[b, t].unsqueeze(1)) & (keys <= t.unsqueeze(1))
+        argmax = rows.argmax(dim=-1)
+        out["score2_acc"] = target_keys.gather(1, argmax.unsqueeze(1)).float().mean().item()
+        out["induction_mass"] = (rows * target_keys).sum(dim=-1).float().mean().item()
+        out["pred_attended_acc"] = (inputs[b, argmax] == predictions[b, t]).float().mean().item()
+    return out
+
+
 def _layer_scores(
     patterns: Sequence[torch.Tensor],
     targets_valid: tuple[torch.Tensor, torch.Tensor],

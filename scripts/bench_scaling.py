@@ -78,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     task = ZipfAssociations(args.num_inputs, 5, 2.0)
     dims = sorted(set(np.round(np.logspace(1, 3, args.num_dims)).astype(int).tolist()))
     top_fraction = 1 / 8
-    print(f"figure-3 computation: N={task.num_inputs}, M=5, alpha=2, {len(dims)} values of d in "
-          f"[{dims[0]}, {dims[-1]}], {args.trials} trials, 3 schemes, float64, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"figure-3 computation: N={task.num_inputs}, M=5, alpha=2, {len(dims)} values of d in "
+        f"[{dims[0]}, {dims[-1]}], {args.trials} trials, 3 schemes, float64, "
+        f"{torch.get_num_threads()} threads"
+    )
 
     start = time.perf_counter()
     reference = reference_errors(task, dims, args.trials, args.seed, top_fraction)
@@ -90,8 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):
         start = time.perf_counter()
         result = memory_errors(
-            scheme_weights(task.probs(), dims, top_fraction), task.targets(), task.probs(), dims,
-            num_trials=args.trials, seed=args.seed, num_outputs=task.num_outputs,
+            scheme_weights(task.probs(), dims, top_fraction),
+            task.targets(),
+            task.probs(),
+            dims,
+            num_trials=args.trials,
+            seed=args.seed,
+            num_outputs=task.num_outputs,
         )["error"].numpy()
         module_s = min(module_s, time.perf_counter() - start)
 

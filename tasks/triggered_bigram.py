@@ -4,6 +4,12 @@ Each sequence follows the global character-bigram model π_b of the corpus, exce
 tokens q_k are always followed by a per-sequence output token o_k. Predicting o_k after the second
 occurrence of q_k needs an induction head.
 
+Two options of the reference code: `output_split` draws the outputs from the first 75% of the token
+ids (train) or from the other 25% (test), to ask whether an induction head copies tokens it never
+copied in training; `show_latents` opens each sequence with its K triggers z_1..z_K (counter -1
+there: those targets are neither outputs nor bigram transitions), after which the chain starts
+afresh from the unigram law.
+
 The sampler is sequential in time (it is a Markov chain) but vectorized across the batch: a few
 table look-ups per position (exact inverse-CDF sampling from the bigram counts, with each
 sequence's triggers redirected to their outputs), no Python loop over sequences.
@@ -23,8 +29,18 @@ from tasks.shakespeare import CorpusStats, load_stats
 
 TriggerMode = Literal["fixed", "random"]
 OutputMode = Literal["uniform", "no_repeat", "bigram"]
+OutputSplit = Literal["all", "train", "test"]
 TRIGGER_MODES: tuple[str, ...] = get_args(TriggerMode)
 OUTPUT_MODES: tuple[str, ...] = get_args(OutputMode)
+OUTPUT_SPLITS: tuple[str, ...] = get_args(OutputSplit)
+TRAIN_OUTPUT_FRACTION = 0.75  # --output-split train: the first int(0.75 N) token ids (the reference's)
+LATENT = -1  # counter value of the positions that show the latents (--show-latents)
+
+
+def output_split_range(split: OutputSplit, vocab_size: int) -> tuple[int, int]:
+    """[lo, hi) token ids the outputs o_k are drawn from: all, the first int(0.75 N) or the rest."""
+    n_train = int(TRAIN_OUTPUT_FRACTION * vocab_size)
+    return {"all": (0, vocab_size), "train": (0, n_train), "test": (n_train, vocab_size)}[split]
 
 
 def _check_int(name: str, value: int, low: int) -> None:
@@ -41,6 +57,8 @@ class TaskConfig:
     trigger_mode: TriggerMode = "fixed"  # fixed: the K most frequent characters; random: K per sequence
     trigger_offset: int = 0  # fixed triggers: skip this many of the most frequent characters
     output_mode: OutputMode = "uniform"  # o_k uniform, uniform but != q_k (no_repeat), or ~ pi_b(.|q_k)
+    output_split: OutputSplit = "all"  # o_k among all tokens, the first 75% of the ids (train) or the rest (test)
+    show_latents: bool = False  # the K triggers open the sequence (z_1..z_K), then the chain starts afresh
 
     def __post_init__(self) -> None:
         _check_int("seq_len", self.seq_len, 2)
@@ -50,6 +68,18 @@ class TaskConfig:
             raise ValueError(f"--trigger-mode must be one of {TRIGGER_MODES}, got {self.trigger_mode!r}")
         if self.output_mode not in OUTPUT_MODES:
             raise ValueError(f"--output-mode must be one of {OUTPUT_MODES}, got {self.output_mode!r}")
+        if self.output_split not in OUTPUT_SPLITS:
+            raise ValueError(f"--output-split must be one of {OUTPUT_SPLITS}, got {self.output_split!r}")
+        if self.output_split != "all" and self.output_mode == "bigram":
+            # pi_b(.|q) restricted to a quarter of the tokens can be empty (the reference refuses it too)
+            raise ValueError("--output-split train/test needs --output-mode uniform or no_repeat, got bigram")
+        if not isinstance(self.show_latents, bool):
+            raise ValueError(f"--show-latents must be true or false, got {self.show_latents!r}")
+        if self.show_latents and self.n_triggers >= self.seq_len:
+            raise ValueError(
+                f"--show-latents needs --n-triggers < --seq-len (the K triggers take K of the T inputs), "
+                f"got K={self.n_triggers}, T={self.seq_len}"
+            )
 
     def validate(self, vocab_size: int) -> None:
         """The checks that need the vocabulary size N."""
@@ -62,12 +92,16 @@ class TaskConfig:
                 f"--trigger-offset + --n-triggers must be <= N={vocab_size}, "
                 f"got {self.trigger_offset} + {self.n_triggers}"
             )
+        lo, hi = output_split_range(self.output_split, vocab_size)
+        if self.output_mode == "no_repeat" and hi - lo < 2:
+            raise ValueError(f"--output-split {self.output_split} leaves {hi - lo} token(s): no_repeat needs 2")
 
 
 @dataclass
 class Batch:
     tokens: torch.Tensor  # [B, T+1] long
     counter: torch.Tensor  # [B, T]: n if target t follows the n-th occurrence of its trigger, else 0
+    # (-1 at the K positions that show the latents, --show-latents: neither bigram nor output targets)
     triggers: torch.Tensor  # [B, K]
     outputs: torch.Tensor  # [B, K]
 
@@ -145,6 +179,8 @@ class TriggeredBigram:
         b, k = triggers.shape
         n = self.vocab_size
         mode = self.config.output_mode
+        if self.config.output_split != "all":
+            return self._sample_split_outputs(triggers, gen)
         if mode == "uniform":
             return torch.randint(0, n, (b, k), generator=gen, device=self.device)
         if mode == "no_repeat":
@@ -156,6 +192,18 @@ class TriggeredBigram:
             return torch.empty(b, 0, dtype=torch.long, device=self.device)
         return torch.multinomial(rows, 1, generator=gen).view(b, k)
 
+    def _sample_split_outputs(self, triggers: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """o_k uniform over the ids [lo, hi) of --output-split (minus q_k itself with no_repeat)."""
+        lo, hi = output_split_range(self.config.output_split, self.vocab_size)
+        u = torch.rand(triggers.shape, generator=gen, device=self.device, dtype=torch.float64)
+        if self.config.output_mode == "uniform":
+            return lo + (u * (hi - lo)).long().clamp_(max=hi - lo - 1)
+        # no_repeat: a trigger inside [lo, hi) leaves hi - lo - 1 choices; draw among them, skip q_k
+        inside = (triggers >= lo) & (triggers < hi)
+        size = (hi - lo) - inside.long()
+        r = (u * size).long().minimum(size - 1)
+        return lo + r + (inside & (r >= triggers - lo)).long()
+
     def sample(self, batch_size: int, gen: torch.Generator | int) -> Batch:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -165,6 +213,9 @@ class TriggeredBigram:
         n = self.vocab_size
         triggers = self.sample_triggers(batch_size, gen)
         outputs = self.sample_outputs(triggers, gen)
+        # --show-latents: z_1..z_K are the triggers, and the chain starts afresh at z_{K+1} ~ unigram
+        # (the latents are not followed by their outputs and do not count as occurrences)
+        first = triggers.shape[1] if self.config.show_latents else 0
         # all uniforms drawn at once: row 0 for z_1, row t for the step z_t -> z_{t+1}
         u = torch.rand(T + 1, batch_size, generator=gen, device=self.device, dtype=torch.float64)
         # per-sequence look-up rows [B*N]: a trigger q_k of sequence b points at the length-one
@@ -177,16 +228,21 @@ class TriggeredBigram:
         offset, count = offset.view(-1), count.view(-1)
         base = torch.arange(batch_size, device=self.device) * n
         tokens = torch.empty(T + 1, batch_size, dtype=torch.long, device=self.device)
-        torch.searchsorted(self.unigram_cdf, u[0], right=True, out=tokens[0])
+        if first:
+            tokens[:first] = triggers.t()
+        torch.searchsorted(self.unigram_cdf, u[first], right=True, out=tokens[first])
         # a few small ops per step into preallocated buffers: the step cost is dispatch overhead
         key, pos = torch.empty_like(base), torch.empty_like(base)
         off_k, cnt_k = torch.empty_like(u[0]), torch.empty_like(u[0])
-        for t in range(1, T + 1):
+        for t in range(first + 1, T + 1):
             torch.add(tokens[t - 1], base, out=key)
             torch.index_select(offset, 0, key, out=off_k)
             torch.index_select(count, 0, key, out=cnt_k)
             pos.copy_(off_k.addcmul_(u[t], cnt_k))  # offset + floor(u * count), floor by the cast
             torch.index_select(self.bigram_table, 0, pos, out=tokens[t])
         tokens = tokens.t().contiguous()
-        counter = occurrence_counter(tokens[:, :-1], triggers)
+        counter = occurrence_counter(tokens[:, first:-1], triggers)
+        if first:
+            latent = torch.full((batch_size, first), LATENT, dtype=counter.dtype, device=self.device)
+            counter = torch.cat([latent, counter], dim=1)
         return Batch(tokens, counter, triggers, outputs)

@@ -160,7 +160,7 @@ def test_target_attention_checks_shapes():
 
 def test_hand_built_previous_token_memory_gives_a_previous_token_head():
     """W_KQ¹ = c Σ_t p_{t+1} p_tᵀ makes layer 1 attend to the previous position (paper, sec. 5)."""
-    model = build_model(ModelConfig(n_layers=2, d_model=64, n_ctx=16, seed=0))
+    model = build_model(ModelConfig(n_layers=2, d_model=64), n_ctx=16, seed=0)
     batch = TriggeredBigram(TaskConfig(seq_len=16)).sample(8, 0)
     before = triggered_bigram_scores(model, batch)["layer1"]["previous_token"]
     P = model.W_pos.detach()
@@ -172,7 +172,7 @@ def test_hand_built_previous_token_memory_gives_a_previous_token_head():
 
 
 def test_scores_of_a_model_are_probabilities():
-    model = build_model(ModelConfig(n_layers=2, d_model=16, n_ctx=16, seed=0))
+    model = build_model(ModelConfig(n_layers=2, d_model=16), n_ctx=16, seed=0)
     batch = TriggeredBigram(TaskConfig(seq_len=16)).sample(8, 0)
     scores = triggered_bigram_scores(model, batch)
     repeated = repeated_sequence_scores(model, half_len=8, batch_size=4)
@@ -193,7 +193,7 @@ def tiny_batch() -> Batch:
 
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_heatmaps_one_png_per_layer(tmp_path, tiny_batch, n_layers):
-    model = build_model(ModelConfig(n_layers=n_layers, d_model=16, n_ctx=16, seed=0))
+    model = build_model(ModelConfig(n_layers=n_layers, d_model=16), n_ctx=16, seed=0)
     paths = save_attention_heatmaps(model, load_stats(), tiny_batch, tmp_path / "maps", step=7)
     assert [p.name for p in paths] == [f"attention_layer{l}_step000007.png" for l in range(1, n_layers + 1)]
     for path in paths:
@@ -201,14 +201,14 @@ def test_heatmaps_one_png_per_layer(tmp_path, tiny_batch, n_layers):
 
 
 def test_heatmap_rejects_a_bad_index(tmp_path, tiny_batch):
-    model = build_model(ModelConfig(n_layers=2, d_model=16, n_ctx=16, seed=0))
+    model = build_model(ModelConfig(n_layers=2, d_model=16), n_ctx=16, seed=0)
     with pytest.raises(ValueError, match="out of range"):
         save_attention_heatmaps(model, load_stats(), tiny_batch, tmp_path / "maps", index=4)
     assert not (tmp_path / "maps").exists()
 
 
 def test_html_is_self_contained(tmp_path, tiny_batch):
-    model = build_model(ModelConfig(n_layers=2, d_model=16, n_ctx=16, seed=0))
+    model = build_model(ModelConfig(n_layers=2, d_model=16), n_ctx=16, seed=0)
     path = save_attention_html(model, load_stats(), tiny_batch, tmp_path / "attention.html")
     page = path.read_text(encoding="utf-8")
     # no script loaded from the network: every <script> is inline

@@ -4,10 +4,17 @@ import pytest
 import torch
 
 from birth.hopfield import (
-    RecallSetup, capacity_from_recall, hopfield_auto, hopfield_onestep, linear_scores, nearest_neighbour,
-    recall_curves, relu_scores, size_grid, softmax_memory,
+    RecallSetup,
+    capacity_from_recall,
+    hopfield_auto,
+    hopfield_onestep,
+    linear_scores,
+    nearest_neighbour,
+    recall_curves,
+    relu_scores,
+    size_grid,
+    softmax_memory,
 )
-
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -20,7 +27,7 @@ def hadamard(d: int) -> torch.Tensor:
 
 
 def test_orthogonal_patterns_recalled_by_linear_memory():
-    d, n, m = 16, 16, 16
+    d = n = 16
     keys = torch.eye(d, dtype=torch.float64)[None]
     labels = torch.arange(n)[None]
     outputs = torch.eye(d, dtype=torch.float64)[None]

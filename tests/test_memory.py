@@ -5,8 +5,25 @@ import pytest
 import torch
 
 from birth.memory import (
-    _sparse_enough, draw_embeddings, fit_power_law, memory_errors, memory_scores_bruteforce, q_frequency, q_power,
-    q_seen, q_sgd, q_threshold, sgd_scheme_table, storage_weights,
+    _sparse_enough,
+    coefficient_scores,
+    draw_embeddings,
+    fit_power_law,
+    fit_theory_constant,
+    memory_coefficients,
+    memory_errors,
+    memory_scores_bruteforce,
+    memory_term,
+    predicted_error,
+    q_frequency,
+    q_power,
+    q_seen,
+    q_sgd,
+    q_threshold,
+    scheme_coefficients,
+    sgd_scheme_table,
+    storage_weights,
+    unseen_mass,
 )
 from tasks.zipf import ZipfAssociations
 
@@ -62,8 +79,19 @@ def test_exact_error_matches_bruteforce_loop(kind, mode):
     per_d = q_threshold(counts, [2, 1, 3, 4])  # (3, 2, 4, N): small support, block accumulation
     wide = q_threshold(counts, [20, 25, 22, 24])  # large support: one product per d
     shared = probs[None, None, None]  # (1, 1, 1, N): one q for every trial
-    out = memory_errors([flat, per_d, wide, shared], targets, probs, dims, num_trials=3, seed=4,
-                        num_outputs=4, kind=kind, mode=mode, head_size=5, trial_chunk=2)
+    out = memory_errors(
+        [flat, per_d, wide, shared],
+        targets,
+        probs,
+        dims,
+        num_trials=3,
+        seed=4,
+        num_outputs=4,
+        kind=kind,
+        mode=mode,
+        head_size=5,
+        trial_chunk=2,
+    )
     assert out["error"].shape == (3, 4 + 2 + 2 + 1, 4)
     assert _sparse_enough(per_d, sorted(dims)) and not _sparse_enough(wide, sorted(dims))  # both paths
     emb = draw_embeddings(range(3), 25, 4, dims, seed=4, kind=kind, mode=mode)
@@ -117,8 +145,15 @@ def test_q_equals_p_slope_near_theory():
     # figure 3, small: the error of q = p decays like d^{-(α-1)/(2α)} = d^{-1/4} for α = 2
     task = ZipfAssociations(1000, 5, 2.0)
     dims = [10, 18, 32, 56, 100, 178, 316, 562, 1000]
-    err = memory_errors(task.probs()[None, None, None], task.targets(), task.probs(), dims,
-                        num_trials=12, seed=0, dtype=torch.float32)["error"][:, 0]
+    err = memory_errors(
+        task.probs()[None, None, None],
+        task.targets(),
+        task.probs(),
+        dims,
+        num_trials=12,
+        seed=0,
+        dtype=torch.float32,
+    )["error"][:, 0]
     fit = fit_power_law(dims, err, num_boot=200)
     theory = -(2.0 - 1) / (2 * 2.0)
     assert abs(fit.slope - theory) < 0.1, fit
@@ -127,7 +162,7 @@ def test_q_equals_p_slope_near_theory():
 
 def test_fit_power_law_recovers_a_known_slope():
     xs = [1, 2, 4, 8, 16]
-    errors = torch.tensor([[3.0 * x ** -0.5 for x in xs]] * 4)
+    errors = torch.tensor([[3.0 * x**-0.5 for x in xs]] * 4)
     fit = fit_power_law(xs, errors, num_boot=50)
     assert fit.slope == pytest.approx(-0.5) and fit.intercept == pytest.approx(np.log(3.0))
 
@@ -171,7 +206,9 @@ def test_all_computation_paths_agree_with_bruteforce():
             e, u = emb.at(k)
             for b, q in enumerate([flat[0, 0, 0], sparse[0, 0, k], dense[0, 0, k]]):
                 pred = memory_scores_bruteforce(q, targets, e[r], u[r]).argmax(0)
-                assert out[r, b, k].item() == pytest.approx(float((probs * (pred != targets)).sum()), abs=1e-12)
+                assert out[r, b, k].item() == pytest.approx(
+                    float((probs * (pred != targets)).sum()), abs=1e-12
+                )
 
 
 def test_draw_storage_is_reused_in_truncate_mode_and_ignored_for_independent_draws():
@@ -186,3 +223,102 @@ def test_draw_storage_is_reused_in_truncate_mode_and_ignored_for_independent_dra
     expected = draw_embeddings(*args, seed=5, mode="independent", dtype=torch.float32)
     for k in range(2):
         assert torch.equal(independent.inputs[k], expected.inputs[k])
+
+
+def test_seen_at_least_s_times():
+    assert q_seen(COUNTS, 3).tolist() == [1, 0, 1, 1, 0, 0, 1]
+    assert q_seen(COUNTS, 6).tolist() == [0, 0, 0, 0, 0, 0, 1]
+    assert torch.equal(storage_weights(COUNTS, "seen", min_count=3), q_seen(COUNTS, 3))
+    with pytest.raises(ValueError):
+        q_seen(COUNTS, 0)
+
+
+def test_orthonormal_sgd_table_is_the_exact_coefficient_of_one_hot_sgd():
+    # orthonormal embeddings: the scores of x are its column Q[:, x], and one SGD step on x adds
+    # γ (1{y = f*(x)} − softmax(Q[:, x])) to it; the table follows its target entry exactly
+    gamma, m = 0.8, 4
+    column = torch.zeros(m, dtype=torch.float64)
+    table = sgd_scheme_table(12, gamma, m, orthonormal=True)
+    slides = sgd_scheme_table(12, gamma, m)
+    for n in range(1, 13):
+        column = column + gamma * (torch.eye(m, dtype=torch.float64)[0] - torch.softmax(column, 0))
+        assert table[n].item() == pytest.approx(column[0].item(), rel=1e-12)
+    assert (slides[1:] != table[1:]).all()  # the slides' update is an approximation of it
+
+
+def test_memory_term_against_a_loop_and_its_scale_invariance():
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    q = torch.tensor([1.0, 0.5, 0.2, 0.0], dtype=torch.float64)
+    dims, c = [2, 5, 40], 1.3
+    expected = []
+    for d in dims:
+        norm2 = sum(float(v) ** 2 for v in q)
+        expected.append(sum(float(p) for p, v in zip(probs, q) if float(v) ** 2 * d < c * norm2))
+    assert memory_term(q, probs, dims, c).tolist() == pytest.approx(expected)
+    assert torch.equal(memory_term(7 * q, probs, dims, c), memory_term(q, probs, dims, c))
+    assert memory_term(torch.zeros(4), probs, [10], c).item() == pytest.approx(1.0)  # nothing stored
+    per_d = torch.stack([q, q, torch.tensor([1.0, 0, 0, 0])])  # one q per d
+    assert memory_term(per_d, probs, dims, c)[2].item() == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        memory_term(q, probs, dims, float("nan"))
+
+
+def test_unseen_mass_against_enumerating_every_sample_sequence():
+    import itertools
+
+    probs = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    size = 4
+    exact = 0.0
+    for sequence in itertools.product(range(3), repeat=size):
+        weight = float(np.prod([probs[x] for x in sequence]))
+        exact += weight * sum(float(probs[x]) for x in range(3) if x not in sequence)
+    assert unseen_mass(probs, [size], exact=True).item() == pytest.approx(exact, rel=1e-12)
+    # e^{-Tp} bounds (1-p)^T from above; T = inf sees everything
+    assert unseen_mass(probs, [size]).item() >= exact
+    assert unseen_mass(probs, [float("inf")]).item() == 0
+    q = torch.tensor([1.0, 1.0, 0.0], dtype=torch.float64)
+    total = predicted_error(q, probs, [3, 30], 0.5, [size, float("inf")])
+    assert total.shape == (2, 2)
+    assert total[1].tolist() == memory_term(q, probs, [3, 30], 0.5).tolist()
+    assert total[0, 1].item() == pytest.approx(
+        min(1.0, memory_term(q, probs, [30], 0.5).item() + unseen_mass(probs, [size]).item())
+    )
+
+
+def test_theory_constant_is_recovered_and_gives_the_q_equals_p_slope():
+    task = ZipfAssociations(20_000, 5, 2.0)
+    probs = task.probs()
+    dims = [10, 30, 100, 300, 1000]
+    measured = memory_term(probs, probs, dims, 0.2)
+    fit = fit_theory_constant(probs, probs, dims, measured)
+    assert fit.c_low <= 0.2 <= fit.c_high and fit.log10_rms == pytest.approx(0.0, abs=1e-12)
+    # with the square, q = p loses x > (d / c')^{1/(2α)}: the error decays like d^{-(α-1)/(2α)} = d^{-1/4}
+    slope = np.polyfit(np.log(dims), np.log(measured.numpy()), 1)[0]
+    assert abs(slope + 0.25) < 0.03, slope
+
+
+def test_memory_coefficients_are_exact_on_a_hand_built_memory():
+    gen = torch.Generator().manual_seed(3)
+    n, m, d = 12, 4, 20
+    inputs = torch.randn(n, d, generator=gen, dtype=torch.float64) / d**0.5
+    outputs = torch.randn(m, d, generator=gen, dtype=torch.float64) / d**0.5
+    q = torch.randn(m, n, generator=gen, dtype=torch.float64)
+    memory = sum(q[y, x] * torch.outer(outputs[y], inputs[x]) for y in range(m) for x in range(n))
+    assert torch.allclose(memory_coefficients(memory, inputs, outputs), q, atol=1e-10)
+    assert torch.allclose(coefficient_scores(q, inputs, outputs), outputs @ memory @ inputs.T, atol=1e-12)
+    # a scheme memory: q(x) on its target entry, the scores of memory_scores_bruteforce
+    targets = torch.arange(n) % m
+    weights = torch.rand(n, generator=gen, dtype=torch.float64)
+    coefficients = scheme_coefficients(weights, targets, m)
+    assert coefficients[targets, torch.arange(n)].tolist() == weights.tolist()
+    assert coefficients.sum().item() == pytest.approx(weights.sum().item())
+    assert torch.allclose(
+        coefficient_scores(coefficients, inputs, outputs),
+        memory_scores_bruteforce(weights, targets, inputs, outputs),
+        atol=1e-12,
+    )
+    # d < N: not unique, but the least-squares coefficients still rebuild W
+    small = inputs[:, :6], outputs[:, :6]
+    w = small[1].T @ q @ small[0]
+    rebuilt = memory_coefficients(w, *small)
+    assert torch.allclose(small[1].T @ rebuilt @ small[0], w, atol=1e-10)

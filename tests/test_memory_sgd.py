@@ -5,7 +5,13 @@ import torch
 
 from birth.memory import memory_errors, q_sgd
 from tasks.zipf import ZipfAssociations
-from training.memory_sgd import MemoryTrainConfig, approximate_q_dynamics, exact_error, sample_batches, train_memory
+from training.memory_sgd import (
+    MemoryTrainConfig,
+    approximate_q_dynamics,
+    exact_error,
+    sample_batches,
+    train_memory,
+)
 
 TASK = ZipfAssociations(30, 3, 1.5)
 
@@ -36,13 +42,17 @@ def test_adam_is_not_sign_sgd():
     kwargs = dict(lr=0.05, batch_size=4, num_steps=30, eval_steps=tuple(range(31)))
     adam = train_memory(TASK, 16, 1, MemoryTrainConfig("adam", **kwargs), seed=3)["error"]
     sign = train_memory(TASK, 16, 1, MemoryTrainConfig("sign", **kwargs), seed=3)["error"]
-    fake = train_memory(TASK, 16, 1, MemoryTrainConfig("adam", adam_betas=(0.0, 0.0), **kwargs), seed=3)["error"]
+    fake = train_memory(TASK, 16, 1, MemoryTrainConfig("adam", adam_betas=(0.0, 0.0), **kwargs), seed=3)[
+        "error"
+    ]
     assert torch.allclose(fake, sign)
     assert not torch.allclose(adam, sign)
 
 
 def test_learned_embeddings_and_lr_drop_run():
-    config = MemoryTrainConfig("sgd", lr=2.0, batch_size=8, num_steps=60, lr_drop_step=30, learn_embeddings=True)
+    config = MemoryTrainConfig(
+        "sgd", lr=2.0, batch_size=8, num_steps=60, lr_drop_step=30, learn_embeddings=True
+    )
     out = train_memory(TASK, 8, 2, config, seed=0)
     assert out["error"].shape == (2, 1) and (out["error"] < 1).all()
 
@@ -60,8 +70,16 @@ def test_sgd_matches_the_q_approximation_when_d_is_large():
     config = MemoryTrainConfig("sgd", lr=1.0, batch_size=1, num_steps=300, eval_steps=(100, 300))
     trained = train_memory(task, 200, 4, config, seed=2)
     q = approximate_q_dynamics(trained["batches"], 20, 4, 1.0, trained["steps"].tolist())
-    approx = memory_errors(q[:, :, None], task.targets(), task.probs(), [200], num_trials=4, seed=2, num_outputs=4,
-                           dtype=torch.float32)
+    approx = memory_errors(
+        q[:, :, None],
+        task.targets(),
+        task.probs(),
+        [200],
+        num_trials=4,
+        seed=2,
+        num_outputs=4,
+        dtype=torch.float32,
+    )
     assert (trained["error"] - approx["error"][:, :, 0]).abs().mean() < 0.03
 
 
@@ -83,8 +101,15 @@ def test_bad_config_raises():
 @pytest.mark.parametrize("dim", [8, 40])  # d < N (dependent embeddings) and d > N
 def test_tracked_coefficients_rebuild_the_trained_memory(dim):
     # W = Σ_{y,x} Q[y, x] u_y e_xᵀ exactly, whatever d: SGD from 0 only adds such outer products
-    config = MemoryTrainConfig("sgd", lr=3.0, batch_size=4, num_steps=80, lr_drop_step=50, eval_steps=(0, 20),
-                               track_coefficients=True)
+    config = MemoryTrainConfig(
+        "sgd",
+        lr=3.0,
+        batch_size=4,
+        num_steps=80,
+        lr_drop_step=50,
+        eval_steps=(0, 20),
+        track_coefficients=True,
+    )
     out = train_memory(TASK, dim, 2, config, seed=5, dtype=torch.float64)
     q = out["coefficients"]
     assert q.shape == (2, 3, 3, 30) and (q[:, 0] == 0).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -9,11 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from birth.model import (
+    FULL_MODEL,
+    NAMED_CONFIGS,
+    SIMPLIFIED_FFN,
     ModelConfig,
     attn_linear,
     build_model,
     fast_logits,
+    layer_norm,
+    mlp_linear,
     native,
+    sinusoidal_positions,
+    supports_fast_path,
     trainable_parameters,
 )
 
@@ -29,7 +37,7 @@ def _perturb_all(model, seed: int = 0) -> None:
 @pytest.mark.parametrize("variant", ["simplified", "full"])
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_fast_logits_equal_transformer_lens_forward(variant, n_layers):
-    model = build_model(ModelConfig(n_layers=n_layers, d_model=24, n_ctx=20, variant=variant, seed=3))
+    model = build_model(ModelConfig(n_layers=n_layers, d_model=24, variant=variant), n_ctx=20, seed=3)
     _perturb_all(model)
     if variant == "simplified":  # keep W_Q an exact frozen identity: exercises the skipped matmul
         with torch.no_grad():
@@ -46,7 +54,7 @@ def test_fast_logits_equal_transformer_lens_forward(variant, n_layers):
 
 
 def test_fast_path_gradients_equal_transformer_lens_gradients():
-    model = build_model(ModelConfig(n_layers=2, d_model=16, n_ctx=12, variant="full", seed=5))
+    model = build_model(ModelConfig(n_layers=2, d_model=16, variant="full"), n_ctx=12, seed=5)
     _perturb_all(model, seed=2)
     tokens = torch.randint(0, 65, (3, 12), generator=torch.Generator().manual_seed(4))
     targets = torch.randint(0, 65, (3, 12), generator=torch.Generator().manual_seed(5))
@@ -60,11 +68,13 @@ def test_fast_path_gradients_equal_transformer_lens_gradients():
 
 
 def test_simplified_variant_freezes_all_but_wk1_wk2_wo2():
-    cfg = ModelConfig(n_layers=2, d_model=64, n_ctx=32, seed=0)
-    model = build_model(cfg)
+    model = build_model(ModelConfig(n_layers=2, d_model=64), n_ctx=32, seed=0)
     trainable = {id(p) for p in trainable_parameters(model)}
-    expected = {id(attn_linear(model, 0, "k").weight), id(attn_linear(model, 1, "k").weight),
-                id(attn_linear(model, 1, "o").weight)}
+    expected = {
+        id(attn_linear(model, 0, "k").weight),
+        id(attn_linear(model, 1, "k").weight),
+        id(attn_linear(model, 1, "o").weight),
+    }
     assert trainable == expected
     for layer in range(2):
         torch.testing.assert_close(attn_linear(model, layer, "q").weight, torch.eye(64))
@@ -76,24 +86,24 @@ def test_simplified_variant_freezes_all_but_wk1_wk2_wo2():
 
 
 def test_full_variant_trains_everything_and_zero_init_option():
-    full = build_model(ModelConfig(n_layers=2, d_model=16, n_ctx=8, variant="full"))
+    full = build_model(ModelConfig(n_layers=2, d_model=16, variant="full"), n_ctx=8)
     assert all(p.requires_grad for p in full.parameters())
-    zero = build_model(ModelConfig(n_layers=2, d_model=16, n_ctx=8, trainable_init="zero"))
+    zero = build_model(ModelConfig(n_layers=2, d_model=16, trainable_init="zero"), n_ctx=8)
     for p in trainable_parameters(zero):
         assert torch.count_nonzero(p) == 0
 
 
 def test_same_seed_same_weights_different_seed_different_weights():
-    a = build_model(ModelConfig(d_model=16, n_ctx=8, seed=7))
-    b = build_model(ModelConfig(d_model=16, n_ctx=8, seed=7))
-    c = build_model(ModelConfig(d_model=16, n_ctx=8, seed=8))
+    a = build_model(ModelConfig(d_model=16), n_ctx=8, seed=7)
+    b = build_model(ModelConfig(d_model=16), n_ctx=8, seed=7)
+    c = build_model(ModelConfig(d_model=16), n_ctx=8, seed=8)
     for pa, pb in zip(native(a).state_dict().values(), native(b).state_dict().values()):
         assert torch.equal(pa, pb)
     assert not torch.equal(a.W_E, c.W_E)
 
 
 def test_factored_matrices_follow_row_vector_orientation():
-    model = build_model(ModelConfig(n_layers=2, d_model=16, n_ctx=8, variant="full", seed=1))
+    model = build_model(ModelConfig(n_layers=2, d_model=16, variant="full"), n_ctx=8, seed=1)
     for layer in range(2):
         v, o = attn_linear(model, layer, "v"), attn_linear(model, layer, "o")
         q, k = attn_linear(model, layer, "q"), attn_linear(model, layer, "k")
@@ -105,7 +115,7 @@ def test_factored_matrices_follow_row_vector_orientation():
 
 
 def test_attention_pattern_hook_matches_causal_softmax():
-    model = build_model(ModelConfig(n_layers=2, d_model=16, n_ctx=10, seed=2))
+    model = build_model(ModelConfig(n_layers=2, d_model=16), n_ctx=10, seed=2)
     tokens = torch.randint(0, 65, (2, 10))
     _, cache = model.run_with_cache(tokens)
     pattern = cache["blocks.0.attn.hook_pattern"]  # [batch, head, query, key]
@@ -119,17 +129,48 @@ def test_attention_pattern_hook_matches_causal_softmax():
 
 
 @pytest.mark.parametrize(
-    "kwargs, field",
-    [({"n_layers": 3}, "n_layers"), ({"variant": "tiny"}, "variant"), ({"d_model": 0}, "d_model"),
-     ({"trainable_init": "ones"}, "trainable_init")],
+    "kwargs, flag",
+    [
+        ({"n_layers": 3}, "--n-layers"),
+        ({"variant": "tiny"}, "--variant"),
+        ({"d_model": 0}, "--d-model"),
+        ({"trainable_init": "ones"}, "--trainable-init"),
+        # the architecture options and their invalid combinations
+        ({"variant": "full", "n_heads": 3, "d_model": 64}, r"--n-heads must divide --d-model \(got 3, 64\)"),
+        ({"n_heads": 4}, "--n-heads must be 1"),  # the simplified variant has one head
+        ({"normalization": "pre_ln"}, "--normalization must be none"),  # nor LayerNorm
+        ({"variant": "full", "n_heads": 2, "d_model": 30, "positions": "rotary"}, "--positions rotary"),
+        ({"variant": "full", "n_layers": 0}, "--n-layers"),
+        ({"mlp": "gelu"}, "--mlp"),
+        ({"mlp": "relu", "mlp_width": 0}, "--mlp-width"),
+        ({"mlp_layers": "middle"}, "--mlp-layers"),
+        ({"embeddings": "learned"}, "--embeddings"),
+        ({"positions": "alibi"}, "--positions"),
+        ({"attn_scale": "sqrt_d"}, "--attn-scale"),
+        ({"biases": 0}, "--biases"),
+        ({"n_heads": 1.0}, "--n-heads"),
+    ],
 )
-def test_invalid_model_config_raises_naming_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=field):
-        build_model(ModelConfig(**kwargs))
+def test_invalid_model_config_raises_naming_the_flag(kwargs, flag):
+    with pytest.raises(ValueError, match=flag):
+        ModelConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_ctx": 1}, "n_ctx"),
+        ({"n_ctx": 8, "vocab_size": 1}, "vocab_size"),
+        ({"n_ctx": 8, "seed": -1}, "--seed"),
+    ],
+)
+def test_build_model_checks_its_task_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        build_model(ModelConfig(d_model=8), **kwargs)
 
 
 def test_fast_logits_rejects_too_long_sequences():
-    model = build_model(ModelConfig(d_model=8, n_ctx=4))
+    model = build_model(ModelConfig(d_model=8), n_ctx=4)
     with pytest.raises(ValueError, match="n_ctx"):
         fast_logits(model, torch.zeros(1, 5, dtype=torch.long))
 
@@ -137,7 +178,7 @@ def test_fast_logits_rejects_too_long_sequences():
 @pytest.mark.parametrize("variant", ["simplified", "full"])
 @pytest.mark.parametrize("n_layers", [1, 2])
 def test_fast_logits_at_selected_positions_equal_full_logits(variant, n_layers):
-    model = build_model(ModelConfig(n_layers=n_layers, d_model=24, n_ctx=20, variant=variant, seed=4))
+    model = build_model(ModelConfig(n_layers=n_layers, d_model=24, variant=variant), n_ctx=20, seed=4)
     _perturb_all(model, seed=9)
     gen = torch.Generator().manual_seed(2)
     # 29 sequences with different numbers of selected positions: the last layer groups them by
@@ -161,8 +202,311 @@ def test_fast_logits_at_selected_positions_equal_full_logits(variant, n_layers):
 
 
 def test_unit_embeddings_have_the_reference_scale():
-    plain = build_model(ModelConfig(d_model=64, n_ctx=32, seed=0))
-    unit = build_model(ModelConfig(d_model=64, n_ctx=32, seed=0, unit_embeddings=True))
+    plain = build_model(ModelConfig(d_model=64), n_ctx=32, seed=0)
+    unit = build_model(ModelConfig(d_model=64, unit_embeddings=True), n_ctx=32, seed=0)
     assert abs(unit.W_E.std().item() - 1) < 0.1 and abs(unit.W_pos.std().item() - 1) < 0.1
     torch.testing.assert_close(unit.W_E, plain.W_E * 8)  # same draws, times sqrt(d)
     torch.testing.assert_close(unit.W_U, plain.W_U)  # the unembedding keeps N(0, 1/d)
+
+
+# --- the architecture options (issue 12): every one built, run and checked against plain torch ---
+
+SMALL_FULL = dataclasses.replace(FULL_MODEL, d_model=32)  # 4 heads of width 8
+ARCHITECTURES = {
+    "full": SMALL_FULL,
+    "full-biases-random-init": dataclasses.replace(SMALL_FULL, biases=True, unit_embeddings=False),
+    "full-3-layers-linear-first": dataclasses.replace(
+        SMALL_FULL, n_layers=3, mlp="linear", mlp_layers="first"
+    ),
+    "full-final-unscaled-tied-sinusoidal-no-ln": dataclasses.replace(
+        SMALL_FULL,
+        mlp_layers="final",
+        attn_scale="none",
+        embeddings="tied",
+        positions="sinusoidal",
+        normalization="none",
+    ),
+    "full-rotary-relu-width-2": dataclasses.replace(SMALL_FULL, positions="rotary", mlp_width=2),
+    "full-1-layer-frozen-embeddings": dataclasses.replace(SMALL_FULL, n_layers=1, embeddings="frozen"),
+    "simplified-ffn": dataclasses.replace(SIMPLIFIED_FFN, d_model=32),
+    "simplified-ffn-relu": dataclasses.replace(SIMPLIFIED_FFN, d_model=32, mlp="relu"),
+    "simplified-first-ffn-1-layer": dataclasses.replace(
+        SIMPLIFIED_FFN, n_layers=1, d_model=16, mlp_layers="first"
+    ),
+    "simplified-trained-rotary": ModelConfig(d_model=16, embeddings="trained", positions="rotary"),
+}
+
+
+def _rotary(x, T):
+    """RoPE on [B, H, T, d_head]: coordinate pairs (2i, 2i+1) rotated by t · 10000^(-2i/d_head)."""
+    dh = x.shape[-1]
+    angle = torch.arange(T).float()[:, None] * 10000.0 ** (-torch.arange(0, dh, 2).float() / dh)
+    cos, sin = angle.cos().repeat_interleave(2, -1), angle.sin().repeat_interleave(2, -1)
+    rotated = torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
+    return x * cos + rotated * sin
+
+
+def _plain_forward(model, config, tokens):
+    """The architecture written out with plain torch ops on the model's weights."""
+    B, T = tokens.shape
+    H, dh, d = config.n_heads, config.d_head, config.d_model
+    x = model.W_E[tokens]
+    if config.positions != "rotary":
+        x = x + model.W_pos[:T]
+    future = torch.ones(T, T, dtype=torch.bool).triu(1)
+    scale = math.sqrt(dh) if config.attn_scale == "sqrt_d_head" else 1.0
+
+    def norm(h, module):
+        if config.normalization == "none":
+            return h
+        return F.layer_norm(h, (d,), module.weight, module.bias, 1e-5)
+
+    for layer in range(config.n_layers):
+        h = norm(x, layer_norm(model, layer, "ln1"))
+        q, k, v = (attn_linear(model, layer, n)(h).view(B, T, H, dh).transpose(1, 2) for n in "qkv")
+        if config.positions == "rotary":
+            q, k = _rotary(q, T), _rotary(k, T)
+        pattern = (q @ k.transpose(-1, -2) / scale).masked_fill(future, float("-inf")).softmax(-1)
+        x = x + attn_linear(model, layer, "o")((pattern @ v).transpose(1, 2).reshape(B, T, d))
+        if config.has_mlp(layer):
+            hidden = mlp_linear(model, layer, "in")(norm(x, layer_norm(model, layer, "ln2")))
+            x = x + mlp_linear(model, layer, "out")(hidden.relu() if config.mlp == "relu" else hidden)
+    return norm(x, layer_norm(model, None)) @ model.W_U
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_every_architecture_computes_its_plain_torch_forward_and_trains(name, one_thread):
+    config = ARCHITECTURES[name]
+    model = build_model(config, n_ctx=12, seed=1)
+    _perturb_all(model, seed=3)  # LayerNorm gains/biases, skipped MLPs, identity W_in: all perturbed
+    tokens = torch.randint(0, 65, (3, 12), generator=torch.Generator().manual_seed(0))
+    logits = model(tokens)
+    assert logits.shape == (3, 12, 65)
+    torch.testing.assert_close(logits, _plain_forward(model, config, tokens), rtol=1e-4, atol=1e-4)
+    F.cross_entropy(logits.flatten(0, 1), tokens.roll(-1, 1).flatten()).backward()
+    for pname, p in model.named_parameters():
+        # every trained weight gets a gradient; frozen ones (biases of the bias-free model, the skipped
+        # MLP, the identity W_in of a linear W_F, fixed sin-cos positions) none
+        assert (p.grad is not None) == p.requires_grad, pname
+        if p.requires_grad:
+            assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+
+
+def test_a_layer_without_mlp_ignores_its_frozen_zero_mlp_weights():
+    model = build_model(dataclasses.replace(SIMPLIFIED_FFN, d_model=16), n_ctx=8)
+    tokens = torch.randint(0, 65, (2, 8), generator=torch.Generator().manual_seed(0))
+    before = model(tokens)
+    fc_in, fc_out = mlp_linear(model, 0, "in"), mlp_linear(model, 0, "out")
+    assert torch.count_nonzero(fc_in.weight) == torch.count_nonzero(fc_out.weight) == 0
+    assert not fc_in.weight.requires_grad and not fc_out.weight.requires_grad
+    with torch.no_grad():
+        fc_out.weight.normal_()
+        fc_out.bias.normal_()
+    torch.testing.assert_close(model(tokens), before)  # layer 0 has no feed-forward layer
+    with torch.no_grad():
+        mlp_linear(model, 1, "out").bias.add_(1.0)
+    assert not torch.allclose(model(tokens), before)  # layer 1 has one: W_F
+
+
+def test_full_model_preset_is_the_reference_architecture():
+    assert (FULL_MODEL.n_layers, FULL_MODEL.n_heads, FULL_MODEL.d_model, FULL_MODEL.d_head) == (2, 4, 128, 32)
+    assert (FULL_MODEL.mlp, FULL_MODEL.mlp_width, FULL_MODEL.mlp_layers) == ("relu", 4, "all")
+    assert FULL_MODEL.normalization == "pre_ln" and FULL_MODEL.embedding_mode == "trained"
+    assert not FULL_MODEL.biases and FULL_MODEL.variant == "full"
+    assert NAMED_CONFIGS["full"] is FULL_MODEL and NAMED_CONFIGS["simplified-ffn"] is SIMPLIFIED_FFN
+    d, T, N = 128, 16, 65
+    model = build_model(FULL_MODEL, n_ctx=T)
+    trainable = trainable_parameters(model)
+    # embeddings, unembedding, positions; per layer q k v o, W_in W_out, two LayerNorms; final LayerNorm
+    assert (
+        sum(p.numel() for p in trainable) == 2 * N * d + T * d + 2 * (4 * d * d + 8 * d * d + 4 * d) + 2 * d
+    )
+    for pname, p in native(model).named_parameters():
+        if pname.endswith("bias") and "ln" not in pname:
+            assert not p.requires_grad and torch.count_nonzero(p) == 0, pname  # no biases
+    assert isinstance(layer_norm(model, 0, "ln2"), torch.nn.LayerNorm)
+    assert isinstance(layer_norm(model, None), torch.nn.LayerNorm)
+    assert abs(model.W_E.std().item() - 1) < 0.1  # nn.Embedding's N(0, 1), as the reference
+    assert model.run_with_cache(torch.zeros(1, T, dtype=torch.long))[1][
+        "blocks.1.attn.hook_pattern"
+    ].shape == (
+        1,
+        4,
+        T,
+        T,
+    )
+
+
+@pytest.mark.parametrize("mlp", ["linear", "relu"])
+def test_simplified_ffn_trains_the_attention_memories_and_w_f(mlp):
+    config = dataclasses.replace(SIMPLIFIED_FFN, d_model=16, mlp=mlp)
+    model = build_model(config, n_ctx=8)
+    fc_in, fc_out = mlp_linear(model, 1, "in"), mlp_linear(model, 1, "out")
+    expected = {
+        attn_linear(model, 0, "k").weight,
+        attn_linear(model, 1, "k").weight,
+        attn_linear(model, 1, "o").weight,
+        fc_out.weight,
+    }
+    if mlp == "relu":
+        expected.add(fc_in.weight)
+    else:  # one d x d map W_F = fc_out behind a frozen identity
+        torch.testing.assert_close(fc_in.weight, torch.eye(16))
+    assert {id(p) for p in trainable_parameters(model)} == {id(p) for p in expected}
+    zero = build_model(dataclasses.replace(config, trainable_init="zero"), n_ctx=8)
+    assert torch.count_nonzero(mlp_linear(zero, 1, "out").weight) == 0
+    assert torch.count_nonzero(mlp_linear(zero, 1, "in").weight) > 0  # a zero W_in would never move
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_every_architecture_is_seeded(name):
+    config = ARCHITECTURES[name]
+    a, b, c = (build_model(config, n_ctx=8, seed=s) for s in (5, 5, 6))
+    for (key, pa), pb in zip(native(a).state_dict().items(), native(b).state_dict().values()):
+        assert torch.equal(pa, pb), key
+    assert not torch.equal(a.W_E, c.W_E) and not torch.equal(
+        attn_linear(a, 0, "k").weight, attn_linear(c, 0, "k").weight
+    )
+
+
+def test_weights_are_the_documented_draws_in_order():
+    """Re-derive every weight from the seeded generator: token embeddings, positions, unembedding,
+    then per layer q, k, v, o (and the MLP's W_in, W_out), N(0, 1/fan_in)."""
+    d, T, N = 16, 8, 65
+    for config in (ModelConfig(d_model=d), dataclasses.replace(SMALL_FULL, d_model=d, unit_embeddings=False)):
+        model = build_model(config, n_ctx=T, seed=11)
+        gen = torch.Generator().manual_seed(11)
+
+        def draw(*shape, fan_in=d, gen=gen):
+            return torch.randn(shape, generator=gen) * (1.0 / math.sqrt(fan_in))
+
+        torch.testing.assert_close(model.W_E, draw(N, d), rtol=0, atol=0)
+        torch.testing.assert_close(model.W_pos, draw(T, d), rtol=0, atol=0)
+        torch.testing.assert_close(model.W_U.T, draw(N, d), rtol=0, atol=0)
+        for layer in range(config.n_layers):
+            for name in "qkvo":
+                expected = draw(d, d)
+                if name == "q" and config.variant == "simplified":
+                    expected = torch.eye(d)
+                torch.testing.assert_close(attn_linear(model, layer, name).weight, expected, rtol=0, atol=0)
+            if config.has_mlp(layer):
+                torch.testing.assert_close(
+                    mlp_linear(model, layer, "in").weight, draw(4 * d, d), rtol=0, atol=0
+                )
+                torch.testing.assert_close(
+                    mlp_linear(model, layer, "out").weight, draw(d, 4 * d, fan_in=4 * d), rtol=0, atol=0
+                )
+
+
+def test_position_and_embedding_options():
+    base = dataclasses.replace(SMALL_FULL, unit_embeddings=False)
+    random_pos = build_model(base, n_ctx=10, seed=2)
+    sinus = build_model(dataclasses.replace(base, positions="sinusoidal"), n_ctx=10, seed=2)
+    rotary = build_model(dataclasses.replace(base, positions="rotary"), n_ctx=10, seed=2)
+    tied = build_model(dataclasses.replace(base, embeddings="tied"), n_ctx=10, seed=2)
+    # the sin-cos table of the reference code: sin(t ω_i), cos(t ω_i) at coordinates 2i, 2i+1
+    t, i = 3, 5
+    omega = 10000.0 ** (-2 * i / 32)
+    table = sinusoidal_positions(10, 32)
+    assert table[t, 2 * i] == pytest.approx(math.sin(t * omega), abs=1e-6)
+    assert table[t, 2 * i + 1] == pytest.approx(math.cos(t * omega), abs=1e-6)
+    torch.testing.assert_close(sinus.W_pos, table / math.sqrt(32))  # scaled like the N(0, I/d) draws
+    assert not native(sinus).pos.weight.requires_grad  # a fixed table
+    assert native(rotary).pos is None
+    # the position option changes nothing else: same draws in the same order
+    for other in (sinus, rotary):
+        torch.testing.assert_close(other.W_E, random_pos.W_E, rtol=0, atol=0)
+        torch.testing.assert_close(other.OV[1, 2].AB, random_pos.OV[1, 2].AB, rtol=0, atol=0)
+    assert native(tied).head.weight is native(tied).tok_embed.weight  # one trained parameter
+    assert native(tied).head.weight.requires_grad
+    assert sum(p is native(tied).head.weight for p in trainable_parameters(tied)) == 1
+
+
+def test_fast_path_support_and_its_error():
+    assert supports_fast_path(ModelConfig()) and supports_fast_path(SIMPLIFIED_FFN)
+    assert supports_fast_path(ModelConfig(variant="full", attn_scale="none", positions="sinusoidal"))
+    assert not supports_fast_path(dataclasses.replace(SIMPLIFIED_FFN, mlp="relu"))
+    assert not supports_fast_path(dataclasses.replace(SIMPLIFIED_FFN, mlp_layers="all"))
+    assert not supports_fast_path(ModelConfig(positions="rotary"))
+    assert not supports_fast_path(FULL_MODEL)
+    assert not supports_fast_path(dataclasses.replace(FULL_MODEL, normalization="none", mlp="none"))  # heads
+    with pytest.raises(
+        ValueError, match="fast_logits does not support a model with 4 heads.*model\\(tokens\\)"
+    ):
+        fast_logits(build_model(SMALL_FULL, n_ctx=8), torch.zeros(1, 8, dtype=torch.long))
+    with pytest.raises(ValueError, match="ReLU MLP"):
+        fast_logits(
+            build_model(ARCHITECTURES["simplified-ffn-relu"], n_ctx=8), torch.zeros(1, 8, dtype=torch.long)
+        )
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dataclasses.replace(SIMPLIFIED_FFN, d_model=24),
+        dataclasses.replace(SIMPLIFIED_FFN, d_model=24, n_layers=1),
+        dataclasses.replace(
+            SIMPLIFIED_FFN,
+            d_model=24,
+            variant="full",
+            attn_scale="none",
+            positions="sinusoidal",
+            embeddings="tied",
+        ),
+    ],
+    ids=["2-layers", "1-layer", "full-unscaled-sinusoidal-tied"],
+)
+def test_fast_path_with_a_linear_w_f_equals_transformer_lens(config):
+    model = build_model(config, n_ctx=20, seed=4)
+    _perturb_all(model, seed=5)
+    if config.variant == "simplified":  # keep W_Q an exact frozen identity: exercises the skipped matmul
+        with torch.no_grad():
+            for layer in range(config.n_layers):
+                attn_linear(model, layer, "q").weight.copy_(torch.eye(24))
+                attn_linear(model, layer, "q").bias.zero_()
+    gen = torch.Generator().manual_seed(6)
+    tokens = torch.randint(0, 65, (9, 20), generator=gen)
+    targets = torch.randint(0, 65, (9, 20), generator=gen)
+    positions = torch.rand(9, 20, generator=gen) < 0.4
+    params = trainable_parameters(model)
+    for select in (None, positions):
+        expected = model(tokens) if select is None else model(tokens)[select]
+        got = fast_logits(model, tokens, select)
+        # float32 sums in another order: absolute tolerance relative to the largest logit
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=2e-5 * float(expected.abs().max()))
+        picked = (targets if select is None else targets[select]).reshape(-1)
+        expected_grads = torch.autograd.grad(F.cross_entropy(expected.reshape(-1, 65), picked), params)
+        grads = torch.autograd.grad(F.cross_entropy(got.reshape(-1, 65), picked), params, allow_unused=True)
+        scale = max(float(e.abs().max()) for e in expected_grads)
+        for g, e in zip(grads, expected_grads):
+            torch.testing.assert_close(
+                torch.zeros_like(e) if g is None else g, e, rtol=1e-3, atol=1e-5 * scale
+            )
+
+
+def test_full_model_learns_bigrams_with_adamw_through_the_tl_forward(one_thread):
+    """build_model + model(tokens) + AdamW(trainable_parameters) trains the full model: 60 steps on
+    the triggered-bigram task (loss on all tokens) beat the unigram law, so it uses the current token."""
+    from tasks.shakespeare import load_stats
+    from tasks.triggered_bigram import TaskConfig, TriggeredBigram
+
+    stats = load_stats()
+    unigram_entropy = -(stats.unigram_probs * stats.unigram_probs.log()).sum().item()  # 3.31 nats
+    task = TriggeredBigram(TaskConfig(seq_len=32), stats)
+    model = build_model(dataclasses.replace(FULL_MODEL, d_model=32), n_ctx=32, seed=0)
+    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=0.01, weight_decay=0.01, betas=(0.9, 0.99))
+    held_out = task.sample(64, task.generator(123))
+
+    def held_out_loss() -> float:
+        with torch.no_grad():
+            return F.cross_entropy(model(held_out.inputs).flatten(0, 1), held_out.targets.flatten()).item()
+
+    before = held_out_loss()
+    for step in range(60):
+        batch = task.sample(16, task.generator(step))
+        loss = F.cross_entropy(model(batch.inputs).flatten(0, 1), batch.targets.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = held_out_loss()
+    assert before > math.log(65) and after < unigram_entropy - 0.1, (before, after)

@@ -38,10 +38,10 @@ def test_hand_built_memories_give_probes_one_and_high_accuracy():
 
 
 def test_hand_built_memories_need_a_two_layer_simplified_model():
-    one = build_model(ModelConfig(n_layers=1, d_model=16, n_ctx=8))
+    one = build_model(ModelConfig(n_layers=1, d_model=16), n_ctx=8)
     with pytest.raises(ValueError, match="2-layer"):
         insert_memories(one, None)
-    full = build_model(ModelConfig(n_layers=2, d_model=16, n_ctx=8, variant="full"))
+    full = build_model(ModelConfig(n_layers=2, d_model=16, variant="full"), n_ctx=8)
     with pytest.raises(ValueError, match="simplified"):
         insert_memories(full, None)
 

@@ -386,3 +386,97 @@ def test_edge_configs_are_valid(stats, kw: dict) -> None:
     k = kw.get("n_triggers", 5)
     assert b.triggers.shape == (4, k)
     assert torch.equal(b.counter, brute_force_batch(b.inputs, b.triggers))
+
+
+# -- held-out outputs (--output-split) and latents shown at the start (--show-latents) -----------
+
+
+N_TRAIN = int(0.75 * N)  # 48: the reference's int(0.75 * num_tokens)
+
+
+@pytest.mark.parametrize("trigger_mode", TRIGGER_MODES)
+@pytest.mark.parametrize("split, lo, hi", [("train", 0, N_TRAIN), ("test", N_TRAIN, N)])
+def test_output_split_is_uniform_over_its_ids(stats, trigger_mode: str, split: str, lo: int, hi: int) -> None:
+    s = make(stats, trigger_mode=trigger_mode, output_split=split)
+    gen = s.generator(11)
+    trig = s.sample_triggers(20_000, gen)
+    out = s.sample_outputs(trig, gen)
+    assert int(out.min()) >= lo and int(out.max()) < hi
+    law = torch.zeros(N, dtype=torch.float64)
+    law[lo:hi] = 1.0 / (hi - lo)
+    assert_law(torch.bincount(out.flatten(), minlength=N), law, f"{split} outputs")
+    # in sampled sequences every trigger is followed by an output of the split
+    b = s.sample(64, 12)
+    after = b.counter > 0
+    assert bool(after.any())
+    assert bool(((b.targets[after] >= lo) & (b.targets[after] < hi)).all())
+
+
+@pytest.mark.parametrize("split, lo, hi", [("train", 0, N_TRAIN), ("test", N_TRAIN, N)])
+def test_output_split_no_repeat(stats, split: str, lo: int, hi: int) -> None:
+    # random triggers: some fall inside the split's ids (one choice fewer), most outside
+    s = make(stats, trigger_mode="random", output_mode="no_repeat", output_split=split)
+    gen = s.generator(13)
+    trig = s.sample_triggers(20_000, gen)
+    out = s.sample_outputs(trig, gen)
+    assert bool((out != trig).all())
+    assert int(out.min()) >= lo and int(out.max()) < hi
+    q, o = trig.flatten(), out.flatten()
+    checked = 0
+    for v in torch.unique(q).tolist():
+        sel = o[q == v]
+        if sel.numel() < 1500:
+            continue
+        law = torch.zeros(N, dtype=torch.float64)
+        law[lo:hi] = 1.0
+        law[v] = 0.0
+        assert_law(torch.bincount(sel, minlength=N), law / law.sum(), f"no_repeat {split} o | q={v}")
+        checked += 1
+    assert checked >= 5
+    inside = [v for v in torch.unique(q).tolist() if lo <= v < hi and (q == v).sum() >= 1500]
+    assert inside, "the seed should give a trigger inside the split (the skip branch)"
+
+
+@pytest.mark.parametrize("trigger_mode", TRIGGER_MODES)
+def test_show_latents_opens_with_the_triggers(stats, trigger_mode: str) -> None:
+    k = 5
+    s = make(stats, trigger_mode=trigger_mode, show_latents=True, seq_len=48)
+    b = s.sample(256, 14)
+    assert b.tokens.shape == (256, 49)
+    assert torch.equal(b.tokens[:, :k], b.triggers)
+    assert bool((b.counter[:, :k] == -1).all())
+    # the chain after the latents: its counter counts occurrences from z_{K+1} on
+    chain = b.inputs[:, k:]
+    assert torch.equal(b.counter[:, k:], brute_force_batch(chain, b.triggers))
+    hit = (chain.unsqueeze(-1) == b.triggers.unsqueeze(1)).any(-1)
+    expected = (
+        (chain.unsqueeze(-1) == b.triggers.unsqueeze(1)).long() * b.outputs.unsqueeze(1)
+    ).sum(-1)
+    assert torch.equal(b.targets[:, k:][hit], expected[hit])
+    # a latent is not followed by its output: z_{K+1} ~ unigram whatever the last latent is
+    first = make(stats, trigger_mode=trigger_mode, show_latents=True, seq_len=6).sample(40_000, 15)
+    assert_law(torch.bincount(first.tokens[:, k], minlength=N), stats.unigram_probs, "z_{K+1}")
+
+
+def test_show_latents_masks_latent_targets_from_every_metric(stats) -> None:
+    from birth.metrics import loss_mask
+
+    b = make(stats, show_latents=True, seq_len=32).sample(8, 16)
+    outputs = loss_mask(b, "outputs")
+    assert not bool(outputs[:, :5].any())
+    assert not bool((b.counter[:, :5] == 0).any())  # nor bigram targets (counter == 0)
+    assert bool(loss_mask(b, "all")[:, :5].all())  # the all-token loss keeps them, as the reference
+
+
+@pytest.mark.parametrize(
+    "kw, flag",
+    [
+        (dict(output_split="heldout"), "--output-split"),
+        (dict(output_split="test", output_mode="bigram"), "--output-split"),
+        (dict(show_latents=True, n_triggers=8, seq_len=8), "--show-latents"),
+        (dict(show_latents=1), "--show-latents"),
+    ],
+)
+def test_invalid_split_and_latent_options(kw: dict, flag: str) -> None:
+    with pytest.raises(ValueError, match=flag):
+        TaskConfig(**kw)

@@ -12,7 +12,7 @@ def test_probs_are_normalized_zipf():
     assert p.shape == (50,)
     assert torch.isclose(p.sum(), torch.tensor(1.0, dtype=torch.float64))
     # p(x) ∝ (x+1)^-α: the ratio of two tokens is fixed by α
-    assert torch.isclose(p[0] / p[3], torch.tensor(4.0 ** 1.5, dtype=torch.float64))
+    assert torch.isclose(p[0] / p[3], torch.tensor(4.0**1.5, dtype=torch.float64))
     offset = ZipfAssociations(50, 5, 2.0, offset=3.0).probs()
     assert torch.isclose(offset[0] / offset[1], torch.tensor((5.0 / 4.0) ** 2, dtype=torch.float64))
 
@@ -22,7 +22,9 @@ def test_targets_mod_and_random_map():
     random_map = ZipfAssociations(200, 7, 1.0, mapping="random", mapping_seed=3).targets()
     assert random_map.min() >= 0 and random_map.max() < 7
     assert torch.equal(random_map, ZipfAssociations(200, 7, 1.0, mapping="random", mapping_seed=3).targets())
-    assert not torch.equal(random_map, ZipfAssociations(200, 7, 1.0, mapping="random", mapping_seed=4).targets())
+    assert not torch.equal(
+        random_map, ZipfAssociations(200, 7, 1.0, mapping="random", mapping_seed=4).targets()
+    )
 
 
 def test_sampling_is_seeded_and_follows_p():
@@ -49,10 +51,15 @@ def test_nested_counts_are_prefixes_of_one_stream():
     assert torch.equal(task.nested_counts([100], 1, seed=5)[0, 0], counts[0, 0])
 
 
-@pytest.mark.parametrize("kwargs", [dict(num_inputs=0, num_outputs=2, alpha=1.0),
-                                    dict(num_inputs=5, num_outputs=1, alpha=1.0),
-                                    dict(num_inputs=5, num_outputs=2, alpha=-1.0),
-                                    dict(num_inputs=5, num_outputs=2, alpha=1.0, mapping="bad")])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(num_inputs=0, num_outputs=2, alpha=1.0),
+        dict(num_inputs=5, num_outputs=1, alpha=1.0),
+        dict(num_inputs=5, num_outputs=2, alpha=-1.0),
+        dict(num_inputs=5, num_outputs=2, alpha=1.0, mapping="bad"),
+    ],
+)
 def test_bad_settings_raise(kwargs):
     with pytest.raises(ValueError):
         ZipfAssociations(**kwargs)

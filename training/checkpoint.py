@@ -7,6 +7,7 @@ the step, the model and optimizer state dicts. Loading never executes pickled co
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,10 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # e.g. "Detected pickle protocol 4": the error below (or none) says all that matters
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure here means an unreadable file
         reason = _short_reason(err)
         raise CheckpointError(f"checkpoint {path} is corrupted or not a checkpoint: {reason}") from None
@@ -67,14 +71,49 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     return ckpt
 
 
+# Lines of torch's weights-only refusal that are advice, not the reason: loading with
+# `weights_only=False` would run the pickled code, so it is never repeated to the user.
+_ADVICE = re.compile(r"weights.only|Weights only load failed|check the documentation|add_safe_globals|"
+                     r"safe_globals|trusted source|^\(\d\)", re.IGNORECASE)
+
+
 def _short_reason(err: Exception) -> str:
-    """One line of torch's load error. A weights-only refusal opens with advice to load with
-    `weights_only=False` (which would run pickled code); report the unpickler's reason instead."""
+    """One line saying why torch could not load a file: the unpickler's reason ("unsupported GLOBAL
+    posix.system"), never torch's advice to load with `weights_only=False`."""
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    for i, line in enumerate(lines[:-1]):
-        if line.endswith("WeightsUnpickler error:"):
-            return f"unsafe or unreadable content ({lines[i + 1]})"
-    return lines[0] if lines else type(err).__name__
+    refused = any("Weights only load failed" in line or "WeightsUnpickler" in line for line in lines)
+    reasons = []
+    for line in lines:
+        line = line.removeprefix("WeightsUnpickler error:").strip()
+        if line and not _ADVICE.search(line):
+            reasons.append(line)
+    reason = reasons[0] if reasons else type(err).__name__
+    return f"unsafe or unreadable content refused ({reason})" if refused else reason
+
+
+def load_latest_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict]:
+    """The latest checkpoint of a run and its path. A corrupted one (a write cut short by a crash or
+    a full disk) is never skipped silently: the error names the last intact checkpoint instead."""
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
+    latest = found[-1][1]
+    try:
+        return latest, load_checkpoint(latest, map_location)
+    except CheckpointError:
+        for _, earlier in reversed(found[:-1]):
+            try:
+                load_checkpoint(earlier, "cpu")
+            except CheckpointError:
+                continue
+            raise CheckpointError(
+                f"{latest} is corrupted; the last intact checkpoint is {earlier.name} "
+                "(remove the corrupted file to resume from it)"
+            ) from None
+        raise CheckpointError(
+            f"{latest} is corrupted and no earlier checkpoint is intact "
+            "(remove the checkpoints to restart the run from step 0)"
+        ) from None
 
 
 def checkpoint_path(run_dir: Path, step: int) -> Path:

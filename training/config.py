@@ -60,8 +60,16 @@ class OptimConfig:
     batch_size: int = 512  # sequences per step (fresh data every step)
     steps: int = 1000  # optimizer steps
     loss_on: LossOn = "outputs"  # outputs: targets with counter >= 2 (paper Fig. 3); all: every target
+    schedule: str = ""  # when each matrix trains: "W_K1:300,W_O2:0-500,W_K2:off" (unnamed ones: always)
+    init_at_target: str = ""  # matrices (W_O2, W_K2, W_K1) that start at their hand-built target memory
+    target_scale: float = 30.0  # --init-at-target: logit (W_O2) or attention score (W_K) of a stored pair
 
     def __post_init__(self) -> None:
+        from training.schedule import parse_schedule, parse_targets
+
+        parse_schedule(self.schedule)
+        parse_targets(self.init_at_target)
+        check_float("target_scale", self.target_scale, 0.0, open_low=True)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.loss_on not in LOSS_ON:
@@ -88,6 +96,7 @@ class RunConfig:
     checkpoint_every: int = 100  # checkpoint every this many steps, and at the end
     heatmap_every: int = 0  # W&B attention heatmaps every this many steps (0: never)
     fast_path: bool = True  # fused forward (tested equal to the TransformerLens forward)
+    attention_probes: bool = True  # evaluations: score_acc, score2_acc, ... (a TransformerLens forward with hooks)
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "--seed")

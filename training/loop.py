@@ -8,19 +8,23 @@ Evaluation: every `eval_every` steps (and at the end) on one fixed held-out batc
 from __future__ import annotations
 
 import json
+import os
+import platform
+import re
+import shutil
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birth.io import atomic_write_json
+from birth.io import OutputError, atomic_write_json, claim_output_dir, release_claim
 from birth.metrics import evaluate, first_crossing, loss_mask
 from birth.model import fast_logits, native, trainable_parameters
 from birth.seeds import step_seed
@@ -30,13 +34,14 @@ from training.allocator import keep_freed_memory
 from training.checkpoint import (
     CheckpointError,
     checkpoint_path,
-    latest_checkpoint,
-    load_checkpoint,
+    list_checkpoints,
+    load_latest_checkpoint,
     load_model_state,
     save_checkpoint,
 )
 from training.config import OptimConfig, TrainConfig
 from training.logger import MetricsFile, WandbLogger, read_metrics
+from training.schedule import prepare_schedule
 
 THRESHOLD = 0.9  # a probe "has learned" its memory once it reaches this recall
 
@@ -44,10 +49,13 @@ THRESHOLD = 0.9  # a probe "has learned" its memory once it reaches this recall
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("device cuda was asked for but CUDA is not available")
+    if device not in ("cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+        raise ValueError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: CUDA is not available on this machine")
+        if device != "cuda" and int(device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return torch.device(device)
 
 
@@ -90,7 +98,7 @@ class RunResult:
     run_dir: Path
     final: dict[str, float] = field(default_factory=dict)
     order: dict[str, int | None] = field(default_factory=dict)
-    seconds_per_step: float = float("nan")
+    seconds_per_step: float | None = None  # None when this process made no update (a finished run resumed)
 
     @property
     def exit_code(self) -> int:
@@ -136,16 +144,133 @@ def _same_run(a: dict, b: dict) -> bool:
     return without_steps(a) == without_steps(b)
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig) -> None:
-    """Create a fresh run directory; refuse one that already holds files."""
+def prepare_run_dir(run_dir: Path, config: TrainConfig) -> bool:
+    """Claim a fresh run directory and write its config; refuse one that already holds files.
+
+    The claim is atomic across processes (`birth.io.claim_output_dir`): of two sweep agents given
+    the same --out, exactly one starts. Returns whether this call created the directory, so that a
+    start-up failure removes only what it created."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise ValueError(
-            f"run directory {run_dir} already exists and is not empty; "
-            f"use --resume {run_dir} to continue it or choose another --out"
-        )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    existed = run_dir.is_dir()
+    try:
+        claim_output_dir(run_dir, option="--out")
+    except OutputError:
+        if run_dir.is_dir():  # not empty, or claimed this instant by another process
+            raise OutputError(
+                f"run directory {run_dir} already exists and is not empty; "
+                f"use --resume {run_dir} to continue it or choose another --out"
+            ) from None
+        raise
     atomic_write_json(run_dir / "config.json", config.to_dict())
+    release_claim(run_dir)
+    return not existed
+
+
+def _remove_new_run(run_dir: Path, created: bool) -> None:
+    """Undo a run that failed before its first step: a directory it created goes; one that existed
+    (it was empty when claimed, so everything in it is this run's) is emptied but kept."""
+    if created:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    for child in run_dir.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
+class OutOfMemory(ValueError):
+    """The run's sizes do not fit in memory (one line naming the sizes and the bytes asked for)."""
+
+
+def _bytes_text(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def _requested(message: str) -> str | None:
+    """The allocation torch's message reports ("you tried to allocate 4398046511104 bytes" on CPU,
+    "Tried to allocate 2.00 GiB" on CUDA)."""
+    m = re.search(r"allocate (\d+) bytes", message)
+    if m:
+        return _bytes_text(int(m.group(1)))
+    m = re.search(r"allocate ([\d.]+ [KMGTP]i?B)", message)
+    return m.group(1) if m else None
+
+
+def _available(device: torch.device) -> str | None:
+    try:
+        if device.type == "cuda":
+            return f"{_bytes_text(torch.cuda.mem_get_info(device)[1])} on {device}"
+        return f"{_bytes_text(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))} of RAM"
+    except (ValueError, OSError, RuntimeError, AttributeError):
+        return None
+
+
+# torch's CPU allocator says "not enough memory" or "can't allocate memory", CUDA's "out of memory"
+_OOM_TEXT = re.compile(r"not enough memory|can't allocate memory|out of memory", re.IGNORECASE)
+
+
+def _as_out_of_memory(err: BaseException, config: TrainConfig, device: torch.device, where: str) -> OutOfMemory | None:
+    """A one-line OutOfMemory for torch's and Python's memory errors (None for other errors)."""
+    text = str(err)
+    oom = isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(err, RuntimeError) and _OOM_TEXT.search(text) is not None
+    )
+    if not oom:
+        return None
+    m, t, o = config.model, config.task, config.optim
+    sizes = f"--d-model {m.d_model}" if where == "building the model" else (
+        f"--d-model {m.d_model}, --seq-len {t.seq_len}, --batch-size {o.batch_size}")
+    asked, have = _requested(text), _available(device)
+    needed = f": torch asked for {asked} in one allocation" if asked else ""
+    machine = f" (this machine has {have})" if have else ""
+    return OutOfMemory(
+        f"out of memory {where} with {sizes}{needed}{machine}; choose smaller sizes"
+    )
+
+
+def environment(device: torch.device) -> dict:
+    """What, besides the config, changes a run's numbers in the last digits: torch's CPU thread
+    count (the order of floating-point reductions), the device and the torch version."""
+    return {
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+_ENV_KEYS = ("torch_threads", "device", "torch")
+
+
+def _record_environment(run_dir: Path, device: torch.device, start_step: int | None) -> str | None:
+    """Write RUN/environment.json (a resume appends to its "resumes"); return a warning when this
+    process's threads, device or torch version differ from those the run started with."""
+    path = run_dir / "environment.json"
+    now = environment(device)
+    if start_step is None:
+        atomic_write_json(path, {**now, "resumes": []})
+        return None
+    try:
+        record = json.loads(path.read_text())
+        started = {k: record[k] for k in _ENV_KEYS}
+    except (OSError, ValueError, KeyError, TypeError):
+        record, started = {**now, "resumes": [], "note": "recorded at the first resume"}, None
+    record.setdefault("resumes", []).append({"step": start_step, **now})
+    atomic_write_json(path, record)
+    if started is None:
+        return None
+    differ = [f"{k} {now[k]} (it started with {started[k]})" for k in _ENV_KEYS if started[k] != now[k]]
+    if not differ:
+        return None
+    return (
+        f"warning: resuming {run_dir} with {', '.join(differ)}: its curve may differ in the last digits "
+        "from an uninterrupted run (docs/usage.md, Reliability)"
+    )
 
 
 def read_run_config(run_dir: Path) -> TrainConfig:
@@ -170,7 +295,11 @@ def train(
     on_step: Callable[[int], None] | None = None,
     log: Callable[[str], None] = print,
 ) -> RunResult:
-    """Train (or resume) one run in `run_dir`. `on_step(step)` is called after each update."""
+    """Train (or resume) one run in `run_dir`. `on_step(step)` is called after each update.
+
+    A fresh run that fails before its first update (an error, Ctrl-C, memory) leaves nothing behind:
+    the directory it created is removed. A run killed before its first checkpoint (SIGKILL) keeps
+    its config.json, and `resume` restarts it from step 0 with that config."""
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     if dev.type == "cpu":
@@ -179,89 +308,104 @@ def train(
     config.validate(stats.vocab_size)
 
     start_step = 0
-    ckpt = None
+    ckpt, ckpt_path = None, None
+    created: bool | None = None  # fresh run: whether this call created run_dir
     if resume:
         saved = read_run_config(run_dir)
         if not _same_run(saved.to_dict(), config.to_dict()):
             raise ValueError(f"--resume: the config differs from {run_dir / 'config.json'}")
-        ckpt_path = latest_checkpoint(run_dir)
-        ckpt = load_checkpoint(ckpt_path, map_location=dev)
-        if not _same_run(ckpt["config"], saved.to_dict()):
-            raise CheckpointError(f"{ckpt_path} was written by a different run config")
-        start_step = int(ckpt["step"])
-        if config.optim.steps < start_step:
-            raise ValueError(f"--steps {config.optim.steps} is below the checkpoint's step {start_step}")
+        if list_checkpoints(run_dir):
+            ckpt_path, ckpt = load_latest_checkpoint(run_dir, map_location=dev)
+            if not _same_run(ckpt["config"], saved.to_dict()):
+                raise CheckpointError(f"{ckpt_path} was written by a different run config")
+            start_step = int(ckpt["step"])
+            if config.optim.steps < start_step:
+                raise ValueError(f"--steps {config.optim.steps} is below the checkpoint's step {start_step}")
+        else:
+            log(f"{run_dir} has no checkpoint (it stopped before its first one): "
+                "restarting it from step 0 with its config.json")
     else:
-        prepare_run_dir(run_dir, config)
-
-    task = TriggeredBigram(config.task, stats, device=dev)
-    model = config.build_model(stats.vocab_size, device=dev)
-    params = trainable_parameters(model)
-    optimizer = make_optimizer(params, config.optim)
-    if ckpt is not None:
-        load_model_state(native(model), ckpt["model"], ckpt_path)
-        try:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as err:
-            raise CheckpointError(f"{ckpt_path}: optimizer state does not match: {err}") from None
-        # only now that the checkpoint loaded: record a possibly extended number of steps
-        atomic_write_json(run_dir / "config.json", config.to_dict())
-
-    probe_triggers = task.fixed_triggers if config.task.trigger_mode == "fixed" else None
-    eval_batch = task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed))
-    metrics = MetricsFile(run_dir / "metrics.jsonl", resume_step=start_step if resume else None)
-    wandb_id_file = run_dir / "wandb_id.txt"
-    wb = WandbLogger(
-        wandb_mode,
-        run_dir,
-        config.to_dict(),
-        name=run_dir.name,
-        resume_id=wandb_id_file.read_text().strip() if resume and wandb_id_file.is_file() else None,
-    )
-    if wb.run_id:
-        wandb_id_file.write_text(wb.run_id)
-
-    def save(step: int) -> Path:
-        path = checkpoint_path(run_dir, step)
-        save_checkpoint(
-            path,
-            config=config.to_dict(),
-            step=step,
-            model_state=native(model).state_dict(),
-            optimizer_state=optimizer.state_dict(),
-            train_loss=train_loss,
-        )
-        return path
-
-    def do_eval(step: int, train_loss: float | None) -> dict:
-        model.eval()
-        row = {
-            "step": step,
-            **evaluate(
-                model,
-                eval_batch,
-                loss_on=config.optim.loss_on,
-                fast_path=config.run.fast_path,
-                probe_triggers=probe_triggers,
-            ),
-        }
-        if train_loss is not None:
-            row["train/loss"] = train_loss
-        metrics.write(row)
-        wb.log(row)
-        if run.heatmap_every and step % run.heatmap_every == 0 and wb.run is not None:
-            _log_heatmaps(wb, model, task, eval_batch, step, run_dir)
-        model.train()
-        return row
+        created = prepare_run_dir(run_dir, config)
 
     run, steps = config.run, config.optim.steps
     flag = _StopFlag()
     status, step, last_row = "completed", start_step, {}
     train_loss: float | None = ckpt.get("train_loss") if ckpt is not None else None
-    last_saved = start_step if resume else None
-    bar = None
-    t_start, n_updates = time.perf_counter(), 0
+    last_saved = start_step if ckpt is not None else None
+    bar = metrics = wb = None
+    n_updates, phase = 0, "building the model"
     try:
+        warning = _record_environment(run_dir, dev, start_step if resume else None)
+        if warning:
+            print(warning, file=sys.stderr)
+        task = TriggeredBigram(config.task, stats, device=dev)
+        model = config.build_model(stats.vocab_size, device=dev)
+        # --init-at-target writes its memories now (a checkpoint below overrides them); --schedule
+        # toggles requires_grad per step, so it binds every trainable matrix before the optimizer
+        schedule = prepare_schedule(model, config, task)
+        params = trainable_parameters(model)
+        optimizer = make_optimizer(params, config.optim)
+        phase = "at the first step"
+        if ckpt is not None:
+            load_model_state(native(model), ckpt["model"], ckpt_path)
+            try:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError, RuntimeError) as err:
+                raise CheckpointError(f"{ckpt_path}: optimizer state does not match: {err}") from None
+        if resume:
+            # only now that the checkpoint (if any) loaded: record a possibly extended number of steps
+            atomic_write_json(run_dir / "config.json", config.to_dict())
+
+        probe_triggers = task.fixed_triggers if config.task.trigger_mode == "fixed" else None
+        eval_batch = task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed))
+        metrics = MetricsFile(run_dir / "metrics.jsonl", resume_step=start_step if resume else None)
+        wandb_id_file = run_dir / "wandb_id.txt"
+        wb = WandbLogger(
+            wandb_mode,
+            run_dir,
+            config.to_dict(),
+            name=run_dir.name,
+            resume_id=wandb_id_file.read_text().strip() if resume and wandb_id_file.is_file() else None,
+        )
+        if wb.run_id:
+            wandb_id_file.write_text(wb.run_id)
+
+        def save(step: int) -> Path:
+            path = checkpoint_path(run_dir, step)
+            save_checkpoint(
+                path,
+                config=config.to_dict(),
+                step=step,
+                model_state=native(model).state_dict(),
+                optimizer_state=optimizer.state_dict(),
+                train_loss=train_loss,
+            )
+            return path
+
+        def do_eval(step: int, train_loss: float | None) -> dict:
+            model.eval()
+            row = {
+                "step": step,
+                **evaluate(
+                    model,
+                    eval_batch,
+                    loss_on=config.optim.loss_on,
+                    fast_path=config.run.fast_path,
+                    probe_triggers=probe_triggers,
+                    attention_probes=run.attention_probes,
+                    matrices=schedule.matrices,
+                ),
+            }
+            if train_loss is not None:
+                row["train/loss"] = train_loss
+            metrics.write(row)
+            wb.log(row)
+            if run.heatmap_every and step % run.heatmap_every == 0 and wb.run is not None:
+                _log_heatmaps(wb, model, task, eval_batch, step, run_dir)
+            model.train()
+            return row
+
+        t_start = time.perf_counter()
         with _stop_on_signals(flag):
             if progress:
                 from tqdm.auto import tqdm
@@ -274,6 +418,7 @@ def train(
                     if bar is not None:
                         bar.set_postfix_str(_postfix(last_row))
                 batch = task.sample(config.optim.batch_size, task.generator(step_seed(run.seed, step)))
+                learning = schedule.apply(step)  # False: every scheduled matrix is frozen at this step
                 loss = training_loss(model, batch, config)
                 if loss is not None and not torch.isfinite(loss):
                     status = "diverged"
@@ -282,12 +427,13 @@ def train(
                     ) else "no checkpoint was written yet"
                     log(f"loss became {loss.item()} at step {step}; stopping ({where})")
                     break
-                if loss is not None:  # None: no target to learn from in this batch
+                if loss is not None and learning:  # None: no target to learn from in this batch
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     train_loss = loss.item()
                 n_updates += 1
+                phase = f"at step {step + 1}"
                 if bar is not None:
                     bar.update(1)
                 done = step + 1
@@ -308,12 +454,24 @@ def train(
                 if last_saved != step:
                     save(step)
                     last_saved = step
-    finally:
+        elapsed = time.perf_counter() - t_start
+    except BaseException as err:
         if bar is not None:
             bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
+        if created is not None and n_updates == 0:
+            if wb is not None:
+                wb.finish()  # W&B's offline files live in the run directory
+            _remove_new_run(run_dir, created)
+        oom = _as_out_of_memory(err, config, dev, phase) if isinstance(err, Exception) else None
+        if oom is not None:
+            raise oom from None
+        raise
+    if bar is not None:
+        bar.close()
+    metrics.close()
 
-    elapsed = time.perf_counter() - t_start
     rows = read_metrics(run_dir / "metrics.jsonl")
     order = learning_order(rows)
     result = RunResult(
@@ -322,7 +480,7 @@ def train(
         run_dir=run_dir,
         final=last_row,
         order=order,
-        seconds_per_step=elapsed / n_updates if n_updates else float("nan"),
+        seconds_per_step=elapsed / n_updates if n_updates else None,
     )
     summary = {
         "status": status,
@@ -361,8 +519,8 @@ def _log_heatmaps(wb: WandbLogger, model, task, batch, step: int, run_dir: Path)
 
 def print_summary(result: RunResult, log: Callable[[str], None] = print) -> None:
     f = result.final
-    log(f"run {result.run_dir}: {result.status} at step {result.step} "
-        f"({result.seconds_per_step:.3f} s/step)")
+    speed = "no step trained" if result.seconds_per_step is None else f"{result.seconds_per_step:.3f} s/step"
+    log(f"run {result.run_dir}: {result.status} at step {result.step} ({speed})")
     if f:
         log(f"  in-context accuracy (counter >= 2): {f.get('eval/icl_acc', float('nan')):.4f}   "
             f"first-occurrence accuracy: {f.get('eval/first_acc', float('nan')):.4f}   "

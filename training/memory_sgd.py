@@ -18,8 +18,9 @@ q_γ = F(n_x) scheme of birth.memory.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence, get_args
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,9 @@ class MemoryTrainConfig:
             raise ValueError(f"eval steps must lie in [0, num_steps={self.num_steps}]")
         if self.track_coefficients and (self.optimizer != "sgd" or self.layer_norm or self.learn_embeddings):
             # only then does every update lie in span(u_y e_xᵀ) with known coefficients
-            raise ValueError("track_coefficients needs plain SGD: optimizer 'sgd', no layer_norm, fixed embeddings")
+            raise ValueError(
+                "track_coefficients needs plain SGD: optimizer 'sgd', no layer_norm, fixed embeddings"
+            )
 
 
 def sample_batches(
@@ -127,8 +130,14 @@ def train_memory(
     if batches.shape != (num_trials, config.num_steps, config.batch_size):
         raise ValueError(f"batches must have shape {(num_trials, config.num_steps, config.batch_size)}")
     emb = draw_embeddings(
-        range(num_trials), task.num_inputs, task.num_outputs, [dim],
-        seed=seed, kind=kind, device=device, dtype=dtype,
+        range(num_trials),
+        task.num_inputs,
+        task.num_outputs,
+        [dim],
+        seed=seed,
+        kind=kind,
+        device=device,
+        dtype=dtype,
     )
     inputs, outputs = (t.clone() for t in emb.at(0))
     memory = torch.zeros(num_trials, dim, dim, device=device, dtype=dtype, requires_grad=True)
@@ -147,8 +156,12 @@ def train_memory(
     errors = torch.zeros(num_trials, len(eval_steps), dtype=torch.float64)
     track = config.track_coefficients
     if track:
-        coefficients = torch.zeros(num_trials, task.num_outputs, task.num_inputs, device=device, dtype=torch.float64)
-        snapshots = torch.zeros(num_trials, len(eval_steps), task.num_outputs, task.num_inputs, dtype=torch.float64)
+        coefficients = torch.zeros(
+            num_trials, task.num_outputs, task.num_inputs, device=device, dtype=torch.float64
+        )
+        snapshots = torch.zeros(
+            num_trials, len(eval_steps), task.num_outputs, task.num_inputs, dtype=torch.float64
+        )
         one_hot = F.one_hot(targets, task.num_outputs).to(torch.float64)  # (N, M)
 
     def measure(column: int) -> None:
@@ -171,9 +184,10 @@ def train_memory(
         e_batch = torch.gather(inputs, 1, x[..., None].expand(-1, -1, dim))  # (R, b, d)
         logits = einsum(outputs, _hidden(memory, e_batch, config.layer_norm), "r m d, r b d -> r b m")
         # sum over trials of the per-trial batch mean: trials do not share gradients
-        loss = F.cross_entropy(
-            rearrange(logits, "r b m -> (r b) m"), targets[x].reshape(-1), reduction="sum"
-        ) / config.batch_size
+        loss = (
+            F.cross_entropy(rearrange(logits, "r b m -> (r b) m"), targets[x].reshape(-1), reduction="sum")
+            / config.batch_size
+        )
         if track:
             with torch.no_grad():  # the coefficient of u_y e_xᵀ in this step's −γ ∇W
                 residual = torch.softmax(logits.to(torch.float64), -1) - one_hot[x]  # (R, b, M)
@@ -189,8 +203,12 @@ def train_memory(
             measure(column)
             column += 1
     out = {
-        "steps": torch.tensor(eval_steps), "error": errors, "batches": batches.cpu(),
-        "memory": memory.detach().cpu(), "inputs": inputs.detach().cpu(), "outputs": outputs.detach().cpu(),
+        "steps": torch.tensor(eval_steps),
+        "error": errors,
+        "batches": batches.cpu(),
+        "memory": memory.detach().cpu(),
+        "inputs": inputs.detach().cpu(),
+        "outputs": outputs.detach().cpu(),
     }
     if track:
         out["coefficients"] = snapshots

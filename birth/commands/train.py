@@ -47,14 +47,19 @@ def _base_config(argv: list[str]) -> TrainConfig:
     pre.add_argument("--resume", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.resume is not None:
-        if known.config is not None:
-            raise CLIError("give either --resume RUN_DIR or --config FILE, not both")
+        for option, given in (("--config FILE", known.config), ("--preset", preset_given(argv))):
+            if given:
+                raise CLIError(f"give either --resume RUN_DIR or {option}, not both (a resumed run keeps its config)")
         return read_run_config(Path(known.resume))
     if known.config is not None:
         return TrainConfig.from_dict(read_yaml(known.config), source=f"--config {known.config}")
     if known.preset not in PRESETS:
         raise CLIError(f"--preset must be one of {', '.join(PRESETS)}, got {known.preset!r}")
     return PRESETS[known.preset]
+
+
+def preset_given(argv: list[str]) -> bool:
+    return any(a == "--preset" or a.startswith("--preset=") for a in argv)
 
 
 def parse(argv: list[str], prog: str = "birth train") -> TrainCommand:
@@ -73,8 +78,9 @@ def run(argv: list[str], prog: str) -> int:
     import torch
 
     from birth.cli import CLIError, print_config
+    from birth.io import check_writable
     from tasks.shakespeare import load_stats
-    from training.loop import print_summary, read_run_config, train
+    from training.loop import print_summary, read_run_config, resolve_device, train
 
     cmd = parse(argv, prog)
     config = cmd.config
@@ -100,7 +106,10 @@ def run(argv: list[str], prog: str) -> int:
             f"{cmd.preset}-{config.model.n_layers}L-seed{config.run.seed}-"
             f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
         )
-    config.validate(load_stats().vocab_size)  # report a bad flag before announcing the run
+        check_writable(run_dir, "--out")
+    # report a bad flag before announcing the run
+    config.validate(load_stats().vocab_size)
+    resolve_device(cmd.device)
     if cmd.threads is not None:
         torch.set_num_threads(cmd.threads)
     print(f"run directory: {run_dir}")

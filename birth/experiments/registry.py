@@ -38,6 +38,7 @@ MODULES = (
     "birth.experiments.scaling",
     "birth.experiments.capacity",
     "birth.experiments.dynamics",
+    "birth.experiments.optimizer_grid",
 )
 
 

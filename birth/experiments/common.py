@@ -1,0 +1,123 @@
+"""Pieces the experiments share: their training runs, seeds and held-out batches.
+
+An experiment that trains keeps every run in `out_dir/runs/NAME` (a normal run directory, as
+`birth train` writes it: `birth inspect` and `birth plot` read it) and what it reports of the run
+in its result: the final evaluation, the learning order and every evaluation row.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from torch import nn
+
+from tasks.shakespeare import CorpusStats
+from tasks.triggered_bigram import Batch, TriggeredBigram
+from training.config import TrainConfig, check_int
+
+RUNS = "runs"  # sub-directory of an experiment's out_dir with its training runs (re-created by --overwrite)
+
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[str, ...] = get_args(Device)
+
+
+def experiment_train(preset: TrainConfig) -> TrainConfig:
+    """The base training config of an experiment: `preset` with only the final checkpoint written
+    (an experiment's runs are disposable; it reads the final model, never an intermediate one)."""
+    return preset.replace(checkpoint_every=10**9)
+
+
+def check_train(train: Any, option: str = "train") -> None:
+    if not isinstance(train, TrainConfig):
+        raise ValueError(f"--{option} must be a TrainConfig, got {type(train).__name__}")
+
+
+def check_seeds(seeds: Any) -> None:
+    check_int("seeds", seeds, 1)
+
+
+def check_device(device: Any) -> None:
+    if device not in DEVICES:
+        raise ValueError(f"--device must be one of {DEVICES}, got {device!r}")
+
+
+def check_positive(name: str, value: Any) -> None:
+    """A finite number > 0 (nan and inf refused), the message naming the flag."""
+    ok = (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    )
+    if not ok:
+        raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
+
+
+def run_seeds(train: TrainConfig, seeds: int) -> range:
+    """The run seeds of a multi-seed experiment: the base config's seed and the next `seeds - 1`."""
+    return range(train.run.seed, train.run.seed + seeds)
+
+
+def eval_batch(config: TrainConfig, stats: CorpusStats) -> tuple[TriggeredBigram, Batch]:
+    """The task of `config` and its fixed held-out batch (the one the training loop evaluates on)."""
+    task = TriggeredBigram(config.task, stats)
+    return task, task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed))
+
+
+def probe_triggers(config: TrainConfig, task: TriggeredBigram):
+    """The trigger set the W_KQ2 probe ranks: the K fixed triggers, or every token (None)."""
+    return task.fixed_triggers if config.task.trigger_mode == "fixed" else None
+
+
+@dataclass(frozen=True)
+class TrainedRun:
+    """What an experiment reports of one training run (its directory holds everything else)."""
+
+    name: str  # directory under out_dir/runs
+    seed: int  # the run's seed
+    final: dict[str, float | None]  # last evaluation: metrics and probes
+    order: dict[str, int | None]  # first step at which each probe reaches 0.9 (None: never)
+    history: list[dict[str, float | None]]  # every evaluation row, as in metrics.jsonl
+    seconds_per_step: float  # wall time per update, evaluations included
+
+    def steps(self) -> list[int]:
+        return [int(row["step"]) for row in self.history]
+
+    def curve(self, key: str) -> list[float]:
+        """One metric over the evaluations (NaN where it is missing, e.g. no target in the batch)."""
+        return [math.nan if row.get(key) is None else float(row[key]) for row in self.history]
+
+
+def train_run(
+    config: TrainConfig,
+    out_dir: Path,
+    name: str,
+    *,
+    device: Device = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> TrainedRun:
+    """Train one run into `out_dir/runs/NAME` and return its final metrics, order and every row."""
+    from training.logger import read_metrics
+    from training.loop import train
+
+    run_dir = Path(out_dir) / RUNS / name
+    result = train(config, run_dir, device=device, progress=progress, log=log)
+    if result.status != "completed":
+        raise RuntimeError(f"run {run_dir} ended as {result.status} at step {result.step}")
+    return TrainedRun(
+        name=name,
+        seed=config.run.seed,
+        final={k: v for k, v in result.final.items() if k != "step"},
+        order=dict(result.order),
+        history=read_metrics(run_dir / "metrics.jsonl"),
+        seconds_per_step=result.seconds_per_step,
+    )
+
+
+def trained_model(out_dir: Path, name: str) -> nn.Module:
+    """The final model of run `name` of an experiment (on the CPU, in eval mode)."""
+    from training.checkpoint import load_run_model
+
+    return load_run_model(Path(out_dir) / RUNS / name)

@@ -1,0 +1,586 @@
+"""The optimizer grid of *Scaling Laws for Associative Memories* (section 5 and its appendix) at the
+reference's grid, and a table that checks the seed's four training claims as measured ratios.
+
+Task: N = 100 tokens, Zipf α = 2, M = 5 classes, f*(x) = x mod 5; T samples seen once (T / batch
+steps); error = the exact Σ_x p(x) 1{wrong}. Models (embeddings N(0, I/d), drawn per seed), all
+a linear memory h = W z(x) read out by logits = Uᵀ h:
+  - matrix:  z(x) = e_x, W (d × d) trained, E and U fixed;
+  - learned: the same with E and U trained too;
+  - relu:    the ReLU-thresholded memory of the seed talk, trainable: z(x) = φ(x) with
+             φ(x)_x' = ReLU(k_x'ᵀ k_x − η) over the N stored keys k = e / ‖e‖, and W = V (d × N).
+             V = Σ_x' q(x') u_{f*(x')} 1_x'ᵀ is the seed's u_yᵀ Σ_x' q(x') u_{f*(x')} ReLU(e_x'ᵀ e_x − η);
+             the threshold removes the cross-talk of nearly orthogonal keys, so its capacity grows
+             exponentially with d (birth/hopfield.py measures it for the stored-scheme version).
+  with h → LayerNorm(h) (no affine) when `layer_norm`. W starts with N(0, 1/d) entries, as in the
+  reference (from W = 0, LayerNorm's first gradient is amplified by 1/√eps and stalls training).
+  Optimizers: SGD, and a real Adam (β = (0.9, 0.999)) whose step is lr / d on W (lr / √d on V and
+  the embeddings), the reference's scaling.
+
+Runs of one (model, optimizer, LayerNorm, d, lr, batch) read the first T samples of one stream per
+seed, for every T of the grid at once (the error after T samples is the error at step T / batch of
+the longest run: a constant step size makes the shorter runs its prefixes); all seeds train side by
+side. Every setting sees the same samples, embeddings and initial W, so the comparisons of the
+claims table are paired. The reference grid is `full()`; `scripts/grids/optimizer_grid.yaml` splits
+it into `birth grid` points and `python -m birth.experiments.optimizer_grid combine RESULTS.jsonl`
+merges them into one table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import math
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import torch
+import torch.nn.functional as F
+from einops import einsum, rearrange
+
+from birth.experiments.registry import ExperimentResult, register
+from birth.io import new_figure, save_figure
+from birth.memory import draw_embeddings, errors_from_scores
+from birth.seeds import check_seed, generator
+from tasks.zipf import ZipfAssociations
+
+Model = Literal["matrix", "learned", "relu"]
+GridOptimizer = Literal["sgd", "adam"]
+Device = Literal["cpu", "cuda", "auto"]
+MODELS: tuple[str, ...] = get_args(Model)
+GRID_OPTIMIZERS: tuple[str, ...] = get_args(GridOptimizer)
+
+# The reference's numbers (reference-facts.md): SGD, batch 64, matrix memory without LayerNorm,
+# error at d = 10 and d = 1000 for lr 0.1 and 100 (the T is not stated).
+REFERENCE_SGD_B64 = {(0.1, 10): 0.168, (0.1, 1000): 0.046, (100.0, 10): 0.031, (100.0, 1000): 0.002}
+REFERENCE_DIMS = (10, 20, 50, 100, 200, 500, 1000)  # the reference grid's d
+
+
+def _check_ints(values: Any, flag: str, minimum: int = 1) -> None:
+    ok = isinstance(values, tuple) and values and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values
+    )
+    if not ok or len(set(values)) != len(values):
+        raise ValueError(f"{flag} must be a non-empty list of distinct integers >= {minimum}, got {values!r}")
+
+
+def _check_choices(values: Any, flag: str, choices: tuple) -> None:
+    ok = isinstance(values, tuple) and values and all(v in choices and type(v) is type(choices[0]) for v in values)
+    if not ok or len(set(values)) != len(values):
+        raise ValueError(f"{flag} must be a non-empty list of distinct values from {choices}, got {values!r}")
+
+
+@dataclass(frozen=True)
+class OptimizerGridConfig:
+    num_inputs: int = 100  # N, tokens (Zipf law)
+    num_outputs: int = 5  # M, classes: f*(x) = x mod M
+    alpha: float = 2.0  # Zipf exponent
+    dims: tuple[int, ...] = (10, 100)  # memory widths d
+    lrs: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)  # learning rates (Adam: divided by d, or √d for relu)
+    batch_sizes: tuple[int, ...] = (16, 64, 256, 1024)  # samples per step
+    num_samples: tuple[int, ...] = (1024, 10240)  # T, samples seen once (T / batch steps)
+    layer_norms: tuple[bool, ...] = (False, True)  # LayerNorm (no affine) on h(x)
+    optimizers: tuple[GridOptimizer, ...] = ("sgd", "adam")  # SGD, Adam (β = 0.9, 0.999)
+    models: tuple[Model, ...] = ("matrix", "learned", "relu")  # memories (see the module doc)
+    seeds: int = 3  # independent trials (data and embeddings), trained side by side
+    relu_threshold: float = 0.5  # η of the relu memory
+    init: Literal["gaussian", "zero"] = "gaussian"  # W at step 0: N(0, 1/d) entries (the reference's) or 0
+    seed: int = 0  # seeds every draw
+    threads: int | None = None  # torch CPU threads (default: as set, e.g. by `birth grid` per job)
+    device: Device = "cpu"  # where to compute (auto: cuda if available)
+
+    def __post_init__(self) -> None:
+        for name, minimum in (("num_inputs", 1), ("num_outputs", 2), ("seeds", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
+        if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
+            raise ValueError(f"--alpha must be a finite number >= 0, got {self.alpha!r}")
+        _check_ints(self.dims, "--dims")
+        _check_ints(self.batch_sizes, "--batch-sizes")
+        _check_ints(self.num_samples, "--num-samples")
+        lrs_ok = isinstance(self.lrs, tuple) and self.lrs and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in self.lrs
+        )
+        if not lrs_ok or len(set(self.lrs)) != len(self.lrs):
+            raise ValueError(f"--lrs must be a non-empty list of distinct finite numbers > 0, got {self.lrs!r}")
+        _check_choices(self.layer_norms, "--layer-norms", (False, True))
+        _check_choices(self.optimizers, "--optimizers", GRID_OPTIMIZERS)
+        _check_choices(self.models, "--models", MODELS)
+        for t in self.num_samples:
+            for b in self.batch_sizes:
+                if t % b:
+                    raise ValueError(f"--num-samples {t} is not a multiple of --batch-sizes {b} (T / batch steps)")
+        eta = self.relu_threshold
+        if not (isinstance(eta, (int, float)) and not isinstance(eta, bool) and 0 <= eta < 1):
+            raise ValueError(f"--relu-threshold must be a number in [0, 1), got {eta!r}")
+        if self.init not in ("gaussian", "zero"):
+            raise ValueError(f"--init must be gaussian or zero, got {self.init!r}")
+        check_seed(self.seed)
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"--threads must be an integer >= 1, got {self.threads!r}")
+        if self.device not in get_args(Device):
+            raise ValueError(f"--device must be one of {get_args(Device)}, got {self.device!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# training: the three models are one linear memory h = W z(x) on different inputs z(x)
+
+
+INIT_STREAM = 0x1417  # the initial W of trial r is drawn from generator(seed, r, INIT_STREAM)
+
+
+def relu_features(inputs: torch.Tensor, threshold: float) -> torch.Tensor:
+    """φ(x)_x' = ReLU(k_x'ᵀ k_x − η) with k = e/‖e‖: inputs (R, N, d) -> (R, N, N), row x is φ(x)."""
+    keys = F.normalize(inputs, dim=-1)
+    return F.relu(einsum(keys, keys, "r n d, r k d -> r n k") - threshold)
+
+
+def initial_memory(num_trials: int, dim: int, width: int, init: str, seed: int, device, dtype) -> torch.Tensor:
+    """W at step 0, (R, dim, width): zero, or N(0, 1/dim) entries (the reference's), drawn per trial."""
+    if init == "zero":
+        return torch.zeros(num_trials, dim, width, device=device, dtype=dtype)
+    draws = [torch.randn(dim, width, generator=generator(seed, r, INIT_STREAM)) for r in range(num_trials)]
+    return (torch.stack(draws) / math.sqrt(dim)).to(device=device, dtype=dtype)
+
+
+def memory_error(
+    memory: torch.Tensor, every: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor,
+    layer_norm: bool,
+) -> torch.Tensor:
+    """Exact Σ_x p(x) 1{argmax_y u_yᵀ h(x) ≠ f*(x)} per trial; every (R, N, width) holds z(x) of all
+    tokens. A token whose scores are not all finite (a diverged run) counts as wrong: its scores are
+    set to a tie, and a tie at the top counts as wrong (NaN compares false and would count as right)."""
+    hidden = einsum(memory, every, "r i j, r n j -> r n i")
+    if layer_norm:
+        hidden = F.layer_norm(hidden, hidden.shape[-1:])
+    scores = einsum(outputs, hidden, "r m d, r n d -> r m n")
+    finite = torch.isfinite(scores).all(-2, keepdim=True)
+    scores = torch.where(finite, scores, torch.zeros_like(scores))
+    head, tail = errors_from_scores(scores, targets, probs.to(scores.device, torch.float64), 0)
+    return head + tail
+
+
+def adam_lrs(model: str, lr: float, d: int) -> tuple[float, float]:
+    """Adam's steps (memory, embeddings) for the grid's lr: lr / d on W, lr / √d on V and on the
+    embeddings, the reference's scaling (Adam moves every coordinate by about its step, so the step
+    follows the size of the coordinates of a solution: ~1/d for W, ~1/√d for V and embeddings)."""
+    return (lr / math.sqrt(d) if model == "relu" else lr / d), lr / math.sqrt(d)
+
+
+def train_grid_memory(
+    task: ZipfAssociations,
+    model: str,
+    dim: int,
+    num_trials: int,
+    *,
+    optimizer: str,
+    lr: float,
+    layer_norm: bool,
+    batches: torch.Tensor,
+    eval_steps: Iterable[int],
+    seed: int,
+    init: str = "gaussian",
+    threshold: float = 0.5,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:
+    """Train one model of the grid for `num_trials` independent trials on `batches` (R, steps, b).
+
+    logits = Uᵀ h, h = W z(x) (LayerNorm(W z(x)) with `layer_norm`): z(x) = e_x for matrix and
+    learned (E and U trained too), z(x) = φ(x) for relu (W is then the V of the module doc). The
+    loss is the sum over trials of each trial's batch-mean cross-entropy, so the trials do not
+    share gradients; `lr` is the SGD step, Adam's come from `adam_lrs`. The embeddings are those of
+    `draw_embeddings(range(R), N, M, [dim], seed=seed)`, as in training.memory_sgd.train_memory,
+    which this equals for the matrix and learned models with init "zero" and SGD (it has no
+    initialization option, and LayerNorm from W = 0 is degenerate: docs/grid.md).
+    Returns {"steps": (C,), "error": (R, C) exact errors after those steps, "memory": the final W}.
+    """
+    num_steps, batch = batches.shape[1], batches.shape[2]
+    probs, targets = task.probs(), task.targets().to(device)
+    emb = draw_embeddings(
+        range(num_trials), task.num_inputs, task.num_outputs, [dim], seed=seed, device=device, dtype=dtype
+    )
+    inputs, outputs = (t.clone() for t in emb.at(0))
+    features = relu_features(inputs, threshold) if model == "relu" else None  # fixed keys
+    width = task.num_inputs if model == "relu" else dim
+    memory = initial_memory(num_trials, dim, width, init, seed, device, dtype).requires_grad_(True)
+    embeddings = [inputs.requires_grad_(True), outputs.requires_grad_(True)] if model == "learned" else []
+    if optimizer == "adam":
+        memory_lr, embedding_lr = adam_lrs(model, lr, dim)
+        groups = [{"params": [memory], "lr": memory_lr}]
+        if embeddings:
+            groups.append({"params": embeddings, "lr": embedding_lr})
+        opt: torch.optim.Optimizer = torch.optim.Adam(groups, betas=(0.9, 0.999))
+    else:
+        opt = torch.optim.SGD([memory, *embeddings], lr=lr)
+    batches = batches.to(device)
+    eval_steps = sorted(set(int(s) for s in eval_steps) | {num_steps})
+    errors = torch.zeros(num_trials, len(eval_steps), dtype=torch.float64)
+    rows = torch.arange(num_trials, device=device)[:, None]
+    column = 0
+    for step in range(num_steps + 1):
+        if column < len(eval_steps) and step == eval_steps[column]:
+            with torch.no_grad():
+                every = inputs if features is None else features  # z(x) of all N tokens
+                errors[:, column] = memory_error(memory, every, outputs, targets, probs, layer_norm).cpu()
+            column += 1
+        if step == num_steps:
+            break
+        x = batches[:, step]  # (R, b)
+        z = torch.gather(inputs, 1, x[..., None].expand(-1, -1, dim)) if features is None else features[rows, x]
+        hidden = einsum(memory, z, "r i j, r b j -> r b i")
+        if layer_norm:
+            hidden = F.layer_norm(hidden, hidden.shape[-1:])
+        logits = einsum(outputs, hidden, "r m d, r b d -> r b m")
+        loss = F.cross_entropy(rearrange(logits, "r b m -> (r b) m"), targets[x].reshape(-1), reduction="sum") / batch
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return {"steps": torch.tensor(eval_steps), "error": errors, "memory": memory.detach().cpu()}
+
+
+# --------------------------------------------------------------------------------------------
+# the grid
+
+
+@dataclass(frozen=True)
+class GridRun:
+    """The error of one setting after T samples, over the seeds."""
+
+    model: str
+    optimizer: str
+    layer_norm: bool
+    d: int
+    lr: float
+    batch_size: int
+    num_samples: int  # T
+    error_mean: float
+    error_std: float
+    errors: list[float]  # per seed
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One claim as a ratio of summed errors over paired settings (> 1: the claim holds)."""
+
+    claim: str
+    comparison: str  # what is compared, "worse / better"
+    settings: int  # paired settings compared
+    error_against: float | None  # mean error of the side the claim says is worse
+    error_for: float | None  # mean error of the side the claim says is better
+    ratio: float | None  # error_against / error_for (None: not measurable; inf: error_for = 0)
+    wins: float | None  # fraction of settings where the claimed-better side is lower (ties: half)
+    by: dict[str, float | None]  # the ratio within each model and each optimizer
+
+
+@dataclass(frozen=True)
+class OptimizerGridResult(ExperimentResult):
+    runs: list[GridRun]
+    claims: list[Claim]
+    reference: list[dict[str, Any]]  # SGD batch 64 matrix memory vs the reference's numbers
+    seeds: int
+    seconds: float  # training wall time
+
+    @classmethod
+    def from_runs(cls, runs: list[GridRun], seeds: int, seconds: float) -> OptimizerGridResult:
+        return cls(runs, claims_of(runs), reference_rows(runs), seeds, seconds)
+
+    def headline(self) -> str:
+        parts = [f"{SHORT.get(c.claim, c.claim)} {'n/a' if c.ratio is None else f'x{c.ratio:.3g}'}" for c in self.claims]
+        return f"{len(self.runs)} settings; claims (worse/better error ratio, > 1 holds): " + ", ".join(parts)
+
+
+SHORT = {
+    "large learning rates are better": "large lr",
+    "small batches are better": "small batch",
+    "Adam works best": "Adam",
+    "LayerNorm helps": "LayerNorm (best lr)",
+    "LayerNorm helps (same lr)": "LayerNorm (same lr)",
+}
+
+
+def _pairs(index: dict[tuple, float], axis: int, against: Any, better: Any) -> list[tuple[tuple, float, float]]:
+    """(setting, error on the `against` side, error on the `better` side) for every setting with both."""
+    out = []
+    for key, value in index.items():
+        if key[axis] != better:
+            continue
+        other = key[:axis] + (against,) + key[axis + 1:]
+        if other in index:
+            out.append((key, index[other], value))
+    return out
+
+
+def _claim(name: str, comparison: str, pairs: list[tuple[tuple, float, float]]) -> Claim:
+    def ratio(subset: list[tuple[tuple, float, float]]) -> float | None:
+        if not subset:
+            return None
+        worse, better = sum(p[1] for p in subset), sum(p[2] for p in subset)
+        if better == 0:
+            return math.inf if worse > 0 else None
+        return worse / better
+
+    by: dict[str, float | None] = {}
+    for label in MODELS + GRID_OPTIMIZERS:
+        subset = [p for p in pairs if label in p[0][:2]]  # key[0] is the model, key[1] the optimizer
+        if subset:
+            by[label] = ratio(subset)
+    n = len(pairs)
+    return Claim(
+        claim=name, comparison=comparison, settings=n,
+        error_against=sum(p[1] for p in pairs) / n if n else None,
+        error_for=sum(p[2] for p in pairs) / n if n else None,
+        ratio=ratio(pairs),
+        wins=(sum(1.0 if p[2] < p[1] else 0.5 if p[2] == p[1] else 0.0 for p in pairs) / n) if n else None,
+        by=by,
+    )
+
+
+def claims_of(runs: list[GridRun]) -> list[Claim]:
+    """The seed's four claims: large learning rates, small batches, Adam, LayerNorm (LayerNorm twice:
+    each side at its best learning rate, and paired at the same learning rate)."""
+    # key: (model, optimizer, layer_norm, d, lr, batch, T), in sorted order so that the sums do
+    # not depend on the order of the runs (a grid merged from its points gives the same table)
+    index = dict(sorted(
+        ((r.model, r.optimizer, r.layer_norm, r.d, r.lr, r.batch_size, r.num_samples), r.error_mean) for r in runs
+    ))
+    lrs = sorted({r.lr for r in runs})
+    batches = sorted({r.batch_size for r in runs})
+    claims = []
+    claims.append(_claim(
+        "large learning rates are better", f"lr {lrs[0]:g} / lr {lrs[-1]:g}",
+        _pairs(index, 4, lrs[0], lrs[-1]) if len(lrs) > 1 else [],
+    ))
+    claims.append(_claim(
+        "small batches are better", f"batch {batches[-1]} / batch {batches[0]} (same T)",
+        _pairs(index, 5, batches[-1], batches[0]) if len(batches) > 1 else [],
+    ))
+    # the optimizer and LayerNorm claims compare each side at its own best learning rate
+    best: dict[tuple, float] = {}
+    for key, value in index.items():
+        setting = key[:4] + key[5:]
+        best[setting] = min(value, best.get(setting, math.inf))
+    claims.append(_claim("Adam works best", "SGD / Adam (each at its best lr)", _pairs(best, 1, "sgd", "adam")))
+    claims.append(_claim("LayerNorm helps", "no LayerNorm / LayerNorm (each at its best lr)", _pairs(best, 2, False, True)))
+    claims.append(_claim("LayerNorm helps (same lr)", "no LayerNorm / LayerNorm (same lr)", _pairs(index, 2, False, True)))
+    return claims
+
+
+def reference_rows(runs: list[GridRun]) -> list[dict[str, Any]]:
+    """Our SGD batch-64 matrix-memory errors (no LayerNorm) next to the reference's numbers."""
+    rows = []
+    for r in runs:
+        key = (r.lr, r.d)
+        if (r.model, r.optimizer, r.layer_norm, r.batch_size) == ("matrix", "sgd", False, 64) and key in REFERENCE_SGD_B64:
+            rows.append({"lr": r.lr, "d": r.d, "T": r.num_samples, "error": r.error_mean, "std": r.error_std,
+                         "reference": REFERENCE_SGD_B64[key]})
+    return sorted(rows, key=lambda row: (row["lr"], row["d"], row["T"]))
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but CUDA is not available")
+    return device
+
+
+@contextlib.contextmanager
+def _threads(threads: int | None) -> Iterator[None]:
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_grid(config: OptimizerGridConfig, *, log=print, progress: bool = True) -> list[GridRun]:
+    """Every setting of `config`, trained; one GridRun per (setting, T)."""
+    from tqdm import tqdm
+
+    from training.memory_sgd import sample_batches
+
+    device = resolve_device(config.device)
+    task = ZipfAssociations(config.num_inputs, config.num_outputs, config.alpha)
+    t_max = max(config.num_samples)
+    # one stream of t_max samples per seed, cut into steps of each batch size
+    batches = {b: sample_batches(task, config.seeds, t_max // b, b, config.seed) for b in config.batch_sizes}
+    settings = list(itertools.product(
+        config.models, config.optimizers, config.layer_norms, config.dims, config.lrs, config.batch_sizes
+    ))
+    runs = []
+    for model, opt, ln, d, lr, b in tqdm(settings, desc="optimizer grid", disable=not progress, mininterval=5):
+        out = train_grid_memory(
+            task, model, d, config.seeds, optimizer=opt, lr=lr, layer_norm=ln, batches=batches[b],
+            eval_steps=[t // b for t in config.num_samples], seed=config.seed, init=config.init,
+            threshold=config.relu_threshold, device=device,
+        )
+        column = {int(s): i for i, s in enumerate(out["steps"].tolist())}
+        for t in config.num_samples:
+            errors = out["error"][:, column[t // b]]
+            runs.append(GridRun(
+                model, opt, ln, d, float(lr), b, t, errors.mean().item(), errors.std(unbiased=False).item(),
+                errors.tolist(),
+            ))
+    return runs
+
+
+def format_claims(result: OptimizerGridResult) -> list[str]:
+    """The claims table as Markdown lines."""
+    labels = [label for label in MODELS + GRID_OPTIMIZERS if any(label in c.by for c in result.claims)]
+
+    def fmt(value: float | None) -> str:
+        return "n/a" if value is None else "∞" if value == math.inf else f"{value:.3g}"
+
+    lines = [
+        "| claim | compared (worse / better) | settings | mean errors | ratio | wins | "
+        + " | ".join(labels) + " |",
+        "|---" * (6 + len(labels)) + "|",
+    ]
+    for c in result.claims:
+        errors = "n/a" if c.error_for is None else f"{c.error_against:.4f} / {c.error_for:.4f}"
+        lines.append(
+            f"| {c.claim} | {c.comparison} | {c.settings} | {errors} | {fmt(c.ratio)} | "
+            f"{'n/a' if c.wins is None else f'{c.wins:.2f}'} | " + " | ".join(fmt(c.by.get(k)) for k in labels) + " |"
+        )
+    return lines
+
+
+def format_reference(result: OptimizerGridResult) -> list[str]:
+    if not result.reference:
+        return []
+    lines = ["| lr | d | T | error (mean ± std) | reference |", "|---|---|---|---|---|"]
+    for row in result.reference:
+        lines.append(f"| {row['lr']:g} | {row['d']} | {row['T']} | {row['error']:.4f} ± {row['std']:.4f} | {row['reference']} |")
+    return lines
+
+
+def plot_optimizer_grid(result: OptimizerGridResult, out_dir: Path) -> list[Path]:
+    """Error vs d (vs the batch size when there is one d) per model (rows) and optimizer ×
+    LayerNorm (columns), one line per learning rate; batch 64 (or the smallest), the largest T."""
+    runs = result.runs
+    models = [m for m in MODELS if any(r.model == m for r in runs)]
+    combos = [(o, ln) for o in GRID_OPTIMIZERS for ln in (False, True) if any((r.optimizer, r.layer_norm) == (o, ln) for r in runs)]
+    dims = sorted({r.d for r in runs})
+    batches = sorted({r.batch_size for r in runs})
+    batch = 64 if 64 in batches else batches[0]
+    t_max = max(r.num_samples for r in runs)
+    by_d = len(dims) > 1
+    fig, axes = new_figure(len(models), len(combos), (3.2, 2.6))
+    for i, model in enumerate(models):
+        for j, (opt, ln) in enumerate(combos):
+            ax = axes[i][j]
+            for lr in sorted({r.lr for r in runs}):
+                sel = sorted(
+                    (r for r in runs if (r.model, r.optimizer, r.layer_norm, r.lr, r.num_samples) == (model, opt, ln, lr, t_max)
+                     and (not by_d or r.batch_size == batch)),
+                    key=lambda r: (r.d, r.batch_size),
+                )
+                if not sel:
+                    continue
+                xs = [r.d if by_d else r.batch_size for r in sel]
+                ax.errorbar(xs, [r.error_mean for r in sel], yerr=[r.error_std for r in sel], marker="o", ms=3,
+                            capsize=2, label=f"lr {lr:g}")
+            if by_d and (model, opt, ln) == ("matrix", "sgd", False):
+                for lr in (0.1, 100.0):
+                    ref = [(d, REFERENCE_SGD_B64[(lr, d)]) for d in (10, 1000) if (lr, d) in REFERENCE_SGD_B64]
+                    ax.plot(*zip(*ref), "k*", ms=7, label="reference" if lr == 0.1 else None)
+            ax.set(xscale="log", title=f"{model}, {opt}{' + LN' if ln else ''}")
+            ax.title.set_fontsize(8)
+            if i == len(models) - 1:
+                ax.set_xlabel("d" + (f" (batch {batch})" if by_d else "") if by_d else "batch size")
+            if j == 0:
+                ax.set_ylabel(f"error after T={t_max}")
+    axes[0][0].legend(fontsize=6)
+    return save_figure(fig, out_dir, "optimizer_grid")
+
+
+@register(
+    "optimizer-grid",
+    family="scaling",
+    summary="lr x batch x T x LayerNorm x {SGD, Adam} x {matrix, learned, relu} memories; the seed's four claims as ratios",
+    config=OptimizerGridConfig,
+    plot=plot_optimizer_grid,
+    full=lambda: OptimizerGridConfig(dims=REFERENCE_DIMS, num_samples=(1024, 10240, 102400), seeds=10, device="auto"),
+    small=lambda: OptimizerGridConfig(
+        dims=(10,), lrs=(0.1, 10.0), batch_sizes=(16, 64), num_samples=(256, 1024), seeds=2,
+    ),
+)
+def run_optimizer_grid(config: OptimizerGridConfig, out_dir: Path, *, log=print, progress: bool = True) -> OptimizerGridResult:
+    log(f"optimizer grid: N={config.num_inputs}, M={config.num_outputs}, alpha={config.alpha:g}; models "
+        f"{list(config.models)}, {list(config.optimizers)}, LayerNorm {list(config.layer_norms)}, d {list(config.dims)}, "
+        f"lr {list(config.lrs)}, batch {list(config.batch_sizes)}, T {list(config.num_samples)}, {config.seeds} seeds")
+    started = time.perf_counter()
+    with _threads(config.threads):
+        runs = run_grid(config, log=log, progress=progress)
+    result = OptimizerGridResult.from_runs(runs, config.seeds, time.perf_counter() - started)
+    for line in format_claims(result) + [""] + format_reference(result):
+        log(line)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# merging the points of a `birth grid` run
+
+
+def combine(results_files: Iterable[str | Path]) -> OptimizerGridResult:
+    """One result from the "ok" lines of optimizer-grid points in `birth grid` results files
+    (the latest line of a point wins; a setting measured twice keeps its latest value)."""
+    from birth.grid import read_results
+
+    runs: dict[tuple, GridRun] = {}
+    seeds, seconds = set(), 0.0
+    for path in results_files:
+        rows = read_results(Path(path))
+        if not rows:
+            raise ValueError(f"{path}: no results")
+        for row in rows:
+            if row.get("status") != "ok" or not str(row.get("experiment", "")).endswith("optimizer-grid"):
+                continue
+            result = row["result"]
+            seeds.add(result["seeds"])
+            seconds += result["seconds"] or 0.0
+            for run in result["runs"]:
+                r = GridRun(**run)
+                runs[(r.model, r.optimizer, r.layer_norm, r.d, r.lr, r.batch_size, r.num_samples)] = r
+    if not runs:
+        raise ValueError("no finished optimizer-grid point in the results")
+    return OptimizerGridResult.from_runs(list(runs.values()), min(seeds), seconds)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m birth.experiments.optimizer_grid",
+        description="merge the points of an optimizer-grid `birth grid` run into one table and figure",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    merge = sub.add_parser("combine", help="merge results.jsonl files")
+    merge.add_argument("results", nargs="+", type=Path, help="results.jsonl of `birth grid`")
+    merge.add_argument("--out", type=Path, default=None, help="where to write result.json and the figure "
+                       "(default: next to the first results file)")
+    args = parser.parse_args(argv)
+    from birth.io import atomic_write_json
+
+    try:
+        result = combine(args.results)
+    except ValueError as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or args.results[0].parent
+    print(f"wrote {atomic_write_json(out / 'combined.json', {'experiment': 'optimizer-grid', 'result': result})}")
+    plot_optimizer_grid(result, out)
+    for line in format_claims(result) + [""] + format_reference(result):
+        print(line)
+    print(result.headline())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,812 @@
+"""`birth grid SPEC.yaml`: a grid of any registered experiment (or of `birth train` runs) through submitit.
+
+A spec names what to run, the overrides shared by every point, the grid (a cartesian product of
+config values) and where it runs:
+
+    experiment: optimizer-grid     # a registered name, "package.module:name", or "train"
+    base: default                  # the config the points start from: default | full | small
+    fixed: {num_seeds: 10}         # overrides for every point
+    grid:                          # one point per combination (tuple fields take lists);
+      models: [[matrix], [learned], [relu]]   # a list of such mappings is the union of
+      dims: [[10], [100], [1000]]             # their products
+    out: results/grids/optimizer-grid   # one sub-directory per point, named from its values
+    results: results.jsonl         # default <out>/results.jsonl; a relative path is under `out`
+    executor:                      # submitit: local (default), slurm or debug (in-process)
+      cluster: local
+      parallel: 2                  # jobs at once (Slurm: the job array's parallelism)
+      threads: 1                   # torch threads per job (default: the cores / parallel)
+      timeout_min: 1440            # generic submitit parameters: timeout_min, mem_gb,
+      slurm: {partition: gpu}      #   cpus_per_task, gpus_per_node, name; slurm: slurm_<key>
+    wandb: {mode: off, group: optimizer-grid, project: birth}
+
+For `experiment: train` the points are `birth train` runs: `preset:` (quick | paper) replaces
+`base:`, the overrides are the flat config fields (`lr`, `d_model`, `seed`, ...) and `device:`
+picks the device.
+
+Every point's config is built and validated before the first job starts (unknown experiment, unknown
+field, wrong type or a value the config refuses: one error naming the key). Each finished point
+appends one JSON line to the results file, written by this (parent) process only, under a file
+lock, one `write` per line: the point, "ok" or "failed" with a one-line error, the result's
+`to_dict()` and the wall time. A re-run skips the points whose latest line says "ok" (same
+experiment, base and overrides) and runs the others again; a failed point never stops the rest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import hashlib
+import importlib
+import json
+import os
+import re
+import sys
+import time
+import traceback
+import types
+import typing
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Cluster = Literal["local", "slurm", "debug"]
+Base = Literal["default", "full", "small"]
+WandbMode = Literal["off", "offline", "online"]
+CLUSTERS: tuple[str, ...] = typing.get_args(Cluster)
+BASES: tuple[str, ...] = typing.get_args(Base)
+WANDB_MODES: tuple[str, ...] = typing.get_args(WandbMode)
+
+SPEC_KEYS = ("experiment", "base", "preset", "device", "fixed", "grid", "out", "results", "executor", "wandb")
+EXECUTOR_KEYS = ("cluster", "parallel", "threads", "timeout_min", "mem_gb", "cpus_per_task", "gpus_per_node", "name", "slurm")
+WANDB_KEYS = ("mode", "group", "project")
+TRAIN = "train"
+DEFAULT_TIMEOUT_MIN = 24 * 60  # submitit's local default (2 minutes) would kill most points
+
+
+# --------------------------------------------------------------------------------------------
+# values: YAML gives no types, the config fields have them
+
+
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """`value` (from YAML) as the type `hint` of a config field, or a ValueError naming `where`.
+
+    bool, int, float (an int is accepted; so is a string such as "1e-3", which YAML 1.1 reads as a
+    string), str, Literal, tuples (from lists), Path, and unions with None.
+    """
+    def wrong(expected: str) -> ValueError:
+        return ValueError(f"{where} must be {expected}, got {value!r}")
+
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return coerce(value, option, where)
+            except ValueError as err:
+                errors.append(str(err).removeprefix(f"{where} must be ").rsplit(", got", 1)[0])
+        raise wrong(" or ".join(errors + (["null"] if type(None) in options else [])))
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+            raise wrong(f"one of {', '.join(map(str, choices))}")
+        return value
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise wrong("a list")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise wrong(f"a list of {len(args)} values")
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise wrong("a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise wrong("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise wrong("a string")
+        return value
+    if hint is Path:
+        if not isinstance(value, str):
+            raise wrong("a path (string)")
+        return Path(value)
+    if hint is type(None):
+        if value is not None:
+            raise wrong("null")
+        return None
+    raise ValueError(f"{where}: fields of type {hint} cannot be set from a grid spec")
+
+
+def field_hints(config_type: type) -> dict[str, Any]:
+    """Field name -> evaluated type hint of a config dataclass."""
+    hints = typing.get_type_hints(config_type)
+    return {f.name: hints[f.name] for f in dataclasses.fields(config_type)}
+
+
+# --------------------------------------------------------------------------------------------
+# targets: a registered experiment, or `birth train`
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a grid runs: `spec` is the spec's `experiment` string."""
+
+    spec: str
+
+    @property
+    def is_train(self) -> bool:
+        return self.spec == TRAIN
+
+    def experiment(self):
+        """The registered Experiment (importing only its module for "module:name")."""
+        from birth.experiments import registry
+
+        if ":" in self.spec:
+            module, _, name = self.spec.partition(":")
+            try:
+                importlib.import_module(module)
+            except ImportError as err:
+                raise ValueError(f"experiment: cannot import module {module!r}: {err}") from None
+            if name not in registry.REGISTRY:
+                raise ValueError(f"experiment: module {module} registers no experiment {name!r}")
+            return registry.REGISTRY[name]
+        try:
+            return registry.get(self.spec)
+        except ValueError as err:
+            raise ValueError(f"experiment: {err}") from None
+        except ImportError as err:  # a module of registry.MODULES is broken or missing
+            raise ValueError(f"experiment: cannot load the experiment registry: {err}") from None
+
+    def hints(self) -> dict[str, Any]:
+        if self.is_train:
+            from training.config import SECTIONS, TrainConfig
+
+            defaults = TrainConfig()
+            out: dict[str, Any] = {}
+            for section in SECTIONS:
+                out.update(field_hints(type(getattr(defaults, section))))
+            return out
+        return field_hints(self.experiment().config)
+
+    def base_config(self, base: str, preset: str | None) -> Any:
+        if self.is_train:
+            from training.config import PRESETS
+
+            return PRESETS[preset or "quick"]
+        exp = self.experiment()
+        if base == "full":
+            return exp.default_config(full=True)
+        if base == "small":
+            if exp.small is None:
+                raise ValueError(f"base: experiment {exp.name} has no small size")
+            return exp.small()
+        return exp.config()
+
+    def build(self, base: str, preset: str | None, overrides: dict[str, Any]) -> Any:
+        """The config of one point; the config's own validation runs here."""
+        config = self.base_config(base, preset)
+        if self.is_train:
+            from tasks.shakespeare import load_stats
+
+            config = config.replace(**overrides)
+            config.validate(load_stats().vocab_size)
+            return config
+        return dataclasses.replace(config, **overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# the spec
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str  # the sub-directory of the grid's `out`, derived from `values`
+    values: dict[str, Any]  # this point's grid values (typed)
+    overrides: dict[str, Any]  # fixed + values (typed)
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    experiment: str
+    base: Base = "default"
+    preset: str | None = None  # train only
+    device: str = "auto"  # train only
+    fixed: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    out: Path = Path("results/grids/grid")
+    results: Path = Path("results/grids/grid/results.jsonl")
+    cluster: Cluster = "local"
+    parallel: int = 1
+    threads: int | None = None
+    executor_params: dict[str, Any] = field(default_factory=dict)
+    wandb_mode: WandbMode = "off"
+    wandb_group: str = "grid"
+    wandb_project: str = "birth"
+    points: tuple[Point, ...] = ()
+
+    @property
+    def target(self) -> Target:
+        return Target(self.experiment)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "+".join(_format_value(v) for v in value)
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def point_name(values: dict[str, Any]) -> str:
+    """A stable directory name from a point's values: "d=10,lr=0.1"; characters outside
+    [A-Za-z0-9._+=,-] become "_" and then, or past 120 characters, a hash of the values is added."""
+    if not values:
+        return "point"
+    text = ",".join(f"{k}={_format_value(v)}" for k, v in values.items())
+    safe = re.sub(r"[^A-Za-z0-9._+=,-]", "_", text)
+    if safe != text or len(safe) > 120:
+        digest = hashlib.sha1(canonical(values).encode()).hexdigest()[:10]
+        safe = f"{safe[:100]}-{digest}"
+    return safe
+
+
+def canonical(obj: Any) -> str:
+    from birth.io import to_jsonable
+
+    return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} must be a mapping, got {value!r}")
+    return value
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{where} must be an integer >= 1, got {value!r}")
+    return value
+
+
+def parse_spec(raw: Any, *, source: str = "spec", out: Path | None = None, cluster: str | None = None,
+               parallel: int | None = None, stem: str = "grid") -> GridSpec:
+    """Validate a spec (the parsed YAML) and expand its points; every error names its key."""
+    raw = _mapping(raw, source)
+    unknown = sorted(set(raw) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(SPEC_KEYS)})")
+    experiment = raw.get("experiment")
+    if not isinstance(experiment, str) or not experiment:
+        raise ValueError(f"{source}: experiment must name a registered experiment, 'module:name' or 'train'")
+    target = Target(experiment)
+
+    base = raw.get("base", "default")
+    if base not in BASES:
+        raise ValueError(f"{source}: base must be one of {', '.join(BASES)}, got {base!r}")
+    preset, device = raw.get("preset"), raw.get("device", "auto")
+    if target.is_train:
+        from training.config import PRESETS
+
+        preset = "quick" if preset is None else preset
+        if preset not in PRESETS:
+            raise ValueError(f"{source}: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        if "base" in raw:
+            raise ValueError(f"{source}: base is for experiments; a train grid starts from a preset:")
+        if not isinstance(device, str):
+            raise ValueError(f"{source}: device must be a string (auto, cpu, cuda), got {device!r}")
+    else:
+        for key in ("preset", "device"):
+            if key in raw:
+                raise ValueError(f"{source}: {key} is for train grids (experiment: train)")
+
+    try:
+        hints = target.hints()
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
+
+    def check_name(name: Any, where: str) -> None:
+        if not isinstance(name, str) or name not in hints:
+            raise ValueError(f"{where}: unknown field {name!r} of {experiment} (fields: {', '.join(hints)})")
+
+    fixed = {}
+    for name, value in _mapping(raw.get("fixed"), f"{source}: fixed").items():
+        check_name(name, f"{source}: fixed.{name}")
+        fixed[name] = coerce(value, hints[name], f"{source}: fixed.{name}")
+
+    # `grid` is one mapping (a cartesian product) or a list of them (the union of their products)
+    products = raw.get("grid") or {}
+    products = products if isinstance(products, list) else [products]
+    axes: dict[str, list[Any]] = {}
+    points: list[Point] = []
+    for k, product in enumerate(products):
+        where = f"{source}: grid" + (f"[{k}]" if len(products) > 1 else "")
+        product_axes: dict[str, list[Any]] = {}
+        for name, values in _mapping(product, where).items():
+            check_name(name, f"{where}.{name}")
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"{where}.{name} must be a non-empty list of values, got {values!r}")
+            if name in fixed:
+                raise ValueError(f"{where}.{name} is also in fixed")
+            product_axes[name] = [coerce(v, hints[name], f"{where}.{name}[{i}]") for i, v in enumerate(values)]
+            axes.setdefault(name, []).extend(v for v in product_axes[name] if v not in axes.get(name, []))
+        combos: list[tuple[Any, ...]] = [()]
+        for values in product_axes.values():
+            combos = [c + (v,) for c in combos for v in values]
+        for combo in combos:
+            values = dict(zip(product_axes, combo))
+            overrides = {**fixed, **values}
+            try:
+                target.build(base, preset, overrides)
+            except (ValueError, TypeError) as err:
+                label = ", ".join(f"{k}={_format_value(v)}" for k, v in values.items()) or "the only point"
+                raise ValueError(f"{source}: point {label}: {str(err).splitlines()[0]}") from None
+            points.append(Point(point_name(values), values, overrides))
+    keys = [canonical(p.overrides) for p in points]
+    names = [p.name for p in points]
+    if len(set(keys)) != len(keys) or len(set(names)) != len(names):
+        raise ValueError(f"{source}: grid has repeated points (a value is listed twice)")
+
+    out_dir = Path(out) if out is not None else Path(raw.get("out") or f"results/grids/{stem}")
+    results = raw.get("results", "results.jsonl")
+    if not isinstance(results, str) or not results:
+        raise ValueError(f"{source}: results must be a file name or path, got {results!r}")
+    results_path = out_dir / results  # an absolute `results` stays absolute
+
+    executor = dict(_mapping(raw.get("executor"), f"{source}: executor"))
+    unknown = sorted(set(executor) - set(EXECUTOR_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown key executor.{unknown[0]} (known: {', '.join(EXECUTOR_KEYS)})")
+    cluster = cluster or executor.pop("cluster", "local")
+    executor.pop("cluster", None)
+    if cluster not in CLUSTERS:
+        raise ValueError(f"{source}: executor.cluster must be one of {', '.join(CLUSTERS)}, got {cluster!r}")
+    parallel = _positive_int(parallel if parallel is not None else executor.pop("parallel", 1), f"{source}: executor.parallel")
+    executor.pop("parallel", None)
+    threads = executor.pop("threads", None)
+    if threads is not None:
+        threads = _positive_int(threads, f"{source}: executor.threads")
+    params: dict[str, Any] = {"timeout_min": DEFAULT_TIMEOUT_MIN}
+    for key, value in executor.items():
+        if key == "slurm":
+            for skey, svalue in _mapping(value, f"{source}: executor.slurm").items():
+                params[f"slurm_{skey}"] = svalue
+        elif key in ("timeout_min", "cpus_per_task", "gpus_per_node"):
+            params[key] = _positive_int(value, f"{source}: executor.{key}")
+        elif key == "mem_gb":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"{source}: executor.mem_gb must be a number > 0, got {value!r}")
+            params[key] = value
+        else:  # name
+            if not isinstance(value, str):
+                raise ValueError(f"{source}: executor.{key} must be a string, got {value!r}")
+            params[key] = value
+
+    wandb = dict(_mapping(raw.get("wandb"), f"{source}: wandb"))
+    unknown = sorted(set(wandb) - set(WANDB_KEYS))
+    if unknown:
+        raise ValueError(f"{source}: unknown key wandb.{unknown[0]} (known: {', '.join(WANDB_KEYS)})")
+    mode = wandb.get("mode", "off")
+    if mode is False:  # YAML 1.1 reads a bare `off` as false
+        mode = "off"
+    if mode not in WANDB_MODES:
+        raise ValueError(f"{source}: wandb.mode must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
+    for key in ("group", "project"):
+        if key in wandb and not (isinstance(wandb[key], str) and wandb[key]):
+            raise ValueError(f"{source}: wandb.{key} must be a non-empty string, got {wandb[key]!r}")
+
+    return GridSpec(
+        experiment=experiment, base=base, preset=preset, device=device, fixed=fixed, grid=axes,
+        out=out_dir, results=results_path, cluster=cluster, parallel=parallel, threads=threads,
+        executor_params=params, wandb_mode=mode, wandb_group=wandb.get("group", stem),
+        wandb_project=wandb.get("project", "birth"), points=tuple(points),
+    )
+
+
+def load_spec(path: str | os.PathLike, **options: Any) -> GridSpec:
+    import yaml
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ValueError(f"{path}: {err.strerror}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    return parse_spec(raw, source=str(path), stem=path.stem, **options)
+
+
+# --------------------------------------------------------------------------------------------
+# the results file
+
+
+def append_line(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line: one `write` of the whole line under an exclusive lock, so lines of
+    grids sharing a file never interleave and a reader never sees half a line (but at a crash)."""
+    from birth.io import to_jsonable
+
+    data = (json.dumps(to_jsonable(row)) + "\n").encode()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The lines of a results file (a line cut by a crash is skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def point_key(experiment: str, base: str, overrides: dict[str, Any]) -> str:
+    return canonical({"experiment": experiment, "base": base, "overrides": overrides})
+
+
+def finished_keys(rows: Iterable[dict[str, Any]]) -> set[str]:
+    """Keys of the points whose latest line says "ok"."""
+    latest: dict[str, str] = {}
+    for row in rows:
+        if {"experiment", "base", "overrides", "status"} <= set(row):
+            latest[point_key(row["experiment"], row["base"], row["overrides"])] = row["status"]
+    return {k for k, status in latest.items() if status == "ok"}
+
+
+# --------------------------------------------------------------------------------------------
+# one point (runs inside the submitit job)
+
+
+@dataclass(frozen=True)
+class PointJob:
+    """Everything a job needs (picklable): it rebuilds the config itself."""
+
+    experiment: str
+    base: str
+    preset: str | None
+    device: str
+    name: str
+    overrides: dict[str, Any]
+    out_dir: str
+    threads: int | None
+    wandb_mode: str
+    wandb_group: str
+    wandb_project: str
+
+
+def one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def run_point(job: PointJob) -> dict[str, Any]:
+    """Run one point; never raises for a failure of the point itself (the error is returned)."""
+    started = time.perf_counter()
+    try:
+        if job.threads is not None:
+            import torch
+
+            torch.set_num_threads(job.threads)
+        if job.wandb_mode != "off":
+            os.environ["WANDB_RUN_GROUP"] = job.wandb_group  # picked up by any wandb.init below
+        target = Target(job.experiment)
+        config = target.build(job.base, job.preset, job.overrides)
+        if target.is_train:
+            result, headline, ok = _run_train(job, config)
+        else:
+            result, headline = _run_experiment(target.experiment(), config, Path(job.out_dir), job)
+            ok = True
+    except Exception as err:  # noqa: BLE001 - a failed point is reported, the grid goes on
+        traceback.print_exc()  # the whole traceback goes to the job's log
+        return {"status": "failed", "error": one_line(err), "seconds": time.perf_counter() - started}
+    return {
+        "status": "ok" if ok else "failed",
+        "error": None if ok else headline,
+        "result": result,
+        "headline": headline,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _run_experiment(exp, config: Any, out: Path, job: PointJob) -> tuple[dict[str, Any], str]:
+    """As `registry.run_experiment`, for an Experiment found without loading every module."""
+    from birth.io import atomic_write_json, claim_output_dir, release_claim
+
+    # a point is only run again when it did not finish: its old files are replaced
+    out = claim_output_dir(out, overwrite=True, recreate=("runs",))
+    started = time.perf_counter()
+    result = exp.run(config, out, log=print, progress=False)
+    seconds = time.perf_counter() - started
+    atomic_write_json(
+        out / "result.json", {"experiment": exp.name, "config": config, "seconds": seconds, "result": result}
+    )
+    release_claim(out)
+    exp.plot(result, out)
+    data = result.to_dict()
+    _wandb_summary(job, data)
+    return data, result.headline()
+
+
+def _run_train(job: PointJob, config: Any) -> tuple[dict[str, Any], str, bool]:
+    from birth.io import to_jsonable
+    from training.loop import read_run_config, train
+
+    run_dir = Path(job.out_dir)
+    resume = False
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        # an earlier attempt of this point: continue it from its last checkpoint if it has one
+        # with this config, else keep its files aside and start afresh
+        try:
+            from training.checkpoint import latest_checkpoint
+
+            resume = read_run_config(run_dir).to_dict() == config.to_dict() and bool(latest_checkpoint(run_dir))
+        except (ValueError, OSError):
+            resume = False
+        if not resume:
+            run_dir.rename(run_dir.with_name(f"{run_dir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"))
+    result = train(config, run_dir, resume=resume, device=job.device, wandb_mode=job.wandb_mode, progress=False)
+    data = to_jsonable(result)
+    acc = result.final.get("eval/icl_acc")
+    headline = f"{result.status} at step {result.step}" + (f", in-context accuracy {acc:.4f}" if acc is not None else "")
+    # a diverged run is a finished outcome (a re-run would diverge again); an interrupted one is not
+    return data, headline, result.status != "interrupted"
+
+
+def _wandb_summary(job: PointJob, data: dict[str, Any]) -> None:
+    """One W&B run per experiment point, in the grid's group: the overrides as config, the
+    result's scalar fields as summary. Best effort: a W&B failure never fails the point."""
+    if job.wandb_mode == "off":
+        return
+    try:
+        import wandb
+
+        from birth.io import to_jsonable
+
+        run = wandb.init(
+            project=job.wandb_project, group=job.wandb_group, name=job.name, dir=job.out_dir,
+            config={"experiment": job.experiment, **to_jsonable(job.overrides)}, mode=job.wandb_mode,
+            reinit="finish_previous",
+        )
+        run.summary.update({k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))})
+        run.finish()
+    except Exception as err:  # noqa: BLE001
+        print(f"warning: W&B logging failed, the point is still recorded: {err}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------
+# the grid
+
+
+@dataclass
+class GridReport:
+    total: int
+    skipped: int
+    ok: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (point name, error)
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def make_executor(spec: GridSpec):
+    import submitit
+
+    folder = spec.out / ".submitit" / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster=spec.cluster)
+    params = dict(spec.executor_params)
+    if spec.cluster == "slurm":
+        params.setdefault("slurm_array_parallelism", spec.parallel)
+    if spec.cluster == "local" and "gpus_per_node" not in params:
+        # submitit's local jobs see only gpus_per_node GPUs (none by default): let them share all
+        import torch
+
+        if torch.cuda.is_available():
+            params["gpus_per_node"] = torch.cuda.device_count()
+    try:
+        executor.update_parameters(**params)
+    except (NameError, AssertionError, TypeError, ValueError) as err:
+        raise ValueError(f"executor: {str(err).splitlines()[0]}") from None
+    return executor
+
+
+def _job_threads(spec: GridSpec) -> int | None:
+    if spec.threads is not None:
+        return spec.threads
+    if spec.cluster == "slurm":
+        return spec.executor_params.get("cpus_per_task")
+    # local jobs run side by side on this machine: share its cores
+    return max(1, (os.cpu_count() or 1) // spec.parallel)
+
+
+def _job_log(job: Any) -> str | None:
+    try:
+        return str(job.paths.stderr)
+    except Exception:  # noqa: BLE001 - debug jobs have no log file
+        return None
+
+
+def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: float = 0.2) -> GridReport:
+    """Run the points of `spec` not finished yet; one results line per point as it ends."""
+    from birth.io import check_writable
+
+    check_writable(spec.out, "out")
+    done = finished_keys(read_results(spec.results))
+    todo = [p for p in spec.points if point_key(spec.experiment, _base_of(spec), p.overrides) not in done]
+    report = GridReport(total=len(spec.points), skipped=len(spec.points) - len(todo))
+    log(
+        f"grid {spec.wandb_group}: {report.total} points, {report.skipped} already done, {len(todo)} to run "
+        f"({spec.cluster}, {spec.parallel} at a time); results in {spec.results}"
+    )
+    if not todo:
+        return report
+    executor = make_executor(spec)
+    threads = _job_threads(spec)
+    jobs = {
+        p.name: PointJob(
+            experiment=spec.experiment, base=_base_of(spec), preset=spec.preset, device=spec.device,
+            name=p.name, overrides=p.overrides, out_dir=str(spec.out / p.name), threads=threads,
+            wandb_mode=spec.wandb_mode, wandb_group=spec.wandb_group, wandb_project=spec.wandb_project,
+        )
+        for p in todo
+    }
+    by_name = {p.name: p for p in todo}
+
+    def record(name: str, outcome: dict[str, Any], job: Any, started: float) -> None:
+        point = by_name[name]
+        status = outcome.get("status", "failed")
+        row = {
+            "name": name,
+            "experiment": spec.experiment,
+            "base": _base_of(spec),
+            "point": point.values,
+            "overrides": point.overrides,
+            "status": status,
+            "error": outcome.get("error"),
+            "result": outcome.get("result"),
+            "seconds": outcome.get("seconds", time.perf_counter() - started),
+            "wall_seconds": time.perf_counter() - started,  # with queueing and process start
+            "out_dir": str(spec.out / name),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        if status != "ok":
+            row["log"] = _job_log(job)
+        append_line(spec.results, row)
+        index = len(report.ok) + len(report.failed) + 1
+        if status == "ok":
+            report.ok.append(name)
+            log(f"[{index}/{len(todo)}] {name}: ok ({row['seconds']:.1f} s) {outcome.get('headline', '')}")
+        else:
+            report.failed.append((name, str(row["error"])))
+            log(f"[{index}/{len(todo)}] {name}: FAILED: {row['error']}" + (f" (log: {row['log']})" if row.get("log") else ""))
+
+    def collect(job: Any) -> dict[str, Any]:
+        try:
+            return job.result()
+        except Exception as err:  # noqa: BLE001 - the job process died (timeout, kill, crash)
+            return {"status": "failed", "error": one_line(err)}
+
+    pending = list(jobs)
+    running: dict[str, tuple[Any, float]] = {}
+    try:
+        if spec.cluster == "debug":  # in-process, one after the other
+            for name in pending:
+                started = time.perf_counter()
+                job = executor.submit(run_point, jobs[name])
+                record(name, collect(job), job, started)
+            return report
+        while pending or running:
+            if spec.cluster == "slurm" and pending:
+                # one job array; Slurm itself keeps `parallel` of them running
+                with executor.batch():
+                    submitted = [(name, executor.submit(run_point, jobs[name])) for name in pending]
+                now = time.perf_counter()
+                running.update({name: (job, now) for name, job in submitted})
+                log(f"submitted {len(submitted)} jobs to Slurm (array {submitted[0][1].job_id.split('_')[0]})")
+                pending = []
+            while pending and len(running) < spec.parallel:
+                name = pending.pop(0)
+                running[name] = (executor.submit(run_point, jobs[name]), time.perf_counter())
+            for name in [n for n, (job, _) in running.items() if job.done()]:
+                job, started = running.pop(name)
+                record(name, collect(job), job, started)
+            if running:
+                time.sleep(poll_s if spec.cluster == "local" else max(poll_s, 10.0))
+    except KeyboardInterrupt:
+        for job, _ in running.values():
+            job.cancel(check=False)
+        log(f"interrupted: {len(running)} running points cancelled; a re-run continues the grid")
+        raise
+    return report
+
+
+def _base_of(spec: GridSpec) -> str:
+    return f"preset:{spec.preset}" if spec.experiment == TRAIN else spec.base
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("spec", type=Path, help="grid spec (YAML); see `birth grid --help` and scripts/grids/")
+    parser.add_argument("--out", type=Path, default=None, help="output directory (default: the spec's `out`)")
+    parser.add_argument("--cluster", choices=CLUSTERS, default=None, help="override executor.cluster")
+    parser.add_argument("--parallel", type=int, default=None, help="override executor.parallel (jobs at once)")
+    parser.add_argument("--dry-run", action="store_true", help="validate the spec, list the points and exit")
+
+
+def run_args(args: argparse.Namespace) -> int:
+    if args.parallel is not None and args.parallel < 1:
+        raise ValueError(f"--parallel must be >= 1, got {args.parallel}")
+    spec = load_spec(args.spec, out=args.out, cluster=args.cluster, parallel=args.parallel)
+    if args.dry_run:
+        done = finished_keys(read_results(spec.results))
+        for p in spec.points:
+            state = "done" if point_key(spec.experiment, _base_of(spec), p.overrides) in done else "to run"
+            print(f"{state:6}  {spec.out / p.name}")
+        print(f"{len(spec.points)} points ({spec.experiment}); results in {spec.results}")
+        return 0
+    report = run_grid(spec)
+    print(
+        f"grid done: {len(report.ok)} ok, {len(report.failed)} failed, {report.skipped} skipped "
+        f"(already done); results in {spec.results}"
+    )
+    for name, error in report.failed:
+        print(f"  failed: {name}: {error}")
+    return report.exit_code
+
+
+def run(argv: Sequence[str] | argparse.Namespace, prog: str = "birth grid") -> int:
+    """Entry point of `birth grid` (birth.cli calls `run(argv, prog)`)."""
+    if isinstance(argv, argparse.Namespace):
+        return run_args(argv)
+    from birth.cli import parse_args
+
+    return run_args(parse_args(add_arguments, list(argv), prog, __doc__))
+
+
+def main_grid(argv: Sequence[str] | None = None) -> int:
+    return run(sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main_grid())

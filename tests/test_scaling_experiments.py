@@ -1,0 +1,192 @@
+"""The scaling-law experiments of birth/experiments/scaling.py through the registry, on small configs."""
+
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+from birth.experiments import scaling
+from birth.experiments.registry import get, names, run_experiment
+from birth.io import OutputError
+from birth.memory import coefficient_scores, errors_from_scores
+from tasks.zipf import ZipfAssociations, trial_generator
+from training.memory_sgd import MemoryTrainConfig, train_memory
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def silent(line: str) -> None:
+    """A `log` that drops the experiment's printed lines."""
+
+
+def test_every_scaling_and_capacity_experiment_runs_small(tmp_path):
+    ran = names("scaling", "capacity")
+    assert {
+        "d-and-T",
+        "heatmap",
+        "schemes",
+        "sgd",
+        "optimizers",
+        "memory-matrices",
+        "learned-embeddings",
+        "per-token-q",
+        "capacity",
+    } <= set(ran)
+    for name in ran:
+        exp = get(name)
+        out = tmp_path / name
+        result = run_experiment(name, exp.small(), out, progress=False, log=silent)
+        assert isinstance(result.headline(), str) and result.headline()
+        record = json.loads((out / "result.json").read_text())
+        assert record["experiment"] == name and record["result"]
+        assert any(p.suffix == ".png" and p.stat().st_size > 0 for p in out.iterdir()), name
+        assert isinstance(exp.full(), exp.config)  # the --full size builds (and validates)
+    # sgd's small size is the old command-line test's (2 trials, 150 steps, float32)
+    out = tmp_path / "sgd"
+    for name in ("sgd.png", "q_gamma.png", "q_gamma.pdf"):
+        assert (out / name).exists()
+    runs = json.loads((out / "result.json").read_text())["result"]["runs"]
+    assert len(runs) == 4 and all(r["sgd_error"][-1] < r["sgd_error"][1] for r in runs)
+
+
+def test_schemes_writes_files_prints_slopes_and_refuses_to_overwrite(tmp_path):
+    out = tmp_path / "schemes"
+    config = dataclasses.replace(get("schemes").config(), trials=2, float32=True)
+    lines: list[str] = []
+    run_experiment("schemes", config, out, progress=False, log=lines.append)
+    printed = "\n".join(lines)
+    assert "slope" in printed and "theory -0.250" in printed and str(out) in printed
+    for name in ("result.json", "schemes.png", "schemes.pdf"):
+        assert (out / name).stat().st_size > 0
+    record = json.loads((out / "result.json").read_text())
+    assert len(record["result"]["fits"]) == 3 and record["config"]["trials"] == 2
+    before = (out / "result.json").read_bytes()
+    with pytest.raises(OutputError, match="--overwrite"):
+        run_experiment("schemes", config, out, progress=False, log=silent)
+    assert (out / "result.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "name, change, flag",
+    [
+        ("schemes", dict(trials=1), "--trials"),
+        ("schemes", dict(top_fraction=0.0), "--top-fraction"),
+        ("schemes", dict(top_fraction=math.nan), "--top-fraction"),
+        ("schemes", dict(rhos=(math.inf,)), "--rhos"),
+        ("d-and-T", dict(alpha=math.nan), "--alpha"),
+        ("d-and-T", dict(seed=-1), "--seed"),
+        ("d-and-T", dict(seed=2**63), "--seed"),
+        ("d-and-T", dict(device="tpu"), "--device"),
+        ("heatmap", dict(min_counts=(1,)), "--min-counts"),
+        ("heatmap", dict(d_range=(100, 10)), "--d-range"),
+        ("sgd", dict(steps=0), "--steps"),
+        ("optimizers", dict(samples=100), "--samples"),
+        ("optimizers", dict(lrs=(math.nan,)), "--lrs"),
+        ("memory-matrices", dict(checkpoints=(5000,)), "--checkpoints"),
+        ("learned-embeddings", dict(tolerance=math.inf), "--tolerance"),
+        ("per-token-q", dict(d=50), "--d"),
+        ("per-token-q", dict(gammas=(-1.0,)), "--gammas"),
+    ],
+)
+def test_bad_configs_name_the_flag(name, change, flag):
+    with pytest.raises(ValueError, match=flag):
+        dataclasses.replace(get(name).config(), **change)
+
+
+def test_cuda_asked_without_cuda_is_refused_at_run_time():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match="CUDA"):
+        scaling.resolve_device("cuda")
+    assert scaling.resolve_device("auto") == "cpu"
+
+
+def test_extra_heatmap_schemes_leave_q0_q1_unchanged(tmp_path):
+    small = get("heatmap").small()
+    alone = scaling.run_heatmap(
+        dataclasses.replace(small, min_counts=(), rhos=()), tmp_path, log=silent, progress=False
+    )
+    both = scaling.run_heatmap(small, tmp_path, log=silent, progress=False)
+    assert both.schemes[:2] == alone.schemes and len(both.schemes) == 4
+    for s in alone.schemes:
+        assert both.mean_error[s] == alone.mean_error[s]
+    assert math.isclose(sum(both.best_fraction.values()), 1.0)
+
+
+def test_d_and_t_overlay_uses_the_fitted_constant(tmp_path):
+    result = scaling.run_d_and_t(get("d-and-T").small(), tmp_path, log=silent, progress=False)
+    assert (
+        result.theory_c is not None and result.theory_c.c_low <= result.theory_c.c <= result.theory_c.c_high
+    )
+    predicted = torch.tensor(result.predicted_error)
+    assert predicted.shape == (len(result.sizes) + 1, len(result.dims))
+    # more data never raises the prediction; T = inf is the memory term alone
+    assert (predicted[1:] <= predicted[:-1] + 1e-12).all()
+
+
+def test_memory_matrices_sgd_errors_match_the_trained_memory(tmp_path):
+    config = get("memory-matrices").small()
+    result = scaling.run_memory_matrices(config, tmp_path, log=silent, progress=False)
+    schemes, sgd = result.matrices[:6], result.matrices[6:]
+    assert len(sgd) == len(set(config.checkpoints) | {config.samples})
+    # a scheme memory is stored on the target entries only
+    target = torch.tensor(result.target)
+    for m in schemes:
+        q = torch.tensor(m.coefficients)
+        assert (q[target == 0] == 0).all() and (q >= 0).all()
+    # the SGD matrices' errors are those train_memory measures on the real W at the same steps
+    task = ZipfAssociations(config.num_inputs, config.num_outputs, config.alpha)
+    stream, _ = task.sample(config.samples, trial_generator(config.seed, 0, scaling.SAMPLE_STREAM))
+    train = MemoryTrainConfig("sgd", config.lr, 1, config.samples, eval_steps=config.checkpoints)
+    trained = train_memory(
+        task, config.d, 1, train, seed=config.seed, batches=stream.view(1, -1, 1), dtype=torch.float64
+    )
+    assert [m.error for m in sgd] == pytest.approx(trained["error"][0].tolist(), abs=1e-12)
+    # and the scores are u_yᵀ W e_x of that W
+    last = torch.tensor(sgd[-1].scores, dtype=torch.float64)
+    direct = trained["outputs"][0] @ trained["memory"][0] @ trained["inputs"][0].T
+    assert torch.allclose(last, direct, atol=1e-9)
+    _, err = errors_from_scores(
+        coefficient_scores(
+            torch.tensor(sgd[-1].coefficients, dtype=torch.float64),
+            trained["inputs"][0],
+            trained["outputs"][0],
+        ),
+        task.targets(),
+        task.probs(),
+        0,
+    )
+    assert float(err) == pytest.approx(sgd[-1].error)
+
+
+def test_learned_embeddings_beat_random_ones_at_equal_d(tmp_path):
+    # M = 5 classes in d = 3: random embeddings with a trained W cannot separate N = 30 tokens,
+    # learned ones cluster the inputs by class
+    config = scaling.LearnedEmbeddingsConfig(
+        trials=2, num_inputs=30, alpha=1.0, dims=(3,), outputs_grid=(5,), d_for_outputs=3, steps=400
+    )
+    result = scaling.run_learned_embeddings(config, tmp_path, log=silent, progress=False)
+    learned, random = result.vs_d.learned_mean[0], result.vs_d.random_mean[0]
+    assert learned < 0.05 and random > 0.2, (learned, random)
+    assert result.vs_outputs.learned_mean == result.vs_d.learned_mean  # the same point, twice
+
+
+def test_capacity_gain_rules():
+    assert scaling.smallest_reaching([1, 2, 5, 10], [0.5, 0.2, 0.01, 0.0], 0.05) == 5
+    assert scaling.smallest_reaching([1, 2], [0.5, 0.2], 0.05) is None
+    assert scaling.largest_reaching([2, 5, 10, 20], [0.0, 0.01, 0.2, 0.0], 0.05) == 5
+    assert scaling.largest_reaching([2, 5], [0.3, 0.0], 0.05) is None
+
+
+def test_per_token_q_follows_f_for_small_steps(tmp_path):
+    config = scaling.PerTokenQConfig(num_inputs=20, d=60, steps=400, gammas=(0.1,))
+    (record,) = scaling.run_per_token_q(config, tmp_path, log=silent, progress=False).per_gamma
+    assert len(record.counts) == len(record.coefficients) == 20
+    # quasi-orthogonal (d = 3N) and small steps: the decoupled prediction holds token by token
+    assert record.median_relative_gap < 0.1 and record.correlation > 0.95, record
+    # tokens never sampled keep a zero coefficient, and F(0) = 0
+    for n, q, f in zip(record.counts, record.coefficients, record.predicted):
+        if n == 0:
+            assert abs(q) < 1e-12 and f == 0
