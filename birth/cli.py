@@ -76,7 +76,23 @@ def parse_dataclass(cls: type[T], default: T, args: Sequence[str], prog: str, de
     except SystemExit as stop:
         if stop.code in (0, None):
             raise
-        raise CLIError(_one_line(buffer.getvalue())) from None
+        raise CLIError(_with_flag_hint(_one_line(buffer.getvalue()), list(args))) from None
+
+
+def _with_flag_hint(message: str, args: list[str]) -> str:
+    """tyro reports `--fast-path maybe` as "Unrecognized options: maybe": name the flag that took no
+    value (a bool flag is `--fast-path` / `--no-fast-path`)."""
+    if not message.startswith("Unrecognized options:"):
+        return message
+    for token in message.removeprefix("Unrecognized options:").split():
+        if token.startswith("-") or token not in args:
+            continue
+        i = args.index(token)
+        if i > 0 and args[i - 1].startswith("--") and "=" not in args[i - 1]:
+            flag = args[i - 1]
+            base = flag.removeprefix("--no-") if flag.startswith("--no-") else flag.removeprefix("--")
+            return f"{flag} takes no value (got {token!r}): write --{base} or --no-{base}"
+    return message
 
 
 class _Parser(argparse.ArgumentParser):

@@ -49,14 +49,16 @@ def zipf_probs(n: int, exponent: float, dtype: torch.dtype = torch.float64) -> t
 def correlated_embeddings(n: int, cosine: float, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """n unit vectors in R^n with every pairwise cosine equal to `cosine`: the rows of the Cholesky
     factor of (1 - c) I + c 11ᵀ (for n = 2: [[1, 0], [c, √(1 - c²)]], the reference's E)."""
-    if not -1.0 / max(n - 1, 1) < cosine < 1.0 and not (n == 1):
+    # the Gram matrix is positive definite iff -1/(n-1) < c < 1 (one vector: any c, nothing to correlate)
+    if n > 1 and not -1.0 / (n - 1) < cosine < 1.0:
         raise ValueError(f"cosine must lie in (-1/(n-1), 1) for n={n} vectors, got {cosine}")
     gram = (1.0 - cosine) * torch.eye(n, dtype=torch.float64) + cosine
     return torch.linalg.cholesky(gram).to(dtype)
 
 
-def orthonormal_embeddings(n: int, d: int, gen: torch.Generator | None = None,
-                           dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def orthonormal_embeddings(
+    n: int, d: int, gen: torch.Generator | None = None, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """n orthonormal rows in R^d (n <= d): the identity's first rows, or a random rotation of them."""
     if n > d:
         raise ValueError(f"{n} orthonormal vectors need d >= {n}, got d={d}")
@@ -67,12 +69,16 @@ def orthonormal_embeddings(n: int, d: int, gen: torch.Generator | None = None,
     return q[:n].to(dtype)
 
 
-def sphere_embeddings(n: int, d: int, gen: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def sphere_embeddings(
+    n: int, d: int, gen: torch.Generator, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """n vectors uniform on the unit sphere of R^d."""
     return F.normalize(torch.randn(n, d, generator=gen, dtype=torch.float64), dim=-1).to(dtype)
 
 
-def gaussian_embeddings(n: int, d: int, gen: torch.Generator, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def gaussian_embeddings(
+    n: int, d: int, gen: torch.Generator, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
     """n vectors N(0, I/d) (norm ≈ 1)."""
     return (torch.randn(n, d, generator=gen, dtype=torch.float64) / math.sqrt(d)).to(dtype)
 
@@ -113,8 +119,9 @@ def two_token_problem(cosine: float, p_first: float, dtype: torch.dtype = torch.
     """The reference's 2-D problem: n = m = d = 2, U = I, f*(x) = x, cos(e_0, e_1) = `cosine`,
     p = (p_first, 1 - p_first)."""
     probs = torch.tensor([p_first, 1.0 - p_first], dtype=dtype)
-    return MemoryProblem(correlated_embeddings(2, cosine, dtype), torch.eye(2, dtype=dtype), probs,
-                         torch.arange(2))
+    return MemoryProblem(
+        correlated_embeddings(2, cosine, dtype), torch.eye(2, dtype=dtype), probs, torch.arange(2)
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +158,9 @@ def memory_loss(W: torch.Tensor, problem: MemoryProblem, weights: torch.Tensor |
     return (weights * token_losses(W, problem)).sum(-1)
 
 
-def memory_gradient(W: torch.Tensor, problem: MemoryProblem, weights: torch.Tensor | None = None) -> torch.Tensor:
+def memory_gradient(
+    W: torch.Tensor, problem: MemoryProblem, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """∇_W L = Uᵀ Gᵀ E with G[x, y] = w(x) (softmax(z_x) - δ_{f*(x)})_y, in closed form (the batched
     grids need no autograd graph; tests compare it with autograd)."""
     weights = problem.probs if weights is None else weights
@@ -203,7 +212,9 @@ class Trajectory:
 def batch_weights(problem: MemoryProblem, batch_size: int, gen: torch.Generator) -> torch.Tensor:
     """Empirical frequencies of `batch_size` tokens drawn i.i.d. from p (one draw per problem of
     the batch): (..., n). The mini-batch gradient is memory_gradient with these weights."""
-    probs = problem.probs.expand(*problem.batch_shape, problem.probs.shape[-1]).reshape(-1, problem.probs.shape[-1])
+    probs = problem.probs.expand(*problem.batch_shape, problem.probs.shape[-1]).reshape(
+        -1, problem.probs.shape[-1]
+    )
     draws = torch.multinomial(probs.float(), batch_size, replacement=True, generator=gen)
     counts = torch.zeros_like(probs).scatter_add_(1, draws, torch.ones_like(draws, dtype=probs.dtype))
     return (counts / batch_size).reshape(*problem.batch_shape, -1)
@@ -258,7 +269,9 @@ def train(
             callback(step, W)
         if (step in wanted) if wanted is not None else (step % record_every == 0 or step == steps):
             record(step)
-    return Trajectory(torch.tensor(recorded_steps), torch.stack(losses), torch.stack(accs), torch.stack(margs), W)
+    return Trajectory(
+        torch.tensor(recorded_steps), torch.stack(losses), torch.stack(accs), torch.stack(margs), W
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -271,8 +284,9 @@ class LogFit:
     intercept: float
 
 
-def fit_log_growth(steps: Sequence[float] | torch.Tensor, values: Sequence[float] | torch.Tensor,
-                   from_step: float = 1.0) -> LogFit:
+def fit_log_growth(
+    steps: Sequence[float] | torch.Tensor, values: Sequence[float] | torch.Tensor, from_step: float = 1.0
+) -> LogFit:
     """Least-squares fit values ≈ slope · log t + intercept over the steps t >= from_step (> 0)."""
     t = torch.as_tensor(steps, dtype=torch.float64)
     v = torch.as_tensor(values, dtype=torch.float64)
@@ -302,8 +316,9 @@ def orthogonal_margin_theory(steps: torch.Tensor, lr: float, prob: float, n_outp
     return m
 
 
-def orthogonal_margin_recursion(steps: int, lr: float | torch.Tensor, probs: torch.Tensor,
-                                n_outputs: int) -> torch.Tensor:
+def orthogonal_margin_recursion(
+    steps: int, lr: float | torch.Tensor, probs: torch.Tensor, n_outputs: int
+) -> torch.Tensor:
     """Margins of full-batch GD from W = 0 with orthonormal embeddings, exactly: (steps+1, ...).
 
     Each token's scores move alone (z ← z - η p (softmax(z) - δ_y)), the m-1 wrong scores stay
@@ -355,8 +370,13 @@ def count_spikes(values: Sequence[float] | torch.Tensor, factor: float = 2.0, fl
     return spikes
 
 
-def first_step_at(steps: Sequence[int] | torch.Tensor, values: Sequence[float] | torch.Tensor,
-                  threshold: float, *, stays: bool = False) -> int | None:
+def first_step_at(
+    steps: Sequence[int] | torch.Tensor,
+    values: Sequence[float] | torch.Tensor,
+    threshold: float,
+    *,
+    stays: bool = False,
+) -> int | None:
     """First recorded step whose value is >= threshold (None if never); with `stays`, the first
     step from which every later value is >= threshold."""
     s = torch.as_tensor(steps).tolist()
@@ -394,17 +414,25 @@ def diagonal_basis(d: int = 2, dtype: torch.dtype = torch.float64) -> torch.Tens
     return basis
 
 
-def landscape(problem: MemoryProblem, basis: torch.Tensor, gamma0: torch.Tensor,
-              gamma1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def landscape(
+    problem: MemoryProblem, basis: torch.Tensor, gamma0: torch.Tensor, gamma1: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Loss on the grid W(γ₀[i], γ₁[j]): the total L (G0, G1) and each token's ℓ_x (n, G0, G1)."""
     grid = torch.stack(torch.meshgrid(gamma0, gamma1, indexing="ij"), -1)  # (G0, G1, 2)
     per_token = token_losses(plane_matrices(basis, grid), problem)  # (G0, G1, n)
     return (problem.probs * per_token).sum(-1), per_token.permute(2, 0, 1)
 
 
-def plane_trajectory(problem: MemoryProblem, basis: torch.Tensor, lr: float, steps: int, *,
-                     start: tuple[float, float] = (0.0, 0.0), batch_size: int = 0,
-                     seed: int = 0) -> torch.Tensor:
+def plane_trajectory(
+    problem: MemoryProblem,
+    basis: torch.Tensor,
+    lr: float,
+    steps: int,
+    *,
+    start: tuple[float, float] = (0.0, 0.0),
+    batch_size: int = 0,
+    seed: int = 0,
+) -> torch.Tensor:
     """(S)GD on γ for the model W(γ) = γ₀ A₀ + γ₁ A₁: ∂L/∂γ_k = ⟨∇_W L, A_k⟩. Returns (steps+1, 2).
     batch_size 0 is full batch; b > 0 draws b tokens from p per step (seeded)."""
     gamma = torch.tensor(start, dtype=basis.dtype)
@@ -422,8 +450,9 @@ def plane_trajectory(problem: MemoryProblem, basis: torch.Tensor, lr: float, ste
 # sharpness
 
 
-def hessian_vector_product(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor,
-                           vector: torch.Tensor) -> torch.Tensor:
+def hessian_vector_product(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor, vector: torch.Tensor
+) -> torch.Tensor:
     """H v for H the Hessian of loss_fn(params).sum() at params, by double backward (the Hessian is
     never formed: two backward passes per product)."""
     p = params.detach().requires_grad_(True)
@@ -432,9 +461,17 @@ def hessian_vector_product(loss_fn: Callable[[torch.Tensor], torch.Tensor], para
     return hv.detach()
 
 
-def top_hessian_eigenvalue(loss_fn: Callable[[torch.Tensor], torch.Tensor], params: torch.Tensor, *,
-                           batch_dims: int = 0, iters: int = 100, tol: float = 1e-10, seed: int = 0,
-                           init: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def top_hessian_eigenvalue(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    params: torch.Tensor,
+    *,
+    batch_dims: int = 0,
+    iters: int = 100,
+    tol: float = 1e-10,
+    atol: float = 1e-12,
+    seed: int = 0,
+    init: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The eigenvalue of largest magnitude of the Hessian of loss_fn at params, and a unit
     eigenvector, by power iteration on Hessian-vector products (for the convex memory loss it is the
     top eigenvalue: the sharpness).
@@ -442,7 +479,8 @@ def top_hessian_eigenvalue(loss_fn: Callable[[torch.Tensor], torch.Tensor], para
     With batch_dims = k, the first k dimensions of params index independent problems and loss_fn
     returns their losses (shape params.shape[:k]): the Hessian of the sum is block diagonal, so one
     product per iteration serves every problem, each normalized on its own. Stops when every
-    Rayleigh quotient moves by < tol (relative) or after `iters` products. `init` warm-starts from
+    Rayleigh quotient moves by < tol·|value| + atol (atol: a flat problem, eigenvalue ~0, has no
+    relative precision to reach) or after `iters` products. `init` warm-starts from
     a previous eigenvector (along training the top direction moves slowly). Returns the eigenvalues
     (shape params.shape[:k]; a 0-dim tensor without batch) and the eigenvectors (params' shape).
     """
@@ -459,16 +497,24 @@ def top_hessian_eigenvalue(loss_fn: Callable[[torch.Tensor], torch.Tensor], para
         norm = hv.norm(dim=event, keepdim=True)
         flat = norm == 0  # H v = 0: the eigenvalue is 0 along v (keep v)
         v = torch.where(flat, v, hv / norm.clamp_min(1e-300))
-        done = (new_value - value).abs() <= tol * new_value.abs().clamp_min(1e-30)
+        done = (new_value - value).abs() <= tol * new_value.abs() + atol
         value = new_value
         if bool(done.all()):
             break
     return value, v
 
 
-def sharpness_along(problem: MemoryProblem, lr: float | torch.Tensor, steps: int, *, every: int = 1,
-                    iters: int = 100, tol: float = 1e-7, batch_size: int = 0, seed: int = 0
-                    ) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
+def sharpness_along(
+    problem: MemoryProblem,
+    lr: float | torch.Tensor,
+    steps: int,
+    *,
+    every: int = 1,
+    iters: int = 100,
+    tol: float = 1e-7,
+    batch_size: int = 0,
+    seed: int = 0,
+) -> tuple[Trajectory, torch.Tensor, torch.Tensor]:
     """Train (as `train`; `lr` may be a tensor of step sizes) and measure the top Hessian eigenvalue
     of the population loss every `every` steps and at the last, for every problem of the batch at
     once. Returns the trajectory, the measured steps (K,) and the eigenvalues (K, *batch)."""
@@ -480,8 +526,15 @@ def sharpness_along(problem: MemoryProblem, lr: float | torch.Tensor, steps: int
     def measure(step: int, W: torch.Tensor) -> None:
         if step % every and step != steps:
             return
-        value, vec = top_hessian_eigenvalue(lambda w: memory_loss(w, problem), W, batch_dims=len(batch),
-                                            iters=iters, tol=tol, seed=seed, init=state["v"])
+        value, vec = top_hessian_eigenvalue(
+            lambda w: memory_loss(w, problem),
+            W,
+            batch_dims=len(batch),
+            iters=iters,
+            tol=tol,
+            seed=seed,
+            init=state["v"],
+        )
         state["v"] = vec
         measured_steps.append(step)
         values.append(value)
@@ -517,9 +570,38 @@ class PhaseDiagram:
     spikes: torch.Tensor  # (A, P, L) count_spikes of each loss curve
 
 
-def phase_diagram(cosines: Sequence[float], p_first: Sequence[float], lrs: Sequence[float], steps: int,
-                  *, spike_factor: float = 2.0, spike_floor: float = 1e-3) -> PhaseDiagram:
-    """Full-batch GD from W = 0 on the two-token problem at every (cosine, p, lr), all at once."""
+class SpikeCounter:
+    """`count_spikes` over many loss curves at once, one step at a time (nothing is stored: a
+    10⁴-step phase diagram of 8000 problems would otherwise keep every loss)."""
+
+    def __init__(self, shape: torch.Size, factor: float = 2.0, floor: float = 0.0) -> None:
+        if not factor > 1.0:
+            raise ValueError(f"spike factor must be > 1, got {factor}")
+        self.factor, self.floor = factor, floor
+        self.count = torch.zeros(shape, dtype=torch.long)
+        self.above = torch.zeros(shape, dtype=torch.bool)
+        self.running_min = torch.full(shape, math.inf, dtype=torch.float64)
+
+    def update(self, values: torch.Tensor) -> None:
+        finite = torch.isfinite(values)
+        level = torch.clamp(self.factor * self.running_min, min=self.floor)
+        now_above = ~finite | (torch.isfinite(level) & (values > level))
+        self.count += (now_above & ~self.above).long()
+        self.above = now_above
+        self.running_min = torch.where(finite, torch.minimum(self.running_min, values), self.running_min)
+
+
+def phase_diagram(
+    cosines: Sequence[float],
+    p_first: Sequence[float],
+    lrs: Sequence[float],
+    steps: int,
+    *,
+    spike_factor: float = 2.0,
+    spike_floor: float = 1e-3,
+) -> PhaseDiagram:
+    """Full-batch GD from W = 0 on the two-token problem at every (cosine, p, lr), all at once; the
+    first step at accuracy 1 and the spikes are tracked along the way (no curve is stored)."""
     c = torch.as_tensor(cosines, dtype=torch.float64)
     p = torch.as_tensor(p_first, dtype=torch.float64)
     lr = torch.as_tensor(lrs, dtype=torch.float64)
@@ -530,17 +612,24 @@ def phase_diagram(cosines: Sequence[float], p_first: Sequence[float], lrs: Seque
     E[:, 1, 0] = c
     E[:, 1, 1] = (1.0 - c * c).clamp_min(0.0).sqrt()
     probs = torch.stack([p, 1.0 - p], -1)  # (P, 2)
-    problem = MemoryProblem(E[:, None, None], torch.eye(2, dtype=torch.float64), probs[None, :, None],
-                            torch.arange(2))
-    lr_grid = lr.expand(A, P, L)
-    traj = train(problem, lr_grid, steps)
-    full = all_recalled(traj.margins, problem.probs)  # (S, A, P, L)
-    reached = full.any(0)
-    first = torch.where(reached, traj.steps[full.to(torch.int8).argmax(0)], torch.full_like(reached, -1,
-                                                                                             dtype=torch.long))
-    loss = traj.loss.reshape(len(traj.steps), -1)
-    spikes = torch.tensor([count_spikes(loss[:, k], spike_factor, spike_floor) for k in range(loss.shape[1])])
-    return PhaseDiagram(c, p, lr, first, traj.accuracy[-1], spikes.reshape(A, P, L))
+    problem = MemoryProblem(
+        E[:, None, None], torch.eye(2, dtype=torch.float64), probs[None, :, None], torch.arange(2)
+    )
+    W = torch.zeros(A, P, L, 2, 2, dtype=torch.float64)
+    step_size = lr.reshape(1, 1, L, 1, 1)
+    first = torch.full((A, P, L), -1, dtype=torch.long)
+    spikes = SpikeCounter(first.shape, spike_factor, spike_floor)
+
+    def observe(step: int) -> None:
+        spikes.update(memory_loss(W, problem))
+        now = all_recalled(margins(W, problem), problem.probs) & (first < 0)
+        first[now] = step
+
+    observe(0)
+    for step in range(1, steps + 1):
+        W = W - step_size * memory_gradient(W, problem)
+        observe(step)
+    return PhaseDiagram(c, p, lr, first, accuracy(W, problem), spikes.count)
 
 
 # --------------------------------------------------------------------------------------------
@@ -560,3 +649,106 @@ def early_stopping(steps: Sequence[int] | torch.Tensor, errors: Sequence[float] 
     s = torch.as_tensor(steps)
     k = int(torch.argmin(e))  # argmin returns the first minimum
     return EarlyStop(int(s[k]), float(e[k]), float(e[-1]))
+
+
+# --------------------------------------------------------------------------------------------
+# the birth transformer: the W_OV² memory and a plain SGD loop
+
+
+def ov_margins(model: torch.nn.Module, layer: int = -1) -> torch.Tensor:
+    """Per-token margins of the W_OV memory of `layer` (default: the last) of a birth model: (N,).
+
+    Token k is stored when the unembedding ranks k first for the value-output image of its
+    embedding, w_U(j)ᵀ W_O W_V w_E(k) (the paper's W_OV² probe): margin_k = score_k - max_{j≠k}
+    score_j. Biases are left out, as in the probe (they are zero in the birth model)."""
+    from birth.model import attn_linear, native
+
+    nm = native(model)
+    index = layer % len(nm.layers)
+    E, U = nm.tok_embed.weight, nm.head.weight  # [N, d] rows
+    with torch.no_grad():
+        values = F.linear(
+            F.linear(E, attn_linear(model, index, "v").weight), attn_linear(model, index, "o").weight
+        )
+        s = values @ U.t()  # [N (token k), N (output j)]
+        gaps, _ = _gaps(s.double(), torch.arange(s.shape[0], device=s.device))
+    return -gaps.amax(-1).cpu()
+
+
+@dataclass(frozen=True)
+class TransformerTrajectory:
+    """A transformer SGD run: per step (before its update) the batch loss and in-context accuracy;
+    the W_OV² margins at `margin_steps`; `diverged`: first step with a non-finite loss (None)."""
+
+    loss: torch.Tensor  # (steps,), NaN after a divergence
+    accuracy: torch.Tensor  # (steps,)
+    margin_steps: torch.Tensor  # (K,)
+    margins: torch.Tensor  # (K, N)
+    diverged: int | None
+
+
+def train_transformer_sgd(
+    model: torch.nn.Module,
+    trainable: Sequence[torch.nn.Parameter],
+    batches: Sequence,
+    lr: float,
+    *,
+    eval_batch=None,
+    min_counter: int = 2,
+    margin_every: int = 1,
+) -> TransformerTrajectory:
+    """Plain SGD (no momentum, no weight decay: the dynamics the memory theory describes) of the
+    parameters `trainable` only, on the cross-entropy of the targets whose counter is >= min_counter
+    (the paper's loss: second and later occurrences of a trigger), one batch per step.
+
+    `batches`: the tasks.triggered_bigram.Batch of each step (drawn by the caller from seeded
+    generators; every run of a comparison can share them). `eval_batch`: a fixed batch on which
+    the recorded loss and accuracy are measured before every step (default: the step's own batch,
+    whose batch-to-batch noise would hide the spikes of the dynamics). The model's other
+    parameters are frozen for the run (requires_grad is set here). Logits: birth.model.fast_logits.
+    """
+    from birth.model import fast_logits
+
+    chosen = {id(p) for p in trainable}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in chosen)
+    params = list(trainable)
+    steps = len(batches)
+    loss = torch.full((steps,), math.nan, dtype=torch.float64)
+    acc = torch.full((steps,), math.nan, dtype=torch.float64)
+    margin_steps, margins = [0], [ov_margins(model)]
+    diverged = None
+
+    def objective(batch) -> tuple[torch.Tensor, torch.Tensor] | None:
+        mask = batch.counter >= min_counter
+        if not bool(mask.any()):
+            return None
+        logits = fast_logits(model, batch.inputs, positions=mask)
+        targets = batch.targets[mask]
+        return F.cross_entropy(logits, targets), (logits.argmax(-1) == targets).double().mean()
+
+    for step, batch in enumerate(batches):
+        if eval_batch is not None:
+            with torch.no_grad():
+                measured = objective(eval_batch)
+        train_obj = objective(batch)
+        if eval_batch is None:
+            measured = train_obj
+        if measured is not None:
+            loss[step], acc[step] = float(measured[0].detach()), float(measured[1])
+            if not math.isfinite(float(loss[step])):
+                diverged = step
+                break
+        if train_obj is None:
+            continue  # no in-context target in this batch: nothing to learn from
+        if not torch.isfinite(train_obj[0]):
+            diverged = step
+            break
+        grads = torch.autograd.grad(train_obj[0], params)
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                p.sub_(lr * g)
+        if (step + 1) % margin_every == 0 or step + 1 == steps:
+            margin_steps.append(step + 1)
+            margins.append(ov_margins(model))
+    return TransformerTrajectory(loss, acc, torch.tensor(margin_steps), torch.stack(margins), diverged)

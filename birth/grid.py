@@ -59,7 +59,17 @@ BASES: tuple[str, ...] = typing.get_args(Base)
 WANDB_MODES: tuple[str, ...] = typing.get_args(WandbMode)
 
 SPEC_KEYS = ("experiment", "base", "preset", "device", "fixed", "grid", "out", "results", "executor", "wandb")
-EXECUTOR_KEYS = ("cluster", "parallel", "threads", "timeout_min", "mem_gb", "cpus_per_task", "gpus_per_node", "name", "slurm")
+EXECUTOR_KEYS = (
+    "cluster",
+    "parallel",
+    "threads",
+    "timeout_min",
+    "mem_gb",
+    "cpus_per_task",
+    "gpus_per_node",
+    "name",
+    "slurm",
+)
 WANDB_KEYS = ("mode", "group", "project")
 TRAIN = "train"
 DEFAULT_TIMEOUT_MIN = 24 * 60  # submitit's local default (2 minutes) would kill most points
@@ -75,6 +85,7 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
     bool, int, float (an int is accepted; so is a string such as "1e-3", which YAML 1.1 reads as a
     string), str, Literal, tuples (from lists), Path, and unions with None.
     """
+
     def wrong(expected: str) -> ValueError:
         return ValueError(f"{where} must be {expected}, got {value!r}")
 
@@ -295,8 +306,15 @@ def _positive_int(value: Any, where: str) -> int:
     return value
 
 
-def parse_spec(raw: Any, *, source: str = "spec", out: Path | None = None, cluster: str | None = None,
-               parallel: int | None = None, stem: str = "grid") -> GridSpec:
+def parse_spec(
+    raw: Any,
+    *,
+    source: str = "spec",
+    out: Path | None = None,
+    cluster: str | None = None,
+    parallel: int | None = None,
+    stem: str = "grid",
+) -> GridSpec:
     """Validate a spec (the parsed YAML) and expand its points; every error names its key."""
     raw = _mapping(raw, source)
     unknown = sorted(set(raw) - set(SPEC_KEYS))
@@ -354,7 +372,9 @@ def parse_spec(raw: Any, *, source: str = "spec", out: Path | None = None, clust
                 raise ValueError(f"{where}.{name} must be a non-empty list of values, got {values!r}")
             if name in fixed:
                 raise ValueError(f"{where}.{name} is also in fixed")
-            product_axes[name] = [coerce(v, hints[name], f"{where}.{name}[{i}]") for i, v in enumerate(values)]
+            product_axes[name] = [
+                coerce(v, hints[name], f"{where}.{name}[{i}]") for i, v in enumerate(values)
+            ]
             axes.setdefault(name, []).extend(v for v in product_axes[name] if v not in axes.get(name, []))
         combos: list[tuple[Any, ...]] = [()]
         for values in product_axes.values():
@@ -387,7 +407,9 @@ def parse_spec(raw: Any, *, source: str = "spec", out: Path | None = None, clust
     executor.pop("cluster", None)
     if cluster not in CLUSTERS:
         raise ValueError(f"{source}: executor.cluster must be one of {', '.join(CLUSTERS)}, got {cluster!r}")
-    parallel = _positive_int(parallel if parallel is not None else executor.pop("parallel", 1), f"{source}: executor.parallel")
+    parallel = _positive_int(
+        parallel if parallel is not None else executor.pop("parallel", 1), f"{source}: executor.parallel"
+    )
     executor.pop("parallel", None)
     threads = executor.pop("threads", None)
     if threads is not None:
@@ -422,10 +444,22 @@ def parse_spec(raw: Any, *, source: str = "spec", out: Path | None = None, clust
             raise ValueError(f"{source}: wandb.{key} must be a non-empty string, got {wandb[key]!r}")
 
     return GridSpec(
-        experiment=experiment, base=base, preset=preset, device=device, fixed=fixed, grid=axes,
-        out=out_dir, results=results_path, cluster=cluster, parallel=parallel, threads=threads,
-        executor_params=params, wandb_mode=mode, wandb_group=wandb.get("group", stem),
-        wandb_project=wandb.get("project", "birth"), points=tuple(points),
+        experiment=experiment,
+        base=base,
+        preset=preset,
+        device=device,
+        fixed=fixed,
+        grid=axes,
+        out=out_dir,
+        results=results_path,
+        cluster=cluster,
+        parallel=parallel,
+        threads=threads,
+        executor_params=params,
+        wandb_mode=mode,
+        wandb_group=wandb.get("group", stem),
+        wandb_project=wandb.get("project", "birth"),
+        points=tuple(points),
     )
 
 
@@ -547,19 +581,10 @@ def run_point(job: PointJob) -> dict[str, Any]:
 
 
 def _run_experiment(exp, config: Any, out: Path, job: PointJob) -> tuple[dict[str, Any], str]:
-    """As `registry.run_experiment`, for an Experiment found without loading every module."""
-    from birth.io import atomic_write_json, claim_output_dir, release_claim
+    from birth.experiments.registry import run_experiment
 
     # a point is only run again when it did not finish: its old files are replaced
-    out = claim_output_dir(out, overwrite=True, recreate=("runs",))
-    started = time.perf_counter()
-    result = exp.run(config, out, log=print, progress=False)
-    seconds = time.perf_counter() - started
-    atomic_write_json(
-        out / "result.json", {"experiment": exp.name, "config": config, "seconds": seconds, "result": result}
-    )
-    release_claim(out)
-    exp.plot(result, out)
+    result = run_experiment(exp, config, out, overwrite=True, progress=False)
     data = result.to_dict()
     _wandb_summary(job, data)
     return data, result.headline()
@@ -577,15 +602,21 @@ def _run_train(job: PointJob, config: Any) -> tuple[dict[str, Any], str, bool]:
         try:
             from training.checkpoint import latest_checkpoint
 
-            resume = read_run_config(run_dir).to_dict() == config.to_dict() and bool(latest_checkpoint(run_dir))
+            resume = read_run_config(run_dir).to_dict() == config.to_dict() and bool(
+                latest_checkpoint(run_dir)
+            )
         except (ValueError, OSError):
             resume = False
         if not resume:
             run_dir.rename(run_dir.with_name(f"{run_dir.name}.previous-{time.strftime('%Y%m%d-%H%M%S')}"))
-    result = train(config, run_dir, resume=resume, device=job.device, wandb_mode=job.wandb_mode, progress=False)
+    result = train(
+        config, run_dir, resume=resume, device=job.device, wandb_mode=job.wandb_mode, progress=False
+    )
     data = to_jsonable(result)
     acc = result.final.get("eval/icl_acc")
-    headline = f"{result.status} at step {result.step}" + (f", in-context accuracy {acc:.4f}" if acc is not None else "")
+    headline = f"{result.status} at step {result.step}" + (
+        f", in-context accuracy {acc:.4f}" if acc is not None else ""
+    )
     # a diverged run is a finished outcome (a re-run would diverge again); an interrupted one is not
     return data, headline, result.status != "interrupted"
 
@@ -601,8 +632,12 @@ def _wandb_summary(job: PointJob, data: dict[str, Any]) -> None:
         from birth.io import to_jsonable
 
         run = wandb.init(
-            project=job.wandb_project, group=job.wandb_group, name=job.name, dir=job.out_dir,
-            config={"experiment": job.experiment, **to_jsonable(job.overrides)}, mode=job.wandb_mode,
+            project=job.wandb_project,
+            group=job.wandb_group,
+            name=job.name,
+            dir=job.out_dir,
+            config={"experiment": job.experiment, **to_jsonable(job.overrides)},
+            mode=job.wandb_mode,
             reinit="finish_previous",
         )
         run.summary.update({k: v for k, v in data.items() if isinstance(v, (int, float, str, bool))})
@@ -631,7 +666,10 @@ def make_executor(spec: GridSpec):
     import submitit
 
     folder = spec.out / ".submitit" / "%j"
-    executor = submitit.AutoExecutor(folder=folder, cluster=spec.cluster)
+    try:
+        executor = submitit.AutoExecutor(folder=folder, cluster=spec.cluster)
+    except RuntimeError as err:  # e.g. cluster slurm on a machine without srun
+        raise ValueError(f"executor: cluster {spec.cluster}: {str(err).splitlines()[0]}") from None
     params = dict(spec.executor_params)
     if spec.cluster == "slurm":
         params.setdefault("slurm_array_parallelism", spec.parallel)
@@ -682,9 +720,17 @@ def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: floa
     threads = _job_threads(spec)
     jobs = {
         p.name: PointJob(
-            experiment=spec.experiment, base=_base_of(spec), preset=spec.preset, device=spec.device,
-            name=p.name, overrides=p.overrides, out_dir=str(spec.out / p.name), threads=threads,
-            wandb_mode=spec.wandb_mode, wandb_group=spec.wandb_group, wandb_project=spec.wandb_project,
+            experiment=spec.experiment,
+            base=_base_of(spec),
+            preset=spec.preset,
+            device=spec.device,
+            name=p.name,
+            overrides=p.overrides,
+            out_dir=str(spec.out / p.name),
+            threads=threads,
+            wandb_mode=spec.wandb_mode,
+            wandb_group=spec.wandb_group,
+            wandb_project=spec.wandb_project,
         )
         for p in todo
     }
@@ -716,7 +762,10 @@ def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: floa
             log(f"[{index}/{len(todo)}] {name}: ok ({row['seconds']:.1f} s) {outcome.get('headline', '')}")
         else:
             report.failed.append((name, str(row["error"])))
-            log(f"[{index}/{len(todo)}] {name}: FAILED: {row['error']}" + (f" (log: {row['log']})" if row.get("log") else ""))
+            log(
+                f"[{index}/{len(todo)}] {name}: FAILED: {row['error']}"
+                + (f" (log: {row['log']})" if row.get("log") else "")
+            )
 
     def collect(job: Any) -> dict[str, Any]:
         try:
@@ -740,7 +789,9 @@ def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: floa
                     submitted = [(name, executor.submit(run_point, jobs[name])) for name in pending]
                 now = time.perf_counter()
                 running.update({name: (job, now) for name, job in submitted})
-                log(f"submitted {len(submitted)} jobs to Slurm (array {submitted[0][1].job_id.split('_')[0]})")
+                log(
+                    f"submitted {len(submitted)} jobs to Slurm (array {submitted[0][1].job_id.split('_')[0]})"
+                )
                 pending = []
             while pending and len(running) < spec.parallel:
                 name = pending.pop(0)
@@ -767,10 +818,12 @@ def _base_of(spec: GridSpec) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", type=Path, help="grid spec (YAML); see `birth grid --help` and scripts/grids/")
+    parser.add_argument("spec", type=Path, help="grid spec (YAML): see docs/grid.md and scripts/grids/")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: the spec's `out`)")
     parser.add_argument("--cluster", choices=CLUSTERS, default=None, help="override executor.cluster")
-    parser.add_argument("--parallel", type=int, default=None, help="override executor.parallel (jobs at once)")
+    parser.add_argument(
+        "--parallel", type=int, default=None, help="override executor.parallel (jobs at once)"
+    )
     parser.add_argument("--dry-run", action="store_true", help="validate the spec, list the points and exit")
 
 

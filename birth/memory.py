@@ -291,12 +291,16 @@ def errors_from_scores(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact (head, tail) errors from scores (..., M, N) of every output y for every input x.
 
-    head = Σ_{x < head_size} p(x) 1{wrong}, tail = the rest; a tie at the top counts as wrong.
+    head = Σ_{x < head_size} p(x) 1{wrong}, tail = the rest; a tie at the top and a non-finite
+    score count as wrong.
     """
     index = targets.expand(*scores.shape[:-2], 1, -1)
     correct = scores.gather(-2, index)
     others = scores.scatter(-2, index, float("-inf")).amax(-2, keepdim=True)
-    wrong = (correct <= others).squeeze(-2).to(probs.dtype)  # a tie counts as wrong
+    # right = strictly above every other output and every score of x finite: a tie counts as
+    # wrong, and so does a diverged memory (NaN compares false both ways, inf beats anything)
+    right = (correct > others).squeeze(-2) & torch.isfinite(scores).all(-2)
+    wrong = (~right).to(probs.dtype)
     weighted = wrong * probs
     return weighted[..., :head_size].sum(-1), weighted[..., head_size:].sum(-1)
 

@@ -14,9 +14,7 @@ from torch import nn
 from tasks.triggered_bigram import Batch
 
 
-def first_crossing(
-    steps: Sequence[int], values: Iterable[float | None], threshold: float
-) -> int | None:
+def first_crossing(steps: Sequence[int], values: Iterable[float | None], threshold: float) -> int | None:
     """First step whose value is >= `threshold` (None if never; missing or NaN values never count)."""
     for step, value in zip(steps, values):
         if value is not None and not math.isnan(value) and value >= threshold:
@@ -161,7 +159,9 @@ def evaluate(
     if circuit:
         from probes.attention import circuit_probes
 
-        for name, value in circuit_probes(patterns[0], patterns[1], batch.inputs, counter, predictions).items():
+        for name, value in circuit_probes(
+            patterns[0], patterns[1], batch.inputs, counter, predictions
+        ).items():
             row[f"attn/{name}"] = value
     for name, p in (matrices or {}).items():
         row[f"norm/{name}"] = p.detach().norm().item()

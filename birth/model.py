@@ -8,7 +8,7 @@ from a generator seeded by `seed`:
     W_Q = identity in every layer (simplified) or N(0, 1/d) (full)
     W_K, W_V, W_O                                                            ~ N(0, 1/d) entries
     MLP: W_in ~ N(0, 1/d), W_out ~ N(0, 1/(width·d)); a linear MLP is one d x d map W_F ~ N(0, 1/d)
-    all biases = 0, LayerNorm gains = 1
+    all biases = 0 (`biases=False`: no bias parameters), LayerNorm gains = 1
 
 With N(0, 1/fan_in) entries a matrix roughly preserves norms, so W_OV¹ w_E(k) has norm ≈ 1 like
 the embeddings, and attention scores x_tᵀ W_KQ x_s / √d_head start near zero (uniform attention).
@@ -31,8 +31,10 @@ and `model.QK[l, h]` is W_Q W_Kᵀ with score(query x_t, key x_s) = x_t @ QK @ x
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Literal, get_args
 
 import torch
@@ -80,7 +82,7 @@ class ModelConfig:
     embeddings: Embeddings = "auto"  # frozen/trained/tied (w_U = w_E); auto: frozen iff simplified
     positions: Positions = "random"  # p_t: N(0, I/d) draws, a fixed sin-cos table, or rotary in attention
     attn_scale: AttnScale = "sqrt_d_head"  # attention scores divided by √d_head, or not scaled
-    biases: bool = True  # full variant: trainable linear biases (False: none, as the reference full model)
+    biases: bool = True  # linear-layer biases (frozen at 0 if simplified); false: none, as the reference
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "mlp_width"):
@@ -176,11 +178,9 @@ FULL_MODEL = ModelConfig(
 # attention-only model must otherwise fit into W_O². `mlp="relu"` gives the ReLU version.
 SIMPLIFIED_FFN = ModelConfig(mlp="linear", mlp_layers="final")
 
-NAMED_CONFIGS: dict[str, ModelConfig] = {
-    "simplified": ModelConfig(),
-    "simplified-ffn": SIMPLIFIED_FFN,
-    "full": FULL_MODEL,
-}
+NAMED_CONFIGS: MappingProxyType[str, ModelConfig] = MappingProxyType(
+    {"simplified": ModelConfig(), "simplified-ffn": SIMPLIFIED_FFN, "full": FULL_MODEL}
+)
 
 
 def native(model: nn.Module) -> nn.Module:
@@ -280,10 +280,80 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _hooked(point: nn.Module) -> bool:
+    """Whether a HookPoint has a TransformerLens or torch hook (run_with_cache, run_with_hooks)."""
+    return bool(
+        getattr(point, "fwd_hooks", None)
+        or getattr(point, "bwd_hooks", None)
+        or point._forward_hooks
+        or point._forward_pre_hooks
+        or point._backward_hooks
+    )
+
+
+@functools.cache  # one class (built on first use: transformer_lens takes seconds to import)
+def _fused_attention_class() -> type:
+    """NativeAttention that runs fused causal attention (scaled_dot_product_attention) whenever no
+    hook observes its pattern, and TransformerLens' own explicit forward otherwise.
+
+    The explicit forward masks the scores, takes the softmax, then masks the pattern a second time
+    and hands it to hook_pattern; with causal attention and no padding mask the pattern is the same
+    and nothing reads it, so the fused kernel computes the same output (to float32 rounding) at a
+    fraction of the memory traffic. `_pattern_hooks` holds the bridge's hook_pattern and
+    hook_attn_scores (set by `_configure_layers`).
+    """
+    from transformer_lens.model_bridge.sources.native.model import NativeAttention
+
+    class FusedCausalAttention(NativeAttention):
+        _pattern_hooks: tuple[nn.Module, ...] = ()
+
+        def forward(self, hidden_states, attention_mask=None, position_ids=None, pattern_fn=None, **kwargs):
+            explicit = (
+                attention_mask is not None
+                or not self.causal
+                or self.kv_repeats != 1
+                or self.attn_scores_soft_cap > 0
+                or any(_hooked(point) for point in self._pattern_hooks)
+            )
+            if explicit:
+                return super().forward(hidden_states, attention_mask, position_ids, pattern_fn, **kwargs)
+            B, T, _ = hidden_states.shape
+            q, k, v = (
+                lin(hidden_states).view(B, T, self.n_heads, self.d_head).transpose(1, 2)
+                for lin in (self.q, self.k, self.v)
+            )
+            if self.rotary is not None:
+                q, k = self.rotary.apply_rope(q, k, position_ids=position_ids)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / self.scale)
+            return self.o(out.transpose(1, 2).reshape(B, T, -1)), None
+
+    return FusedCausalAttention
+
+
 def _configure_layers(model: nn.Module, config: ModelConfig) -> None:
-    """What TL's config cannot say per layer: unscaled attention, linear MLPs, layers without one."""
+    """What TL's config cannot say: no biases, unscaled attention, linear MLPs, layers without one;
+    and fused LayerNorm and attention kernels where no hook needs the unfused ones."""
+    from transformer_lens.model_bridge.generalized_components import NormalizationBridge
+
+    for module in model.modules():
+        if isinstance(module, NormalizationBridge):
+            # the bridge's default LayerNorm is written out in eight autograd ops to expose its
+            # hooks (5x the fused nn.LayerNorm's forward + backward); this mode runs the fused one and
+            # still fires hook_scale / hook_normalized (computed without autograd) for caches
+            module.use_native_layernorm_autograd = True
+    fused = _fused_attention_class()
     for layer in range(config.n_layers):
         block = _unwrap(model.blocks[layer])
+        bridge = model.blocks[layer].attn
+        attention = _unwrap(bridge)
+        attention.__class__ = fused  # same module, same parameters, a forward without redundant passes
+        attention._pattern_hooks = (bridge.hook_pattern, bridge.hook_attn_scores)
+        if not config.biases:
+            linears = [attn_linear(model, layer, name) for name in ("q", "k", "v", "o")]
+            if config.mlp != "none":
+                linears += [mlp_linear(model, layer, "in"), mlp_linear(model, layer, "out")]
+            for lin in linears:
+                lin.register_parameter("bias", None)  # F.linear without a bias; TL reads None as bias-free
         if config.attn_scale == "none":
             _unwrap(block.attn).scale = 1.0  # NativeAttention divides its scores by this attribute
         if config.mlp == "none":
@@ -346,7 +416,7 @@ def initialize(model: nn.Module, config: ModelConfig, seed: int) -> None:
         for name in ("q", "k", "v", "o"):
             lin = attn_linear(model, layer, name)
             normal_(lin.weight)
-            lin.bias.zero_()
+            _zero_bias(lin)
         if simplified:
             attn_linear(model, layer, "q").weight.copy_(torch.eye(d))
         if config.mlp != "none":
@@ -360,8 +430,8 @@ def initialize(model: nn.Module, config: ModelConfig, seed: int) -> None:
             else:  # linear: W_F = fc_out behind a frozen identity fc_in
                 fc_in.weight.copy_(torch.eye(d))
                 normal_(fc_out.weight)
-            fc_in.bias.zero_()
-            fc_out.bias.zero_()
+            _zero_bias(fc_in)
+            _zero_bias(fc_out)
     if config.trainable_init == "zero":
         for layer, name in trainable_matrices(config):
             attn_linear(model, layer, name).weight.zero_()
@@ -371,11 +441,24 @@ def initialize(model: nn.Module, config: ModelConfig, seed: int) -> None:
     _set_trainable(model, config)
 
 
+def _zero_bias(lin: nn.Linear) -> None:
+    if lin.bias is not None:
+        lin.bias.zero_()
+
+
+def _bias(lin: nn.Linear) -> torch.Tensor:
+    """lin's bias, zeros for a bias-free layer."""
+    lin = _unwrap(lin)
+    if lin.bias is not None:
+        return lin.bias
+    return torch.zeros(lin.out_features, device=lin.weight.device, dtype=lin.weight.dtype)
+
+
 def _set_trainable(model: nn.Module, config: ModelConfig) -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     weights: list[nn.Parameter] = []
-    biases: list[nn.Parameter] = []
+    biases: list[nn.Parameter | None] = []
     if config.variant == "simplified":
         weights += [attn_linear(model, layer, name).weight for layer, name in trainable_matrices(config)]
     for layer in range(config.n_layers):
@@ -401,7 +484,7 @@ def _set_trainable(model: nn.Module, config: ModelConfig) -> None:
         if config.positions == "random":
             weights.append(_unwrap(nm.pos).weight)
     if config.variant == "full" and config.biases:
-        weights += biases
+        weights += [b for b in biases if b is not None]
     for p in weights:
         p.requires_grad_(True)
 
@@ -458,8 +541,7 @@ def _is_frozen_identity(lin: nn.Linear) -> bool:
     return (
         not w.requires_grad
         and w.shape[0] == w.shape[1]
-        and not lin.bias.requires_grad
-        and not bool(lin.bias.any())
+        and (lin.bias is None or (not lin.bias.requires_grad and not bool(lin.bias.any())))
         and torch.equal(w, torch.eye(w.shape[0], device=w.device, dtype=w.dtype))
     )
 
@@ -507,7 +589,7 @@ def fast_logits(
         first, last = i == 0, i == n_layers - 1
         # value path folded with W_O (and W_U for the last layer): [d, d'] matrix and bias
         w_ov = attn.v.weight.t() @ attn.o.weight.t()  # [d, d]
-        b_ov = attn.v.bias @ attn.o.weight.t() + attn.o.bias  # [d]
+        b_ov = _bias(attn.v) @ attn.o.weight.t() + _bias(attn.o)  # [d]
         if last:
             w_ov, b_ov = w_ov @ U.t(), b_ov @ U.t()  # [d, N], [N]
         if first:
@@ -547,7 +629,7 @@ def _readout(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     last = config.n_layers - 1
     fc_in, fc_out = mlp_linear(model, last, "in"), mlp_linear(model, last, "out")
     M = fc_out.weight @ fc_in.weight  # [d, d], y = x Mᵀ
-    c = F.linear(fc_in.bias, fc_out.weight, fc_out.bias)  # [d]
+    c = F.linear(_bias(fc_in), fc_out.weight, fc_out.bias)  # [d]
     return U + U @ M, c @ U.t()
 
 

@@ -19,9 +19,9 @@ whose most-attended key is the target).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -51,9 +51,7 @@ def _check_pattern(pattern: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def target_attention(
-    pattern: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor
-) -> AttentionScore:
+def target_attention(pattern: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor) -> AttentionScore:
     """Attention of each valid query on its target key.
 
     pattern [B, T, T] (rows sum to one), targets [B, T] key index per query, valid [B, T] bool.
@@ -131,9 +129,7 @@ def trigger_induction_targets(
     return previous_occurrence(inputs) + 1, counter >= 2
 
 
-def repeated_sequence_targets(
-    batch_size: int, half_len: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def repeated_sequence_targets(batch_size: int, half_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[x_1..x_n, x_1..x_n]: second-half query t targets t - n + 1 (prefix matching)."""
     positions = torch.arange(2 * half_len).expand(batch_size, 2 * half_len)
     return positions - half_len + 1, positions >= half_len
@@ -158,8 +154,10 @@ def prefix_matching_score(pattern: torch.Tensor, half_len: int) -> AttentionScor
     """The standard induction score of a pattern on [x_1..x_n, x_1..x_n] with n = half_len."""
     _check_pattern(pattern)
     if pattern.shape[1] != 2 * half_len:
-        raise ValueError(f"a repeated sequence of half length {half_len} has {2 * half_len} positions, "
-                         f"the pattern has {pattern.shape[1]}")
+        raise ValueError(
+            f"a repeated sequence of half length {half_len} has {2 * half_len} positions, "
+            f"the pattern has {pattern.shape[1]}"
+        )
     targets, valid = repeated_sequence_targets(pattern.shape[0], half_len)
     return target_attention(pattern, targets, valid)
 
@@ -182,9 +180,7 @@ def attended_token_agreement(
     return agree[valid].float().mean().item()
 
 
-def repeated_random_tokens(
-    batch_size: int, half_len: int, vocab_size: int, seed: int = 0
-) -> torch.Tensor:
+def repeated_random_tokens(batch_size: int, half_len: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
     """[B, 2n] uniform random tokens, each row its first half repeated."""
     gen = torch.Generator().manual_seed(seed)
     half = torch.randint(0, vocab_size, (batch_size, half_len), generator=gen)
@@ -272,7 +268,13 @@ def circuit_probes(
     inputs, counter, predictions = inputs.to(device), counter.to(device), predictions.to(device)
     T = inputs.shape[1]
     nan = float("nan")
-    out = {"score_acc": nan, "prev_mass": nan, "score2_acc": nan, "induction_mass": nan, "pred_attended_acc": nan}
+    out = {
+        "score_acc": nan,
+        "prev_mass": nan,
+        "score2_acc": nan,
+        "induction_mass": nan,
+        "pred_attended_acc": nan,
+    }
 
     targets, valid = trigger_previous_token_targets(counter)
     b, t = torch.nonzero(valid, as_tuple=True)
@@ -327,9 +329,7 @@ def triggered_bigram_scores(model: nn.Module, batch: Batch) -> dict:
     logits, patterns = attention_patterns(model, inputs)
     predictions = logits.argmax(dim=-1)
     induction = trigger_induction_targets(inputs, counter)
-    scores = _layer_scores(
-        patterns, previous_token_targets(*inputs.shape), induction, inputs, predictions
-    )
+    scores = _layer_scores(patterns, previous_token_targets(*inputs.shape), induction, inputs, predictions)
     in_context = counter >= 2
     correct = predictions == batch.targets.cpu()
     scores["icl_acc"] = correct[in_context].float().mean().item() if in_context.any() else float("nan")
@@ -338,9 +338,7 @@ def triggered_bigram_scores(model: nn.Module, batch: Batch) -> dict:
 
 
 @torch.no_grad()
-def repeated_sequence_scores(
-    model: nn.Module, half_len: int, batch_size: int = 32, seed: int = 0
-) -> dict:
+def repeated_sequence_scores(model: nn.Module, half_len: int, batch_size: int = 32, seed: int = 0) -> dict:
     """Scores of every layer on [x_1..x_n, x_1..x_n] with uniform random tokens x_i.
 
     `induction` is the prefix-matching score; `repeat_acc` is the accuracy of predicting x_{i+1}
@@ -351,9 +349,7 @@ def repeated_sequence_scores(
     logits, patterns = attention_patterns(model, tokens)
     predictions = logits.argmax(dim=-1)
     induction = repeated_sequence_targets(batch_size, half_len)
-    scores = _layer_scores(
-        patterns, previous_token_targets(*tokens.shape), induction, tokens, predictions
-    )
+    scores = _layer_scores(patterns, previous_token_targets(*tokens.shape), induction, tokens, predictions)
     # the prediction at second-half position t should be the token at t + 1 = tokens[t - n + 1]
     second_half = predictions[:, half_len:-1]
     scores["repeat_acc"] = (second_half == tokens[:, half_len + 1 :]).float().mean().item()
@@ -428,8 +424,15 @@ def save_attention_heatmaps(
         image = ax.imshow(pattern[0].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
         fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="attention")
         if len(queries):
-            ax.scatter(keys.numpy(), queries.numpy(), s=40, facecolors="none", edgecolors="white",
-                       linewidths=0.8, label="induction target (after the previous trigger)")
+            ax.scatter(
+                keys.numpy(),
+                queries.numpy(),
+                s=40,
+                facecolors="none",
+                edgecolors="white",
+                linewidths=0.8,
+                label="induction target (after the previous trigger)",
+            )
             ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
         ticks = list(range(T))
         ax.set_xticks(ticks, labels, fontsize=font, family="monospace")
@@ -504,7 +507,7 @@ def save_attention_html(
 <title>birth: attention of sequence {index}</title>
 </head>
 <body style="font-family: sans-serif">
-<h2>Attention of sequence {index} ({len(patterns)} layer{'s' if len(patterns) > 1 else ''})</h2>
+<h2>Attention of sequence {index} ({len(patterns)} layer{"s" if len(patterns) > 1 else ""})</h2>
 <p>Triggers → outputs of this sequence: {html.escape(pairs)}. Layer 1 should attend to the
 previous token; layer 2, at a repeated trigger, to the token after its previous occurrence.</p>
 <div id="{element}" style="margin: 15px 0;"></div>

@@ -57,11 +57,15 @@ def memory_margin(W: Matrix, inputs: torch.Tensor, outputs: torch.Tensor, target
     return normalized_margins(recall_scores(W, inputs, outputs), targets).mean().item()
 
 
-def _kq2_sets(model: nn.Module, triggers: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _kq2_sets(
+    model: nn.Module, triggers: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Queries w_E(q) of the stored triggers, keys W_OV¹ w_E(k) of all N tokens, and the target key
     index of each query (its own token)."""
     W_E = model.W_E
-    queries_ids = torch.arange(W_E.shape[0], device=W_E.device) if triggers is None else triggers.to(W_E.device)
+    queries_ids = (
+        torch.arange(W_E.shape[0], device=W_E.device) if triggers is None else triggers.to(W_E.device)
+    )
     keys = (W_E @ model.OV[0, 0].A) @ model.OV[0, 0].B  # every token's W_OV¹ w_E(k), row form
     return W_E[queries_ids], keys, queries_ids
 
@@ -114,7 +118,9 @@ def kq1_position_recall(model: nn.Module, n_bins: int = 8, first: int = 64) -> d
     out: dict[str, float] = {}
     cut = min(first, P.shape[0])
     head = recall_scores(QK, P[1:cut], P[: cut - 1])
-    out[f"W_KQ1_{first}"] = (head.argmax(dim=-1) == torch.arange(cut - 1, device=head.device)).float().mean().item()
+    out[f"W_KQ1_{first}"] = (
+        (head.argmax(dim=-1) == torch.arange(cut - 1, device=head.device)).float().mean().item()
+    )
     bins = max(1, min(n_bins, n_pairs))
     edges = [round(i * n_pairs / bins) for i in range(bins + 1)]
     for lo, hi in zip(edges[:-1], edges[1:]):

@@ -2,7 +2,8 @@
 
 The triggered-bigram task only needs the vocabulary, the unigram counts and the bigram counts of
 the corpus, so those (a few KB) ship as package data (`tasks/data/shakespeare_stats.json`) and the
-main job runs offline. `birth prepare-data --text PATH` (or `--download`) rebuilds them.
+main job runs offline. `birth prepare-data --text PATH` (or `--download`) rebuilds them from the
+canonical corpus (checked by its sha256); any other text's statistics go to a file of their own.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ TINY_SHAKESPEARE_URL = (
     "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 )
 SHIPPED_STATS = "shakespeare_stats.json"
+# sha256 of that file (1,115,394 characters): only this text may rebuild the shipped statistics
+# unless `birth prepare-data --force-shipped` says otherwise.
+CANONICAL_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 
 
 class DataError(ValueError):
@@ -132,11 +136,18 @@ def read_corpus(path: str | os.PathLike | None = None, *, download: bool = False
     else:
         source = TINY_SHAKESPEARE_URL
     from datasets import load_dataset  # slow import, only when a corpus is actually read
+    from datasets.utils import logging as ds_logging
 
+    # one document: its "Generating train split" bar says nothing, and stderr is for errors
+    bars = ds_logging.is_progress_bar_enabled()
+    ds_logging.disable_progress_bar()
     try:
         ds = load_dataset("text", data_files={"train": source}, sample_by="document", split="train")
     except Exception as err:  # noqa: BLE001 - datasets raises many types; report them uniformly
         raise DataError(f"could not load the corpus from {source}: {err}") from None
+    finally:
+        if bars:
+            ds_logging.enable_progress_bar()
     text = "".join(ds["text"])
     if not text:
         raise DataError(f"corpus is empty: {source}")

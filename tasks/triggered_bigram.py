@@ -25,8 +25,6 @@ from einops import rearrange
 
 from tasks.shakespeare import CorpusStats, load_stats
 
-
-
 TriggerMode = Literal["fixed", "random"]
 OutputMode = Literal["uniform", "no_repeat", "bigram"]
 OutputSplit = Literal["all", "train", "test"]
@@ -57,7 +55,7 @@ class TaskConfig:
     trigger_mode: TriggerMode = "fixed"  # fixed: the K most frequent characters; random: K per sequence
     trigger_offset: int = 0  # fixed triggers: skip this many of the most frequent characters
     output_mode: OutputMode = "uniform"  # o_k uniform, uniform but != q_k (no_repeat), or ~ pi_b(.|q_k)
-    output_split: OutputSplit = "all"  # o_k among all tokens, the first 75% of the ids (train) or the rest (test)
+    output_split: OutputSplit = "all"  # o_k among all tokens, the first 75% of ids (train) or the rest (test)
     show_latents: bool = False  # the K triggers open the sequence (z_1..z_K), then the chain starts afresh
 
     def __post_init__(self) -> None:
@@ -94,7 +92,9 @@ class TaskConfig:
             )
         lo, hi = output_split_range(self.output_split, vocab_size)
         if self.output_mode == "no_repeat" and hi - lo < 2:
-            raise ValueError(f"--output-split {self.output_split} leaves {hi - lo} token(s): no_repeat needs 2")
+            raise ValueError(
+                f"--output-split {self.output_split} leaves {hi - lo} token(s): no_repeat needs 2"
+            )
 
 
 @dataclass

@@ -10,6 +10,7 @@ import torch
 from birth.model import ModelConfig, attn_linear, build_model
 from probes.attention import (
     attended_token_agreement,
+    attention_patterns,
     prefix_matching_score,
     previous_occurrence,
     previous_token_score,
@@ -19,6 +20,7 @@ from probes.attention import (
     save_attention_html,
     target_attention,
     trigger_induction_score,
+    trigger_induction_targets,
     triggered_bigram_scores,
 )
 from tasks.shakespeare import load_stats
@@ -152,7 +154,9 @@ def test_repeated_random_tokens_repeat():
 
 def test_target_attention_checks_shapes():
     with pytest.raises(ValueError, match="batch, query"):
-        target_attention(uniform_causal(1, 4), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool))
+        target_attention(
+            uniform_causal(1, 4), torch.zeros(1, 3, dtype=torch.long), torch.ones(1, 3, dtype=torch.bool)
+        )
 
 
 # --- on models ----------------------------------------------------------------------------------
@@ -195,7 +199,7 @@ def tiny_batch() -> Batch:
 def test_heatmaps_one_png_per_layer(tmp_path, tiny_batch, n_layers):
     model = build_model(ModelConfig(n_layers=n_layers, d_model=16), n_ctx=16, seed=0)
     paths = save_attention_heatmaps(model, load_stats(), tiny_batch, tmp_path / "maps", step=7)
-    assert [p.name for p in paths] == [f"attention_layer{l}_step000007.png" for l in range(1, n_layers + 1)]
+    assert [p.name for p in paths] == [f"attention_layer{i}_step000007.png" for i in range(1, n_layers + 1)]
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -215,7 +219,7 @@ def test_html_is_self_contained(tmp_path, tiny_batch):
     assert not re.search(r"<script[^>]*\bsrc\s*=", page, flags=re.IGNORECASE)
     assert "unpkg.com" not in page and "cdn.jsdelivr" not in page
     assert "var CircuitsVis=" in page  # the bundle itself is inlined
-    assert 'CircuitsVis.AttentionHeads' in page and '"layer 2"' in page
+    assert "CircuitsVis.AttentionHeads" in page and '"layer 2"' in page
     # the inline bundle must not be cut short by a literal closing tag inside it
     assert page.count("</script>") == 1
 
@@ -238,3 +242,94 @@ def test_induction_over_all_earlier_occurrences_counts_split_attention():
     pattern[0, 4] = torch.tensor([0.6, 0.2, 0.0, 0.2, 0.0])
     score = target_set_attention(pattern, keys, valid)
     assert score.mass == pytest.approx(0.4) and score.argmax == 0.0
+
+
+# --- the reference's attention probes during training (circuit_probes) -------------------------
+
+
+def reference_probes(pattern1, pattern2, x, outs, pred) -> dict[str, float]:
+    """The reference code's definitions (ihead_basic_main.py), written out as loops."""
+    B, T = x.shape
+    amax1, amax2 = pattern1.argmax(-1), pattern2.argmax(-1)
+    first = [(b, t) for b in range(B) for t in range(T - 1) if outs[b, t] >= 1]
+    second = [(b, t) for b in range(B) for t in range(T) if outs[b, t] >= 2]
+    score = sum(int(amax1[b, t + 1] == t) for b, t in first) / len(first)
+    score2 = sum(int(amax2[b, t] >= 1 and x[b, amax2[b, t] - 1] == x[b, t]) for b, t in second) / len(second)
+    attended = sum(int(x[b, amax2[b, t]] == pred[b, t]) for b, t in second) / len(second)
+    return {"score_acc": score, "score2_acc": score2, "pred_attended_acc": attended}
+
+
+def random_patterns(B: int, T: int, seed: int, sharp: float = 3.0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    logits = sharp * torch.randn(B, T, T, generator=gen)
+    return logits.masked_fill(torch.ones(T, T).triu(1).bool(), float("-inf")).softmax(-1)
+
+
+def test_circuit_probes_equal_the_reference_definitions_and_the_scores():
+    from probes.attention import (
+        after_earlier_occurrences,
+        circuit_probes,
+        target_set_attention,
+        trigger_previous_token_targets,
+    )
+
+    batch = TriggeredBigram(TaskConfig(seq_len=24, trigger_mode="random")).sample(16, 3)
+    x, outs = batch.inputs, batch.counter
+    p1, p2 = random_patterns(16, 24, 0), random_patterns(16, 24, 1)
+    pred = torch.randint(0, 65, x.shape, generator=torch.Generator().manual_seed(2))
+    # make half of layer 2's argmaxes land after an earlier occurrence, so the score is not ~0
+    targets, valid = trigger_induction_targets(x, outs)
+    rows = torch.nonzero(valid)[::2]
+    for b, t in rows.tolist():
+        p2[b, t] = 0.0
+        p2[b, t, targets[b, t]] = 1.0
+    got = circuit_probes(p1, p2, x, outs, pred)
+    want = reference_probes(p1, p2, x, outs, pred)
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1e-6), name
+    assert want["score2_acc"] >= 0.5
+    # masses: the attention scores of this module on the same queries
+    prev = target_attention(p1, *trigger_previous_token_targets(outs))
+    induction = target_set_attention(p2, after_earlier_occurrences(x), outs >= 2)
+    assert got["prev_mass"] == pytest.approx(prev.mass, abs=1e-6)
+    assert got["score_acc"] == pytest.approx(prev.argmax, abs=1e-6)
+    assert got["induction_mass"] == pytest.approx(induction.mass, abs=1e-6)
+    assert got["pred_attended_acc"] == pytest.approx(
+        attended_token_agreement(p2, x, pred, outs >= 2), abs=1e-6
+    )
+
+
+def test_circuit_probes_of_an_ideal_circuit_and_of_latent_positions():
+    from probes.attention import circuit_probes
+
+    # trigger 5 -> output 1; 9 and 3 are ordinary; latents (counter -1) are never scored
+    x = torch.tensor([[5, 9, 5, 1, 3, 5, 1]])
+    outs = torch.tensor([[-1, 0, 1, 0, 0, 2, 0]])
+    T = x.shape[1]
+    p1 = one_hot_rows([0] + list(range(T - 1)))  # previous-token head
+    p2 = one_hot_rows([0, 1, 2, 3, 4, 3, 6])  # query 5 (2nd trigger) attends to 3 (after the 1st)
+    pred = torch.tensor([[0, 0, 0, 0, 0, 1, 0]])
+    got = circuit_probes(p1, p2, x, outs, pred)
+    assert got["score_acc"] == 1.0 and got["prev_mass"] == 1.0  # query 3 -> key 2 only
+    assert got["score2_acc"] == 1.0 and got["induction_mass"] == 1.0 and got["pred_attended_acc"] == 1.0
+    p2 = one_hot_rows([0, 1, 2, 3, 4, 1, 6])  # query 5 on key 1, after the latent 5 at 0: counts too
+    assert circuit_probes(p1, p2, x, outs, pred)["score2_acc"] == 1.0
+    p2 = one_hot_rows([0, 1, 2, 3, 4, 0, 6])  # key 0 has no token before it
+    got = circuit_probes(p1, p2, x, outs, pred)
+    assert got["score2_acc"] == 0.0 and got["pred_attended_acc"] == 0.0
+    none = circuit_probes(p1, p2, x, torch.zeros_like(outs), pred)
+    assert all(v != v for v in none.values())  # nan without triggers
+
+
+def test_forward_with_patterns_equals_the_cache_and_the_logits():
+    from probes.attention import forward_with_patterns
+
+    model = build_model(ModelConfig(n_layers=2, d_model=16), n_ctx=16, seed=0)
+    with torch.no_grad():  # a sharp layer-1 pattern, not the near-uniform one of the init
+        attn_linear(model, 0, "k").weight.normal_(0, 1.0, generator=torch.Generator().manual_seed(1))
+    tokens = TriggeredBigram(TaskConfig(seq_len=16)).sample(4, 0).inputs
+    logits, patterns = forward_with_patterns(model, tokens)
+    ref_logits, ref_patterns = attention_patterns(model, tokens)
+    assert torch.allclose(logits, ref_logits, atol=1e-5)
+    for got, want in zip(patterns, ref_patterns):
+        assert got.shape == (4, 16, 16) and torch.allclose(got, want, atol=1e-6)

@@ -30,7 +30,11 @@ def test_local_grid_skips_finished_points_and_reports_failures(tmp_path):
     executor = {"cluster": "local", "parallel": 2, "threads": 1}
     fixed = {"n": 300, "tags": ["a", "b"]}
     spec_path = write_spec(
-        tmp_path / "toy.yaml", experiment=TOY, fixed=fixed, out=str(out), executor=executor,
+        tmp_path / "toy.yaml",
+        experiment=TOY,
+        fixed=fixed,
+        out=str(out),
+        executor=executor,
         grid=[{"seed": [0, 1, 2]}, {"seed": [3], "fail": [True]}],  # a union of two products
     )
     logged: list[str] = []
@@ -63,7 +67,11 @@ def test_local_grid_skips_finished_points_and_reports_failures(tmp_path):
     # re-run with one more seed: the finished points are skipped, the failed one runs again
     mtime = (out / "seed=0" / "result.json").stat().st_mtime_ns
     write_spec(
-        spec_path, experiment=TOY, fixed=fixed, out=str(out), executor=executor,
+        spec_path,
+        experiment=TOY,
+        fixed=fixed,
+        out=str(out),
+        executor=executor,
         grid=[{"seed": [0, 1, 2, 4]}, {"seed": [3], "fail": [True]}],
     )
     report = grid.run_grid(grid.load_spec(spec_path), log=logged.append)
@@ -86,8 +94,12 @@ def test_cli_debug_executor_and_dry_run(tmp_path, capsys):
 
     out = tmp_path / "g"
     spec = write_spec(
-        tmp_path / "s.yaml", experiment=TOY, base="small", grid={"scale": [0.5, 2]},
-        out=str(out), executor={"cluster": "debug"},
+        tmp_path / "s.yaml",
+        experiment=TOY,
+        base="small",
+        grid={"scale": [0.5, 2]},
+        out=str(out),
+        executor={"cluster": "debug"},
     )
     assert main(["grid", str(spec), "--dry-run"]) == 0
     text = capsys.readouterr().out
@@ -105,8 +117,13 @@ def test_cli_debug_executor_and_dry_run(tmp_path, capsys):
     assert capsys.readouterr().out.count("done ") == 2
 
     # a failing point: exit status 1, and the CLI names it
-    bad = write_spec(tmp_path / "bad.yaml", experiment=TOY, fixed={"fail": True}, out=str(out / "bad"),
-                     executor={"cluster": "debug"})
+    bad = write_spec(
+        tmp_path / "bad.yaml",
+        experiment=TOY,
+        fixed={"fail": True},
+        out=str(out / "bad"),
+        executor={"cluster": "debug"},
+    )
     assert main(["grid", str(bad)]) == 1
     assert "failed: point: RuntimeError: toy experiment asked to fail" in capsys.readouterr().out
 
@@ -203,8 +220,15 @@ def test_train_grid_in_process(tmp_path, tiny_config, one_thread):
     spec = grid.parse_spec(
         {
             "experiment": "train",
-            "fixed": {"d_model": 16, "seq_len": 16, "batch_size": 8, "eval_batch_size": 16,
-                      "eval_every": 2, "checkpoint_every": 4, "steps": 4},
+            "fixed": {
+                "d_model": 16,
+                "seq_len": 16,
+                "batch_size": 8,
+                "eval_batch_size": 16,
+                "eval_every": 2,
+                "checkpoint_every": 4,
+                "steps": 4,
+            },
             "grid": {"lr": [0.05, 0.5]},
             "device": "cpu",
             "out": str(out),
@@ -220,3 +244,37 @@ def test_train_grid_in_process(tmp_path, tiny_config, one_thread):
         saved = json.loads((out / row["name"] / "config.json").read_text())
         assert saved["optim"]["lr"] == row["point"]["lr"] and saved["model"]["d_model"] == 16
     assert grid.run_grid(spec, log=lambda _: None).skipped == 2
+
+
+def test_slurm_parameters_reach_the_executor(tmp_path, monkeypatch):
+    spec = grid.parse_spec(
+        {
+            "experiment": TOY,
+            "out": str(tmp_path),
+            "grid": {"seed": [0, 1]},
+            "executor": {
+                "cluster": "slurm",
+                "parallel": 3,
+                "timeout_min": 30,
+                "cpus_per_task": 4,
+                "slurm": {"partition": "gpu", "qos": "high"},
+            },
+        }
+    )
+    with pytest.raises(ValueError, match='executor: cluster slurm: Could not detect "srun"'):
+        monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+        grid.make_executor(spec)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "srun").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", str(fake))
+    params = grid.make_executor(spec)._executor.parameters
+    assert params == {
+        "time": 30,
+        "cpus_per_task": 4,
+        "partition": "gpu",
+        "qos": "high",
+        "array_parallelism": 3,
+    }
+    assert grid._job_threads(spec) == 4  # a Slurm job's torch threads: its cores

@@ -57,7 +57,9 @@ def test_margins_ignore_scale_and_row_offsets():
     scores = torch.randn(50, 9, generator=gen)
     targets = torch.randint(0, 9, (50,), generator=gen)
     shifted = 12.5 * scores + torch.randn(50, 1, generator=gen) * 100
-    assert torch.allclose(normalized_margins(shifted, targets), normalized_margins(scores, targets), atol=1e-9)
+    assert torch.allclose(
+        normalized_margins(shifted, targets), normalized_margins(scores, targets), atol=1e-9
+    )
 
 
 def test_memory_margin_of_a_clean_and_a_noisy_memory():
@@ -75,7 +77,9 @@ def test_memory_margin_of_a_clean_and_a_noisy_memory():
 # --- the readings on models ---------------------------------------------------------------------
 
 
-def model_with_targets(d: int = 64, T: int = 16, seed: int = 0, triggers=None, names=("W_O2", "W_K2", "W_K1")):
+def model_with_targets(
+    d: int = 64, T: int = 16, seed: int = 0, triggers=None, names=("W_O2", "W_K2", "W_K1")
+):
     model = build_model(ModelConfig(d_model=d, trainable_init="zero"), n_ctx=T, seed=seed)
     init_at_target(model, names, triggers, scale=30.0)
     return model
@@ -167,7 +171,14 @@ def test_evaluate_keeps_its_keys_and_adds_the_readings(task_batch):
         attn_linear(model, 0, "k").weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
     base = evaluate(model, batch)
     extra = evaluate(model, batch, attention_probes=True, matrices=trained_matrices(model))
-    for key in ("eval/loss", "eval/icl_acc", "eval/first_acc", "eval/bigram_loss", "probes/W_OV2", "probes/W_KQ1"):
+    for key in (
+        "eval/loss",
+        "eval/icl_acc",
+        "eval/first_acc",
+        "eval/bigram_loss",
+        "probes/W_OV2",
+        "probes/W_KQ1",
+    ):
         assert key in base and extra[key] == pytest.approx(base[key], abs=1e-5), key
     assert extra["recall_all/W_KQ2"] == base["probes/W_KQ2"]  # random triggers: all tokens already
     for name in ("score_acc", "score2_acc", "pred_attended_acc", "prev_mass", "induction_mass"):

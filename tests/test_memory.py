@@ -322,3 +322,20 @@ def test_memory_coefficients_are_exact_on_a_hand_built_memory():
     w = small[1].T @ q @ small[0]
     rebuilt = memory_coefficients(w, *small)
     assert torch.allclose(small[1].T @ rebuilt @ small[0], w, atol=1e-10)
+
+
+def test_errors_count_ties_and_non_finite_scores_as_wrong():
+    """A diverged memory (NaN or inf scores) must not read as error 0."""
+    from birth.memory import errors_from_scores
+
+    probs = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
+    targets = torch.tensor([0, 1, 0, 1])
+    # scores [M=2 outputs, N=4 inputs]: input 0 right, 1 a tie, 2 NaN, 3 right
+    scores = torch.tensor([[2.0, 1.0, float("nan"), -1.0], [1.0, 1.0, 0.0, 3.0]], dtype=torch.float64)
+    head, tail = errors_from_scores(scores, targets, probs, head_size=2)
+    assert head.item() == pytest.approx(0.3) and tail.item() == pytest.approx(0.2)
+    inf_scores = torch.full((2, 4), float("inf"), dtype=torch.float64)
+    assert sum(errors_from_scores(inf_scores, targets, probs, 2)).item() == pytest.approx(1.0)
+    one_inf = scores.clone()
+    one_inf[0, 0] = float("inf")  # input 0: its correct output's score overflowed
+    assert sum(errors_from_scores(one_inf, targets, probs, 2)).item() == pytest.approx(0.9)

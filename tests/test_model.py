@@ -278,6 +278,9 @@ def _plain_forward(model, config, tokens):
 def test_every_architecture_computes_its_plain_torch_forward_and_trains(name, one_thread):
     config = ARCHITECTURES[name]
     model = build_model(config, n_ctx=12, seed=1)
+    twin = build_model(config, n_ctx=12, seed=1)  # seeded: the same seed gives the same weights
+    for (key, a), b in zip(native(model).state_dict().items(), native(twin).state_dict().values()):
+        assert torch.equal(a, b), key
     _perturb_all(model, seed=3)  # LayerNorm gains/biases, skipped MLPs, identity W_in: all perturbed
     tokens = torch.randint(0, 65, (3, 12), generator=torch.Generator().manual_seed(0))
     logits = model(tokens)
@@ -321,9 +324,12 @@ def test_full_model_preset_is_the_reference_architecture():
     assert (
         sum(p.numel() for p in trainable) == 2 * N * d + T * d + 2 * (4 * d * d + 8 * d * d + 4 * d) + 2 * d
     )
-    for pname, p in native(model).named_parameters():
-        if pname.endswith("bias") and "ln" not in pname:
-            assert not p.requires_grad and torch.count_nonzero(p) == 0, pname  # no biases
+    for layer in range(2):  # no biases: the reference's nn.Linear(bias=False)
+        linears = [attn_linear(model, layer, n) for n in "qkvo"] + [
+            mlp_linear(model, layer, n) for n in ("in", "out")
+        ]
+        assert all(lin.bias is None for lin in linears)
+    assert all(p.requires_grad for p in model.parameters())  # every remaining weight trains
     assert isinstance(layer_norm(model, 0, "ln2"), torch.nn.LayerNorm)
     assert isinstance(layer_norm(model, None), torch.nn.LayerNorm)
     assert abs(model.W_E.std().item() - 1) < 0.1  # nn.Embedding's N(0, 1), as the reference
@@ -358,15 +364,15 @@ def test_simplified_ffn_trains_the_attention_memories_and_w_f(mlp):
     assert torch.count_nonzero(mlp_linear(zero, 1, "in").weight) > 0  # a zero W_in would never move
 
 
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("name", ["full", "full-rotary-relu-width-2", "simplified-ffn-relu"])
 def test_every_architecture_is_seeded(name):
     config = ARCHITECTURES[name]
     a, b, c = (build_model(config, n_ctx=8, seed=s) for s in (5, 5, 6))
     for (key, pa), pb in zip(native(a).state_dict().items(), native(b).state_dict().values()):
         assert torch.equal(pa, pb), key
-    assert not torch.equal(a.W_E, c.W_E) and not torch.equal(
-        attn_linear(a, 0, "k").weight, attn_linear(c, 0, "k").weight
-    )
+    assert not torch.equal(a.W_E, c.W_E)
+    assert not torch.equal(attn_linear(a, 0, "k").weight, attn_linear(c, 0, "k").weight)
+    assert not torch.equal(mlp_linear(a, 1, "out").weight, mlp_linear(c, 1, "out").weight)
 
 
 def test_weights_are_the_documented_draws_in_order():
@@ -444,7 +450,7 @@ def test_fast_path_support_and_its_error():
     "config",
     [
         dataclasses.replace(SIMPLIFIED_FFN, d_model=24),
-        dataclasses.replace(SIMPLIFIED_FFN, d_model=24, n_layers=1),
+        dataclasses.replace(SIMPLIFIED_FFN, d_model=24, n_layers=1, biases=False),
         dataclasses.replace(
             SIMPLIFIED_FFN,
             d_model=24,
@@ -454,7 +460,7 @@ def test_fast_path_support_and_its_error():
             embeddings="tied",
         ),
     ],
-    ids=["2-layers", "1-layer", "full-unscaled-sinusoidal-tied"],
+    ids=["2-layers", "1-layer-bias-free", "full-unscaled-sinusoidal-tied"],
 )
 def test_fast_path_with_a_linear_w_f_equals_transformer_lens(config):
     model = build_model(config, n_ctx=20, seed=4)
@@ -463,7 +469,8 @@ def test_fast_path_with_a_linear_w_f_equals_transformer_lens(config):
         with torch.no_grad():
             for layer in range(config.n_layers):
                 attn_linear(model, layer, "q").weight.copy_(torch.eye(24))
-                attn_linear(model, layer, "q").bias.zero_()
+                if config.biases:
+                    attn_linear(model, layer, "q").bias.zero_()
     gen = torch.Generator().manual_seed(6)
     tokens = torch.randint(0, 65, (9, 20), generator=gen)
     targets = torch.randint(0, 65, (9, 20), generator=gen)

@@ -28,12 +28,26 @@ REPO = Path(__file__).resolve().parents[1]
 def test_trainer_equals_train_memory_from_zero(model, layer_norm, one_thread):
     batches = sample_batches(TASK, 2, 60, 4, seed=3)
     ours = og.train_grid_memory(
-        TASK, model, 8, 2, optimizer="sgd", lr=1.0, layer_norm=layer_norm, batches=batches,
-        eval_steps=[0, 20, 60], seed=3, init="zero",
+        TASK,
+        model,
+        8,
+        2,
+        optimizer="sgd",
+        lr=1.0,
+        layer_norm=layer_norm,
+        batches=batches,
+        eval_steps=[0, 20, 60],
+        seed=3,
+        init="zero",
     )
     config = MemoryTrainConfig(
-        optimizer="sgd", lr=1.0, batch_size=4, num_steps=60, layer_norm=layer_norm,
-        learn_embeddings=model == "learned", eval_steps=(0, 20),
+        optimizer="sgd",
+        lr=1.0,
+        batch_size=4,
+        num_steps=60,
+        layer_norm=layer_norm,
+        learn_embeddings=model == "learned",
+        eval_steps=(0, 20),
     )
     theirs = train_memory(TASK, 8, 2, config, seed=3, batches=batches)
     assert ours["steps"].tolist() == theirs["steps"].tolist() == [0, 20, 60]
@@ -46,8 +60,19 @@ def test_a_diverged_run_counts_as_wrong(one_thread):
     """SGD at lr 2 on the trilinear learned model blows up to NaN; NaN scores compare false, and
     would count every token as right, but a diverged run has error 1."""
     batches = sample_batches(TASK, 2, 60, 4, seed=3)
-    out = og.train_grid_memory(TASK, "learned", 8, 2, optimizer="sgd", lr=2.0, layer_norm=False,
-                               batches=batches, eval_steps=[], seed=3, init="zero")
+    out = og.train_grid_memory(
+        TASK,
+        "learned",
+        8,
+        2,
+        optimizer="sgd",
+        lr=2.0,
+        layer_norm=False,
+        batches=batches,
+        eval_steps=[],
+        seed=3,
+        init="zero",
+    )
     assert out["memory"].isnan().all()
     assert out["error"][:, -1].tolist() == pytest.approx([1.0, 1.0], abs=1e-12)
 
@@ -58,7 +83,9 @@ def test_relu_features_and_initial_memory_by_brute_force():
     for r, i, j in itertools.product(range(2), range(7), range(7)):
         cos = float(inputs[r, i] @ inputs[r, j] / (inputs[r, i].norm() * inputs[r, j].norm()))
         assert features[r, i, j].item() == pytest.approx(max(cos - 0.3, 0.0), abs=1e-12)
-    assert torch.allclose(torch.diagonal(features, dim1=1, dim2=2), torch.full((2, 7), 0.7, dtype=torch.float64))
+    assert torch.allclose(
+        torch.diagonal(features, dim1=1, dim2=2), torch.full((2, 7), 0.7, dtype=torch.float64)
+    )
 
     w = og.initial_memory(3, 40, 50, "gaussian", seed=0, device="cpu", dtype=torch.float64)
     assert w.shape == (3, 40, 50)
@@ -82,7 +109,10 @@ def test_relu_memory_stores_more_than_the_matrix_at_small_d(one_thread):
 
 def _brute_force_claims(runs: list[og.GridRun]) -> dict[str, tuple[float, float, int]]:
     """(ratio, wins, settings) of each claim, by explicit loops over the grid axes."""
-    err = {(r.model, r.optimizer, r.layer_norm, r.d, r.lr, r.batch_size, r.num_samples): r.error_mean for r in runs}
+    err = {
+        (r.model, r.optimizer, r.layer_norm, r.d, r.lr, r.batch_size, r.num_samples): r.error_mean
+        for r in runs
+    }
     axes = [sorted({k[i] for k in err}) for i in range(7)]
 
     def compare(pairs):
@@ -152,21 +182,33 @@ def test_split_grid_merges_into_the_whole_grid(tmp_path, one_thread):
     """The small grid run whole, and run as two `birth grid` points (SGD, Adam) then combined,
     give the same runs and the same claims table."""
     small = og.OptimizerGridConfig(
-        dims=(10,), lrs=(0.1, 10.0), batch_sizes=(16, 64), num_samples=(256, 1024), seeds=2,
+        dims=(10,),
+        lrs=(0.1, 10.0),
+        batch_sizes=(16, 64),
+        num_samples=(256, 1024),
+        seeds=2,
         models=("matrix", "relu"),
     )
     whole = og.run_optimizer_grid(small, tmp_path / "whole", log=lambda _: None, progress=False)
     assert len(whole.runs) == 2 * 2 * 2 * 1 * 2 * 2 * 2
     assert all(0.0 <= r.error_mean <= 1.0 and len(r.errors) == 2 for r in whole.runs)
 
-    spec = grid.parse_spec({
-        "experiment": MODULE_TARGET,
-        "fixed": {"dims": [10], "lrs": [0.1, 10], "batch_sizes": [16, 64], "num_samples": [256, 1024],
-                  "seeds": 2, "models": ["matrix", "relu"]},
-        "grid": {"optimizers": [["sgd"], ["adam"]]},
-        "out": str(tmp_path / "grid"),
-        "executor": {"cluster": "debug", "threads": 1},
-    })
+    spec = grid.parse_spec(
+        {
+            "experiment": MODULE_TARGET,
+            "fixed": {
+                "dims": [10],
+                "lrs": [0.1, 10],
+                "batch_sizes": [16, 64],
+                "num_samples": [256, 1024],
+                "seeds": 2,
+                "models": ["matrix", "relu"],
+            },
+            "grid": {"optimizers": [["sgd"], ["adam"]]},
+            "out": str(tmp_path / "grid"),
+            "executor": {"cluster": "debug", "threads": 1},
+        }
+    )
     assert [p.name for p in spec.points] == ["optimizers=sgd", "optimizers=adam"]
     report = grid.run_grid(spec, log=lambda _: None)
     assert len(report.ok) == 2, report.failed
@@ -175,7 +217,9 @@ def test_split_grid_merges_into_the_whole_grid(tmp_path, one_thread):
     assert sorted(merged.runs, key=key) == sorted(whole.runs, key=key)
     assert merged.claims == whole.claims
     assert og.main(["combine", str(spec.results), "--out", str(tmp_path / "merged")]) == 0
-    assert (tmp_path / "merged" / "combined.json").is_file() and (tmp_path / "merged" / "optimizer_grid.png").is_file()
+    assert (tmp_path / "merged" / "combined.json").is_file() and (
+        tmp_path / "merged" / "optimizer_grid.png"
+    ).is_file()
 
 
 def test_shipped_spec_covers_the_reference_grid():
@@ -188,7 +232,8 @@ def test_shipped_spec_covers_the_reference_grid():
     assert len(spec.points) == 3 * 2 * 2 * 7
     configs = [dataclasses.replace(full, **p.overrides) for p in spec.points]
     covered = {
-        (m, o, ln, d) for c in configs
+        (m, o, ln, d)
+        for c in configs
         for m, o, ln, d in itertools.product(c.models, c.optimizers, c.layer_norms, c.dims)
     }
     assert covered == set(itertools.product(full.models, full.optimizers, full.layer_norms, full.dims))

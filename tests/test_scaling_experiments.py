@@ -11,7 +11,7 @@ from birth.experiments import scaling
 from birth.experiments.registry import get, names, run_experiment
 from birth.io import OutputError
 from birth.memory import coefficient_scores, errors_from_scores
-from tasks.zipf import ZipfAssociations, trial_generator
+from tasks.zipf import ZipfAssociations
 from training.memory_sgd import MemoryTrainConfig, train_memory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,11 +138,8 @@ def test_memory_matrices_sgd_errors_match_the_trained_memory(tmp_path):
         assert (q[target == 0] == 0).all() and (q >= 0).all()
     # the SGD matrices' errors are those train_memory measures on the real W at the same steps
     task = ZipfAssociations(config.num_inputs, config.num_outputs, config.alpha)
-    stream, _ = task.sample(config.samples, trial_generator(config.seed, 0, scaling.SAMPLE_STREAM))
     train = MemoryTrainConfig("sgd", config.lr, 1, config.samples, eval_steps=config.checkpoints)
-    trained = train_memory(
-        task, config.d, 1, train, seed=config.seed, batches=stream.view(1, -1, 1), dtype=torch.float64
-    )
+    trained = train_memory(task, config.d, 1, train, seed=config.seed, dtype=torch.float64)
     assert [m.error for m in sgd] == pytest.approx(trained["error"][0].tolist(), abs=1e-12)
     # and the scores are u_yᵀ W e_x of that W
     last = torch.tensor(sgd[-1].scores, dtype=torch.float64)

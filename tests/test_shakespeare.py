@@ -287,3 +287,83 @@ def test_prepare_data_vocab_mismatch_exit_2(tmp_path: Path, capsys: pytest.Captu
     rc = cli_main(["prepare-data", "--text", str(text), "--out", str(out), "--allow-new-vocab"])
     assert rc == 0
     assert load_stats(out).vocab == "".join(sorted(set("to be or not to be\n")))
+
+
+# -- the shipped statistics are protected (issue 15, item 3) ----------------------------------------
+
+
+def test_shipped_checksum_is_the_canonical_corpus() -> None:
+    from tasks.shakespeare import CANONICAL_SHA256
+
+    assert load_stats().sha256 == CANONICAL_SHA256
+    if CORPUS.is_file():
+        import hashlib
+
+        assert hashlib.sha256(CORPUS.read_bytes()).hexdigest() == CANONICAL_SHA256
+
+
+@pytest.fixture(scope="module")
+def reversed_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus backwards: the same 65 characters and 1,115,394 of them, not the same text."""
+    if not CORPUS.is_file():
+        pytest.skip(f"tiny Shakespeare corpus not found at {CORPUS}")
+    path = tmp_path_factory.mktemp("reversed") / "reversed.txt"
+    path.write_text(CORPUS.read_text(encoding="utf-8")[::-1], encoding="utf-8")
+    return path
+
+
+def _fingerprint(path: Path) -> tuple[bytes, int, int]:
+    st = path.stat()
+    return path.read_bytes(), st.st_mtime_ns, st.st_ino
+
+
+def test_a_non_canonical_text_never_writes_the_shipped_statistics(
+    reversed_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shipped = shipped_stats_path()
+    before = _fingerprint(shipped)
+    monkeypatch.chdir(tmp_path)
+    # no --out: its own file in the current directory
+    assert cli_main(["prepare-data", "--text", str(reversed_corpus)]) == 0
+    assert "not the canonical" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir() if p.name != "hf"] == ["reversed_stats.json"]
+    written = load_stats(tmp_path / "reversed_stats.json")
+    assert written.vocab == load_stats().vocab and written.sha256 != load_stats().sha256
+    # ... which a second casual command does not replace
+    assert cli_main(["prepare-data", "--text", str(reversed_corpus)]) == 2
+    assert "--out" in capsys.readouterr().err
+    # --out naming the shipped file is refused without --force-shipped
+    assert cli_main(["prepare-data", "--text", str(reversed_corpus), "--out", str(shipped)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--force-shipped" in err[0] and "not the canonical" in err[0]
+    assert _fingerprint(shipped) == before
+
+
+@needs_corpus
+def test_the_canonical_corpus_rebuilds_the_shipped_file_in_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shipped = shipped_stats_path()
+    before = _fingerprint(shipped)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["prepare-data", "--text", str(CORPUS)]) == 0
+    assert f"{shipped} is up to date" in capsys.readouterr().out
+    assert _fingerprint(shipped) == before  # identical statistics: not even rewritten
+    # a stale shipped file (here a copy standing in for it) is rewritten from the canonical corpus
+    stand_in = tmp_path / "shipped.json"
+    stand_in.write_text(json.dumps({**json.loads(shipped.read_text()), "n_chars": 1}))
+    monkeypatch.setattr("birth.commands.prepare_data.shipped_stats_path", lambda: stand_in)
+    assert cli_main(["prepare-data", "--text", str(CORPUS)]) == 0
+    assert json.loads(stand_in.read_text()) == json.loads(shipped.read_text())
+
+
+def test_force_shipped_replaces_the_shipped_file(
+    reversed_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stand_in = tmp_path / "shipped.json"
+    stand_in.write_text(shipped_stats_path().read_text())
+    monkeypatch.setattr("birth.commands.prepare_data.shipped_stats_path", lambda: stand_in)
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["prepare-data", "--text", str(reversed_corpus), "--force-shipped"]) == 0
+    assert load_stats(stand_in).sha256 == compute_stats(reversed_corpus.read_text(encoding="utf-8")).sha256
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "hf") == ["shipped.json"]

@@ -298,9 +298,7 @@ def test_counter_property(case) -> None:
     assert torch.equal(occurrence_counter(x, q), brute_force_batch(x, q))
 
 
-@pytest.mark.parametrize(
-    "trigger_mode, ge1, ge2", [("fixed", 0.316, 0.297), ("random", 0.253, 0.235)]
-)
+@pytest.mark.parametrize("trigger_mode, ge1, ge2", [("fixed", 0.316, 0.297), ("random", 0.253, 0.235)])
 def test_counter_fractions_match_the_paper(stats, trigger_mode: str, ge1: float, ge2: float) -> None:
     b = make(stats, trigger_mode=trigger_mode, n_triggers=5, seq_len=256).sample(2048, 10)
     f1 = float((b.counter >= 1).double().mean())
@@ -449,9 +447,7 @@ def test_show_latents_opens_with_the_triggers(stats, trigger_mode: str) -> None:
     chain = b.inputs[:, k:]
     assert torch.equal(b.counter[:, k:], brute_force_batch(chain, b.triggers))
     hit = (chain.unsqueeze(-1) == b.triggers.unsqueeze(1)).any(-1)
-    expected = (
-        (chain.unsqueeze(-1) == b.triggers.unsqueeze(1)).long() * b.outputs.unsqueeze(1)
-    ).sum(-1)
+    expected = ((chain.unsqueeze(-1) == b.triggers.unsqueeze(1)).long() * b.outputs.unsqueeze(1)).sum(-1)
     assert torch.equal(b.targets[:, k:][hit], expected[hit])
     # a latent is not followed by its output: z_{K+1} ~ unigram whatever the last latent is
     first = make(stats, trigger_mode=trigger_mode, show_latents=True, seq_len=6).sample(40_000, 15)

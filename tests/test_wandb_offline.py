@@ -107,11 +107,9 @@ def test_offline_run_history_holds_the_probes(tmp_path, monkeypatch, tiny_config
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
 def test_sweep_config_expands_to_a_valid_birth_train_command(path):
     """The agent's command line (built with wandb's own expansion) parses as `birth train` flags."""
-    import argparse
-
     from wandb.sdk.launch.sweeps.utils import create_sweep_command, create_sweep_command_args
 
-    from scripts import train as train_cmd
+    from birth.commands import train as train_cmd
 
     sweep = yaml.safe_load(path.read_text())
     assert sweep["method"] in ("grid", "random", "bayes") and sweep["program"] == "birth"
@@ -126,13 +124,11 @@ def test_sweep_config_expands_to_a_valid_birth_train_command(path):
     assert argv[:3] == ["/usr/bin/env", "birth", "train"]
     assert argv[argv.index("--wandb") + 1] == "online"
 
-    parser = argparse.ArgumentParser()
-    train_cmd.add_arguments(parser)
-    args = parser.parse_args(argv[3:])  # exits (SystemExit) on any unknown flag
-    config = train_cmd.config_from_args(args)
+    cmd = train_cmd.parse(argv[3:])  # a CLIError on any unknown flag or bad value
+    flat = {k: v for section in cmd.config.to_dict().values() for k, v in section.items()}
     for name, spec in point.items():
         field = name.replace("-", "_")
-        actual = args.preset if field == "preset" else getattr(config, field)
+        actual = cmd.preset if field == "preset" else flat[field]
         assert actual == spec["value"], name
 
 

@@ -96,7 +96,7 @@ class RunConfig:
     checkpoint_every: int = 100  # checkpoint every this many steps, and at the end
     heatmap_every: int = 0  # W&B attention heatmaps every this many steps (0: never)
     fast_path: bool = True  # fused forward (tested equal to the TransformerLens forward)
-    attention_probes: bool = True  # evaluations: score_acc, score2_acc, ... (a TransformerLens forward with hooks)
+    attention_probes: bool = True  # evaluations: score_acc, score2_acc, ... (TransformerLens forward, hooks)
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "--seed")

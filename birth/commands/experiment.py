@@ -24,18 +24,22 @@ FAMILIES = {
 }
 
 
+def _option(tp, help_: str, name: str | None = None):
+    return Annotated[tp, tyro.conf.arg(help=help_, name=name)]
+
+
 def _command_class(config_type: type, default_config) -> type:
     """A dataclass of the config plus the options every experiment command has."""
     return dataclasses.make_dataclass(
         f"{config_type.__name__}Command",
         [
             ("config", config_type, dataclasses.field(default=default_config)),
-            ("full", bool, dataclasses.field(default=False)),
-            ("out", Path | None, dataclasses.field(default=None)),
-            ("overwrite", bool, dataclasses.field(default=False)),
-            ("progress", bool, dataclasses.field(default=True)),
-            ("print_config", bool, dataclasses.field(default=False)),
-            ("config_file", Annotated[Path | None, tyro.conf.arg(name="config")], dataclasses.field(default=None)),
+            ("full", _option(bool, "start from the papers' sizes instead of the CPU-sized defaults"), False),
+            ("out", _option(Path | None, "output directory (default: results/<family>/<name>)"), None),
+            ("overwrite", _option(bool, "write into a non-empty --out (its runs/ are re-created)"), False),
+            ("progress", _option(bool, "progress bars"), True),
+            ("print_config", _option(bool, "print the resolved config as YAML and exit"), False),
+            ("config_file", _option(Path | None, "start from a YAML config (as --print-config writes it)", "config"), None),
         ],
         frozen=True,
     )
@@ -71,6 +75,7 @@ def _config_from_yaml(exp, path: str):
 def run_named(name: str, argv: list[str], prog: str) -> int:
     from birth.cli import parse_dataclass, print_config
     from birth.experiments.registry import get, run_experiment
+    from birth.io import check_writable
 
     exp = get(name)
     pre = argparse.ArgumentParser(add_help=False)
@@ -83,6 +88,8 @@ def run_named(name: str, argv: list[str], prog: str) -> int:
     if cmd.print_config:
         print_config(cmd.config)
         return 0
+    # an unusable --out fails now, not after the computation
+    check_writable(cmd.out or exp.default_out_dir(), "--out")
     run_experiment(name, cmd.config, cmd.out, overwrite=cmd.overwrite, progress=cmd.progress)
     return 0
 
@@ -97,6 +104,11 @@ def run(argv: list[str], prog: str) -> int:
 
     command = prog.split()[-1]
     if command == "experiments":
+        if argv and argv[0] in ("-h", "--help"):
+            print(f"usage: {prog}\n\nlist every registered experiment, by family")
+            return 0
+        if argv:
+            raise CLIError(f"unrecognized arguments: {' '.join(argv)} (`{prog}` takes none)")
         for family in ("transformer", "theory", "scaling", "capacity", "dynamics"):
             found = names(family)
             if found:
@@ -110,11 +122,17 @@ def run(argv: list[str], prog: str) -> int:
         print(_list(available, "experiments:"))
         print(f"  {'all':<{max(map(len, available), default=3)}}  every experiment above, into results/<family>/<name>")
         print("\n" + _OPTION_HELP)
-        return 0 if argv else 2
+        if not argv:
+            raise CLIError(f"missing experiment NAME; choose from {', '.join(available)}, all")
+        return 0
     name, rest = argv[0], argv[1:]
     if name == "all":
         if argv_has_out(rest):
             raise CLIError("--out: `all` writes each experiment into its own results/<family>/<name>")
+        from birth.io import check_writable
+
+        for each in available:  # every output directory is usable before the first experiment runs
+            check_writable(get(each).default_out_dir(), f"{prog} {each}: output directory")
         for each in available:
             print(f"== {each}")
             run_named(each, rest, f"{prog} {each}")

@@ -13,7 +13,7 @@ import argparse
 import math
 from pathlib import Path
 
-from birth.io import atomic_write_json
+from birth.io import atomic_write_json, check_writable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -104,6 +104,8 @@ def execute(args: argparse.Namespace) -> int:
 
     # Everything that can fail on bad input happens before anything is written.
     ckpt_path = resolve_checkpoint(args.checkpoint)
+    out_dir = args.out if args.out is not None else default_out_dir(ckpt_path)
+    check_writable(out_dir, "--out")
     model, config, step = load_trained_model(ckpt_path, device=device)
     stats = load_stats()
     half_len = args.repeat_len if args.repeat_len is not None else config.task.seq_len // 2
@@ -122,7 +124,6 @@ def execute(args: argparse.Namespace) -> int:
             "repeated_random": repeated_sequence_scores(model, half_len, batch_size=32, seed=config.run.eval_seed),
         }
 
-    out_dir = args.out if args.out is not None else default_out_dir(ckpt_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     pngs = save_attention_heatmaps(model, stats, batch, out_dir, index=args.index, max_positions=args.positions)
     html = save_attention_html(model, stats, batch, out_dir / "attention.html", index=args.index)

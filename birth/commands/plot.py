@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from birth.io import save_figure
+from birth.io import check_writable, save_figure
 from birth.metrics import first_crossing
 
 ICL_KEY = "eval/icl_acc"
@@ -162,14 +162,15 @@ def execute(args: argparse.Namespace) -> int:
         raise ValueError(f"--threshold must be in (0, 1], got {args.threshold}")
     if not args.name or "/" in args.name or os.sep in args.name:
         raise ValueError(f"--name must be a plain file name stem, got {args.name!r}")
+    out_dir = args.out if args.out is not None else default_out_dir(args.run_dirs)
     runs = [read_run(d) for d in args.run_dirs]  # bad input fails here, before anything is written
+    check_writable(out_dir, "--out")
     steps, stacked = align(runs)
     n_runs = len(runs)
     title = (f"Learning order: {runs[0].run_dir.name}" if n_runs == 1
              else f"Learning order: mean ± std over {n_runs} runs")
     fig, crossings = plot_learning_order(steps, stacked, args.threshold, title)
 
-    out_dir = args.out if args.out is not None else default_out_dir(args.run_dirs)
     data = {
         "runs": [str(r.run_dir) for r in runs],
         "threshold": args.threshold,

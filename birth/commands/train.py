@@ -93,7 +93,11 @@ def run(argv: list[str], prog: str) -> int:
         if cmd.out is not None:
             raise CLIError("give either --resume RUN_DIR or --out, not both")
         saved = read_run_config(cmd.resume)
-        changed = [f for f in _changed_fields(saved, config) if f != "--steps"]
+        given = {a.split("=")[0]: i for i, a in reversed(list(enumerate(argv)))}
+        changed = sorted(
+            (f for f in _changed_fields(saved, config) if f != "--steps"),
+            key=lambda f: given.get(f, given.get("--no-" + f[2:], len(argv))),  # as typed
+        )
         if changed:
             raise CLIError(
                 f"--resume continues {cmd.resume} with its own config; these flags would change the run: "

@@ -61,15 +61,21 @@ REFERENCE_DIMS = (10, 20, 50, 100, 200, 500, 1000)  # the reference grid's d
 
 
 def _check_ints(values: Any, flag: str, minimum: int = 1) -> None:
-    ok = isinstance(values, tuple) and values and all(
-        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values
+    ok = (
+        isinstance(values, tuple)
+        and values
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values)
     )
     if not ok or len(set(values)) != len(values):
         raise ValueError(f"{flag} must be a non-empty list of distinct integers >= {minimum}, got {values!r}")
 
 
 def _check_choices(values: Any, flag: str, choices: tuple) -> None:
-    ok = isinstance(values, tuple) and values and all(v in choices and type(v) is type(choices[0]) for v in values)
+    ok = (
+        isinstance(values, tuple)
+        and values
+        and all(v in choices and type(v) is type(choices[0]) for v in values)
+    )
     if not ok or len(set(values)) != len(values):
         raise ValueError(f"{flag} must be a non-empty list of distinct values from {choices}, got {values!r}")
 
@@ -103,25 +109,36 @@ class OptimizerGridConfig:
         _check_ints(self.dims, "--dims")
         _check_ints(self.batch_sizes, "--batch-sizes")
         _check_ints(self.num_samples, "--num-samples")
-        lrs_ok = isinstance(self.lrs, tuple) and self.lrs and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 for v in self.lrs
+        lrs_ok = (
+            isinstance(self.lrs, tuple)
+            and self.lrs
+            and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+                for v in self.lrs
+            )
         )
         if not lrs_ok or len(set(self.lrs)) != len(self.lrs):
-            raise ValueError(f"--lrs must be a non-empty list of distinct finite numbers > 0, got {self.lrs!r}")
+            raise ValueError(
+                f"--lrs must be a non-empty list of distinct finite numbers > 0, got {self.lrs!r}"
+            )
         _check_choices(self.layer_norms, "--layer-norms", (False, True))
         _check_choices(self.optimizers, "--optimizers", GRID_OPTIMIZERS)
         _check_choices(self.models, "--models", MODELS)
         for t in self.num_samples:
             for b in self.batch_sizes:
                 if t % b:
-                    raise ValueError(f"--num-samples {t} is not a multiple of --batch-sizes {b} (T / batch steps)")
+                    raise ValueError(
+                        f"--num-samples {t} is not a multiple of --batch-sizes {b} (T / batch steps)"
+                    )
         eta = self.relu_threshold
         if not (isinstance(eta, (int, float)) and not isinstance(eta, bool) and 0 <= eta < 1):
             raise ValueError(f"--relu-threshold must be a number in [0, 1), got {eta!r}")
         if self.init not in ("gaussian", "zero"):
             raise ValueError(f"--init must be gaussian or zero, got {self.init!r}")
         check_seed(self.seed)
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1):
+        if self.threads is not None and (
+            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
+        ):
             raise ValueError(f"--threads must be an integer >= 1, got {self.threads!r}")
         if self.device not in get_args(Device):
             raise ValueError(f"--device must be one of {get_args(Device)}, got {self.device!r}")
@@ -140,7 +157,9 @@ def relu_features(inputs: torch.Tensor, threshold: float) -> torch.Tensor:
     return F.relu(einsum(keys, keys, "r n d, r k d -> r n k") - threshold)
 
 
-def initial_memory(num_trials: int, dim: int, width: int, init: str, seed: int, device, dtype) -> torch.Tensor:
+def initial_memory(
+    num_trials: int, dim: int, width: int, init: str, seed: int, device, dtype
+) -> torch.Tensor:
     """W at step 0, (R, dim, width): zero, or N(0, 1/dim) entries (the reference's), drawn per trial."""
     if init == "zero":
         return torch.zeros(num_trials, dim, width, device=device, dtype=dtype)
@@ -149,18 +168,19 @@ def initial_memory(num_trials: int, dim: int, width: int, init: str, seed: int, 
 
 
 def memory_error(
-    memory: torch.Tensor, every: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor, probs: torch.Tensor,
+    memory: torch.Tensor,
+    every: torch.Tensor,
+    outputs: torch.Tensor,
+    targets: torch.Tensor,
+    probs: torch.Tensor,
     layer_norm: bool,
 ) -> torch.Tensor:
     """Exact Σ_x p(x) 1{argmax_y u_yᵀ h(x) ≠ f*(x)} per trial; every (R, N, width) holds z(x) of all
-    tokens. A token whose scores are not all finite (a diverged run) counts as wrong: its scores are
-    set to a tie, and a tie at the top counts as wrong (NaN compares false and would count as right)."""
+    tokens. A token whose scores are not all finite (a diverged run) counts as wrong."""
     hidden = einsum(memory, every, "r i j, r n j -> r n i")
     if layer_norm:
         hidden = F.layer_norm(hidden, hidden.shape[-1:])
     scores = einsum(outputs, hidden, "r m d, r n d -> r m n")
-    finite = torch.isfinite(scores).all(-2, keepdim=True)
-    scores = torch.where(finite, scores, torch.zeros_like(scores))
     head, tail = errors_from_scores(scores, targets, probs.to(scores.device, torch.float64), 0)
     return head + tail
 
@@ -232,12 +252,19 @@ def train_grid_memory(
         if step == num_steps:
             break
         x = batches[:, step]  # (R, b)
-        z = torch.gather(inputs, 1, x[..., None].expand(-1, -1, dim)) if features is None else features[rows, x]
+        z = (
+            torch.gather(inputs, 1, x[..., None].expand(-1, -1, dim))
+            if features is None
+            else features[rows, x]
+        )
         hidden = einsum(memory, z, "r i j, r b j -> r b i")
         if layer_norm:
             hidden = F.layer_norm(hidden, hidden.shape[-1:])
         logits = einsum(outputs, hidden, "r m d, r b d -> r b m")
-        loss = F.cross_entropy(rearrange(logits, "r b m -> (r b) m"), targets[x].reshape(-1), reduction="sum") / batch
+        loss = (
+            F.cross_entropy(rearrange(logits, "r b m -> (r b) m"), targets[x].reshape(-1), reduction="sum")
+            / batch
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -291,7 +318,10 @@ class OptimizerGridResult(ExperimentResult):
         return cls(runs, claims_of(runs), reference_rows(runs), seeds, seconds)
 
     def headline(self) -> str:
-        parts = [f"{SHORT.get(c.claim, c.claim)} {'n/a' if c.ratio is None else f'x{c.ratio:.3g}'}" for c in self.claims]
+        parts = [
+            f"{SHORT.get(c.claim, c.claim)} {'n/a' if c.ratio is None else f'x{c.ratio:.3g}'}"
+            for c in self.claims
+        ]
         return f"{len(self.runs)} settings; claims (worse/better error ratio, > 1 holds): " + ", ".join(parts)
 
 
@@ -304,13 +334,15 @@ SHORT = {
 }
 
 
-def _pairs(index: dict[tuple, float], axis: int, against: Any, better: Any) -> list[tuple[tuple, float, float]]:
+def _pairs(
+    index: dict[tuple, float], axis: int, against: Any, better: Any
+) -> list[tuple[tuple, float, float]]:
     """(setting, error on the `against` side, error on the `better` side) for every setting with both."""
     out = []
     for key, value in index.items():
         if key[axis] != better:
             continue
-        other = key[:axis] + (against,) + key[axis + 1:]
+        other = key[:axis] + (against,) + key[axis + 1 :]
         if other in index:
             out.append((key, index[other], value))
     return out
@@ -332,7 +364,9 @@ def _claim(name: str, comparison: str, pairs: list[tuple[tuple, float, float]]) 
             by[label] = ratio(subset)
     n = len(pairs)
     return Claim(
-        claim=name, comparison=comparison, settings=n,
+        claim=name,
+        comparison=comparison,
+        settings=n,
         error_against=sum(p[1] for p in pairs) / n if n else None,
         error_for=sum(p[2] for p in pairs) / n if n else None,
         ratio=ratio(pairs),
@@ -346,28 +380,47 @@ def claims_of(runs: list[GridRun]) -> list[Claim]:
     each side at its best learning rate, and paired at the same learning rate)."""
     # key: (model, optimizer, layer_norm, d, lr, batch, T), in sorted order so that the sums do
     # not depend on the order of the runs (a grid merged from its points gives the same table)
-    index = dict(sorted(
-        ((r.model, r.optimizer, r.layer_norm, r.d, r.lr, r.batch_size, r.num_samples), r.error_mean) for r in runs
-    ))
+    index = dict(
+        sorted(
+            ((r.model, r.optimizer, r.layer_norm, r.d, r.lr, r.batch_size, r.num_samples), r.error_mean)
+            for r in runs
+        )
+    )
     lrs = sorted({r.lr for r in runs})
     batches = sorted({r.batch_size for r in runs})
     claims = []
-    claims.append(_claim(
-        "large learning rates are better", f"lr {lrs[0]:g} / lr {lrs[-1]:g}",
-        _pairs(index, 4, lrs[0], lrs[-1]) if len(lrs) > 1 else [],
-    ))
-    claims.append(_claim(
-        "small batches are better", f"batch {batches[-1]} / batch {batches[0]} (same T)",
-        _pairs(index, 5, batches[-1], batches[0]) if len(batches) > 1 else [],
-    ))
+    claims.append(
+        _claim(
+            "large learning rates are better",
+            f"lr {lrs[0]:g} / lr {lrs[-1]:g}",
+            _pairs(index, 4, lrs[0], lrs[-1]) if len(lrs) > 1 else [],
+        )
+    )
+    claims.append(
+        _claim(
+            "small batches are better",
+            f"batch {batches[-1]} / batch {batches[0]} (same T)",
+            _pairs(index, 5, batches[-1], batches[0]) if len(batches) > 1 else [],
+        )
+    )
     # the optimizer and LayerNorm claims compare each side at its own best learning rate
     best: dict[tuple, float] = {}
     for key, value in index.items():
         setting = key[:4] + key[5:]
         best[setting] = min(value, best.get(setting, math.inf))
-    claims.append(_claim("Adam works best", "SGD / Adam (each at its best lr)", _pairs(best, 1, "sgd", "adam")))
-    claims.append(_claim("LayerNorm helps", "no LayerNorm / LayerNorm (each at its best lr)", _pairs(best, 2, False, True)))
-    claims.append(_claim("LayerNorm helps (same lr)", "no LayerNorm / LayerNorm (same lr)", _pairs(index, 2, False, True)))
+    claims.append(
+        _claim("Adam works best", "SGD / Adam (each at its best lr)", _pairs(best, 1, "sgd", "adam"))
+    )
+    claims.append(
+        _claim(
+            "LayerNorm helps", "no LayerNorm / LayerNorm (each at its best lr)", _pairs(best, 2, False, True)
+        )
+    )
+    claims.append(
+        _claim(
+            "LayerNorm helps (same lr)", "no LayerNorm / LayerNorm (same lr)", _pairs(index, 2, False, True)
+        )
+    )
     return claims
 
 
@@ -376,9 +429,22 @@ def reference_rows(runs: list[GridRun]) -> list[dict[str, Any]]:
     rows = []
     for r in runs:
         key = (r.lr, r.d)
-        if (r.model, r.optimizer, r.layer_norm, r.batch_size) == ("matrix", "sgd", False, 64) and key in REFERENCE_SGD_B64:
-            rows.append({"lr": r.lr, "d": r.d, "T": r.num_samples, "error": r.error_mean, "std": r.error_std,
-                         "reference": REFERENCE_SGD_B64[key]})
+        if (r.model, r.optimizer, r.layer_norm, r.batch_size) == (
+            "matrix",
+            "sgd",
+            False,
+            64,
+        ) and key in REFERENCE_SGD_B64:
+            rows.append(
+                {
+                    "lr": r.lr,
+                    "d": r.d,
+                    "T": r.num_samples,
+                    "error": r.error_mean,
+                    "std": r.error_std,
+                    "reference": REFERENCE_SGD_B64[key],
+                }
+            )
     return sorted(rows, key=lambda row: (row["lr"], row["d"], row["T"]))
 
 
@@ -412,23 +478,47 @@ def run_grid(config: OptimizerGridConfig, *, log=print, progress: bool = True) -
     t_max = max(config.num_samples)
     # one stream of t_max samples per seed, cut into steps of each batch size
     batches = {b: sample_batches(task, config.seeds, t_max // b, b, config.seed) for b in config.batch_sizes}
-    settings = list(itertools.product(
-        config.models, config.optimizers, config.layer_norms, config.dims, config.lrs, config.batch_sizes
-    ))
+    settings = list(
+        itertools.product(
+            config.models, config.optimizers, config.layer_norms, config.dims, config.lrs, config.batch_sizes
+        )
+    )
     runs = []
-    for model, opt, ln, d, lr, b in tqdm(settings, desc="optimizer grid", disable=not progress, mininterval=5):
+    for model, opt, ln, d, lr, b in tqdm(
+        settings, desc="optimizer grid", disable=not progress, mininterval=5
+    ):
         out = train_grid_memory(
-            task, model, d, config.seeds, optimizer=opt, lr=lr, layer_norm=ln, batches=batches[b],
-            eval_steps=[t // b for t in config.num_samples], seed=config.seed, init=config.init,
-            threshold=config.relu_threshold, device=device,
+            task,
+            model,
+            d,
+            config.seeds,
+            optimizer=opt,
+            lr=lr,
+            layer_norm=ln,
+            batches=batches[b],
+            eval_steps=[t // b for t in config.num_samples],
+            seed=config.seed,
+            init=config.init,
+            threshold=config.relu_threshold,
+            device=device,
         )
         column = {int(s): i for i, s in enumerate(out["steps"].tolist())}
         for t in config.num_samples:
             errors = out["error"][:, column[t // b]]
-            runs.append(GridRun(
-                model, opt, ln, d, float(lr), b, t, errors.mean().item(), errors.std(unbiased=False).item(),
-                errors.tolist(),
-            ))
+            runs.append(
+                GridRun(
+                    model,
+                    opt,
+                    ln,
+                    d,
+                    float(lr),
+                    b,
+                    t,
+                    errors.mean().item(),
+                    errors.std(unbiased=False).item(),
+                    errors.tolist(),
+                )
+            )
     return runs
 
 
@@ -441,14 +531,17 @@ def format_claims(result: OptimizerGridResult) -> list[str]:
 
     lines = [
         "| claim | compared (worse / better) | settings | mean errors | ratio | wins | "
-        + " | ".join(labels) + " |",
+        + " | ".join(labels)
+        + " |",
         "|---" * (6 + len(labels)) + "|",
     ]
     for c in result.claims:
         errors = "n/a" if c.error_for is None else f"{c.error_against:.4f} / {c.error_for:.4f}"
         lines.append(
             f"| {c.claim} | {c.comparison} | {c.settings} | {errors} | {fmt(c.ratio)} | "
-            f"{'n/a' if c.wins is None else f'{c.wins:.2f}'} | " + " | ".join(fmt(c.by.get(k)) for k in labels) + " |"
+            f"{'n/a' if c.wins is None else f'{c.wins:.2f}'} | "
+            + " | ".join(fmt(c.by.get(k)) for k in labels)
+            + " |"
         )
     return lines
 
@@ -458,20 +551,29 @@ def format_reference(result: OptimizerGridResult) -> list[str]:
         return []
     lines = ["| lr | d | T | error (mean ± std) | reference |", "|---|---|---|---|---|"]
     for row in result.reference:
-        lines.append(f"| {row['lr']:g} | {row['d']} | {row['T']} | {row['error']:.4f} ± {row['std']:.4f} | {row['reference']} |")
+        lines.append(
+            f"| {row['lr']:g} | {row['d']} | {row['T']} | {row['error']:.4f} ± {row['std']:.4f} | {row['reference']} |"
+        )
     return lines
 
 
 def plot_optimizer_grid(result: OptimizerGridResult, out_dir: Path) -> list[Path]:
     """Error vs d (vs the batch size when there is one d) per model (rows) and optimizer ×
-    LayerNorm (columns), one line per learning rate; batch 64 (or the smallest), the largest T."""
+    LayerNorm (columns), one line per learning rate; batch 64 (or the smallest), T = 10240 (the
+    reference script's default, where its quoted numbers match ours) or the largest T."""
     runs = result.runs
     models = [m for m in MODELS if any(r.model == m for r in runs)]
-    combos = [(o, ln) for o in GRID_OPTIMIZERS for ln in (False, True) if any((r.optimizer, r.layer_norm) == (o, ln) for r in runs)]
+    combos = [
+        (o, ln)
+        for o in GRID_OPTIMIZERS
+        for ln in (False, True)
+        if any((r.optimizer, r.layer_norm) == (o, ln) for r in runs)
+    ]
     dims = sorted({r.d for r in runs})
     batches = sorted({r.batch_size for r in runs})
     batch = 64 if 64 in batches else batches[0]
-    t_max = max(r.num_samples for r in runs)
+    samples = {r.num_samples for r in runs}
+    t_plot = 10240 if 10240 in samples else max(samples)  # the reference script's default T
     by_d = len(dims) > 1
     fig, axes = new_figure(len(models), len(combos), (3.2, 2.6))
     for i, model in enumerate(models):
@@ -479,25 +581,39 @@ def plot_optimizer_grid(result: OptimizerGridResult, out_dir: Path) -> list[Path
             ax = axes[i][j]
             for lr in sorted({r.lr for r in runs}):
                 sel = sorted(
-                    (r for r in runs if (r.model, r.optimizer, r.layer_norm, r.lr, r.num_samples) == (model, opt, ln, lr, t_max)
-                     and (not by_d or r.batch_size == batch)),
+                    (
+                        r
+                        for r in runs
+                        if (r.model, r.optimizer, r.layer_norm, r.lr, r.num_samples)
+                        == (model, opt, ln, lr, t_plot)
+                        and (not by_d or r.batch_size == batch)
+                    ),
                     key=lambda r: (r.d, r.batch_size),
                 )
                 if not sel:
                     continue
                 xs = [r.d if by_d else r.batch_size for r in sel]
-                ax.errorbar(xs, [r.error_mean for r in sel], yerr=[r.error_std for r in sel], marker="o", ms=3,
-                            capsize=2, label=f"lr {lr:g}")
+                ax.errorbar(
+                    xs,
+                    [r.error_mean for r in sel],
+                    yerr=[r.error_std for r in sel],
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    label=f"lr {lr:g}",
+                )
             if by_d and (model, opt, ln) == ("matrix", "sgd", False):
                 for lr in (0.1, 100.0):
-                    ref = [(d, REFERENCE_SGD_B64[(lr, d)]) for d in (10, 1000) if (lr, d) in REFERENCE_SGD_B64]
+                    ref = [
+                        (d, REFERENCE_SGD_B64[(lr, d)]) for d in (10, 1000) if (lr, d) in REFERENCE_SGD_B64
+                    ]
                     ax.plot(*zip(*ref), "k*", ms=7, label="reference" if lr == 0.1 else None)
             ax.set(xscale="log", title=f"{model}, {opt}{' + LN' if ln else ''}")
             ax.title.set_fontsize(8)
             if i == len(models) - 1:
                 ax.set_xlabel("d" + (f" (batch {batch})" if by_d else "") if by_d else "batch size")
             if j == 0:
-                ax.set_ylabel(f"error after T={t_max}")
+                ax.set_ylabel(f"error after T={t_plot}")
     axes[0][0].legend(fontsize=6)
     return save_figure(fig, out_dir, "optimizer_grid")
 
@@ -508,15 +624,25 @@ def plot_optimizer_grid(result: OptimizerGridResult, out_dir: Path) -> list[Path
     summary="lr x batch x T x LayerNorm x {SGD, Adam} x {matrix, learned, relu} memories; the seed's four claims as ratios",
     config=OptimizerGridConfig,
     plot=plot_optimizer_grid,
-    full=lambda: OptimizerGridConfig(dims=REFERENCE_DIMS, num_samples=(1024, 10240, 102400), seeds=10, device="auto"),
+    full=lambda: OptimizerGridConfig(
+        dims=REFERENCE_DIMS, num_samples=(1024, 10240, 102400), seeds=10, device="auto"
+    ),
     small=lambda: OptimizerGridConfig(
-        dims=(10,), lrs=(0.1, 10.0), batch_sizes=(16, 64), num_samples=(256, 1024), seeds=2,
+        dims=(10,),
+        lrs=(0.1, 10.0),
+        batch_sizes=(16, 64),
+        num_samples=(256, 1024),
+        seeds=2,
     ),
 )
-def run_optimizer_grid(config: OptimizerGridConfig, out_dir: Path, *, log=print, progress: bool = True) -> OptimizerGridResult:
-    log(f"optimizer grid: N={config.num_inputs}, M={config.num_outputs}, alpha={config.alpha:g}; models "
+def run_optimizer_grid(
+    config: OptimizerGridConfig, out_dir: Path, *, log=print, progress: bool = True
+) -> OptimizerGridResult:
+    log(
+        f"optimizer grid: N={config.num_inputs}, M={config.num_outputs}, alpha={config.alpha:g}; models "
         f"{list(config.models)}, {list(config.optimizers)}, LayerNorm {list(config.layer_norms)}, d {list(config.dims)}, "
-        f"lr {list(config.lrs)}, batch {list(config.batch_sizes)}, T {list(config.num_samples)}, {config.seeds} seeds")
+        f"lr {list(config.lrs)}, batch {list(config.batch_sizes)}, T {list(config.num_samples)}, {config.seeds} seeds"
+    )
     started = time.perf_counter()
     with _threads(config.threads):
         runs = run_grid(config, log=log, progress=progress)
@@ -563,8 +689,12 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     merge = sub.add_parser("combine", help="merge results.jsonl files")
     merge.add_argument("results", nargs="+", type=Path, help="results.jsonl of `birth grid`")
-    merge.add_argument("--out", type=Path, default=None, help="where to write result.json and the figure "
-                       "(default: next to the first results file)")
+    merge.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write result.json and the figure (default: next to the first results file)",
+    )
     args = parser.parse_args(argv)
     from birth.io import atomic_write_json
 
@@ -574,7 +704,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
         return 2
     out = args.out or args.results[0].parent
-    print(f"wrote {atomic_write_json(out / 'combined.json', {'experiment': 'optimizer-grid', 'result': result})}")
+    print(
+        f"wrote {atomic_write_json(out / 'combined.json', {'experiment': 'optimizer-grid', 'result': result})}"
+    )
     plot_optimizer_grid(result, out)
     for line in format_claims(result) + [""] + format_reference(result):
         print(line)

@@ -34,6 +34,7 @@ Family = Literal["transformer", "theory", "scaling", "capacity", "dynamics"]
 # some transformer_lens: `birth --help` must not pay for that).
 MODULES = (
     "birth.experiments.transformer",
+    "birth.experiments.transformer_studies",
     "birth.experiments.theory",
     "birth.experiments.scaling",
     "birth.experiments.capacity",
@@ -129,7 +130,7 @@ def names(*families: Family) -> list[str]:
 
 
 def run_experiment(
-    name: str,
+    name: str | Experiment,
     config: Any = None,
     out_dir: str | Path | None = None,
     *,
@@ -137,9 +138,11 @@ def run_experiment(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> ExperimentResult:
-    """Run experiment `name` (default config when None) into `out_dir`, write `result.json` and its
-    figures, print its headline and the paths written; return the result."""
-    exp = get(name)
+    """Run experiment `name` (a registered name or an `Experiment`; default config when None) into
+    `out_dir`, write `result.json` and its figures, print its headline and the paths written;
+    return the result."""
+    exp = name if isinstance(name, Experiment) else get(name)
+    name = exp.name
     config = exp.config() if config is None else config
     if not isinstance(config, exp.config):
         raise TypeError(f"experiment {name} takes a {exp.config.__name__}, got {type(config).__name__}")

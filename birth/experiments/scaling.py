@@ -23,10 +23,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from birth.experiments.common import Device, check_device
 from birth.experiments.registry import ExperimentResult, register
@@ -36,6 +36,7 @@ from birth.memory import (
     TheoryConstant,
     coefficient_scores,
     draw_embeddings,
+    errors_from_scores,
     fit_power_law,
     fit_theory_constant,
     memory_coefficients,
@@ -51,11 +52,15 @@ from birth.memory import (
     sgd_scheme_table,
 )
 from birth.seeds import check_seed
-from tasks.zipf import ZipfAssociations, trial_generator
-
-# the stream of the training samples of memory-matrices (its schemes count the same samples)
-SAMPLE_STREAM = 0xDA7A
-
+from tasks.zipf import ZipfAssociations
+from training.memory_sgd import (
+    OPTIMIZERS,
+    MemoryOptimizer,
+    MemoryTrainConfig,
+    approximate_q_dynamics,
+    sample_batches,
+    train_memory,
+)
 
 # --------------------------------------------------------------------------------------------
 # validation and run settings shared by the scaling and capacity experiments
@@ -68,7 +73,7 @@ def check_int(value: object, flag: str, minimum: int = 1) -> None:
 
 def check_ints(values: object, flag: str, minimum: int = 1) -> None:
     if not isinstance(values, tuple) or not values:
-        raise ValueError(f"{flag} must be a non-empty list of integers >= {minimum}, got {values!r}")
+        raise ValueError(f"{flag} must be a non-empty tuple of integers >= {minimum}, got {values!r}")
     for v in values:
         check_int(v, flag, minimum)
 
@@ -92,7 +97,7 @@ def check_real(
 
 def check_reals(values: object, flag: str, low: float = -math.inf, high: float = math.inf, **kw) -> None:
     if not isinstance(values, tuple):
-        raise ValueError(f"{flag} must be a list of numbers, got {values!r}")
+        raise ValueError(f"{flag} must be a tuple of numbers, got {values!r}")
     for v in values:
         check_real(v, flag, low, high, **kw)
 
@@ -108,11 +113,14 @@ def resolve_device(device: str) -> str:
 
 
 @contextlib.contextmanager
-def torch_threads(threads: int | None) -> Iterator[None]:
-    """Run with `threads` CPU threads (None: leave as is), restored afterwards."""
+def torch_threads(threads: int | None, default: int | None = 1) -> Iterator[None]:
+    """Run with `threads` CPU threads (None: `default`; a None default leaves torch's), restored
+    afterwards. One thread is the fastest for the small steps of memory training (no
+    synchronisation on a busy machine)."""
     before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    wanted = default if threads is None else threads
+    if wanted is not None:
+        torch.set_num_threads(wanted)
     try:
         yield
     finally:
@@ -137,6 +145,11 @@ def _check_common(config, *, float32: bool = True) -> None:
         raise ValueError(f"--float32 must be true or false, got {config.float32!r}")
 
 
+def _check_threads(config) -> None:
+    if config.threads is not None:
+        check_int(config.threads, "--threads")
+
+
 def _check_task(config) -> None:
     check_int(config.num_inputs, "--num-inputs")
     check_int(config.num_outputs, "--num-outputs", 2)
@@ -145,6 +158,27 @@ def _check_task(config) -> None:
 
 def _dtype(config) -> torch.dtype:
     return torch.float32 if config.float32 else torch.float64
+
+
+def task_errors(
+    task: ZipfAssociations, weights, dims: list[int], trials: int, config, device: str, progress: bool, **kw
+) -> torch.Tensor:
+    """Exact errors (R, B, D) of the memories `weights` on the task (memory_errors' "error"), with
+    the config's seed, dtype and threads."""
+    with torch_threads(config.threads, default=None):
+        return memory_errors(
+            weights,
+            task.targets(),
+            task.probs(),
+            dims,
+            num_trials=trials,
+            seed=config.seed,
+            num_outputs=task.num_outputs,
+            device=device,
+            dtype=_dtype(config),
+            progress=progress,
+            **kw,
+        )["error"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,11 +262,13 @@ class DAndTConfig:
     grid_points: int = 13  # log-spaced d and T values (added to the curves' values)
     top_fraction: float = 0.125  # thresholded scheme keeps P = d * this (paper text 1/8, its code 1/12)
     float32: bool = False  # compute scores in float32 (faster)
+    threads: int | None = None  # torch CPU threads (default: torch's own choice)
     seed: int = 0  # seeds data and embeddings
     device: Device = "cpu"  # where to compute
 
     def __post_init__(self) -> None:
         _check_common(self)
+        _check_threads(self)
         _check_task(self)
         check_ints(self.d_curves, "--d-curves")
         check_ints(self.t_curves, "--t-curves")
@@ -333,18 +369,7 @@ def run_d_and_t(config: DAndTConfig, out_dir: Path, *, log=print, progress: bool
     top = tops(dims, config.top_fraction)
     finite = q_threshold(counts, top)  # (R, T, D, N)
     at_infinity = q_threshold(task.probs(), top)  # (D, N): T = ∞, counts ∝ p
-    err = memory_errors(
-        [finite, at_infinity[None, None]],
-        task.targets(),
-        task.probs(),
-        dims,
-        num_trials=config.trials,
-        seed=config.seed,
-        num_outputs=task.num_outputs,
-        device=device,
-        dtype=_dtype(config),
-        progress=progress,
-    )["error"]  # (R, T + 1, D)
+    err = task_errors(task, [finite, at_infinity[None, None]], dims, config.trials, config, device, progress)
     alpha = task.alpha
     fits = [report_fit("error vs d at T=inf", dims, err[:, -1], -(alpha - 1), config.seed, log)]
     widest = dims.index(max(d_curves))
@@ -405,11 +430,13 @@ class HeatmapConfig:
     min_counts: tuple[int, ...] = (2,)  # extra schemes q = 1{x seen at least s times}, one per s
     rhos: tuple[float, ...] = (0.5,)  # extra schemes q = p̂^ρ, one per ρ
     float32: bool = False  # compute scores in float32 (faster)
+    threads: int | None = None  # torch CPU threads (default: torch's own choice)
     seed: int = 0  # seeds data and embeddings
     device: Device = "cpu"  # where to compute
 
     def __post_init__(self) -> None:
         _check_common(self)
+        _check_threads(self)
         _check_task(self)
         for flag, pair in (("--d-range", self.d_range), ("--t-range", self.t_range)):
             check_ints(pair, flag)
@@ -502,18 +529,7 @@ def run_heatmap(config: HeatmapConfig, out_dir: Path, *, log=print, progress: bo
     counts = task.nested_counts(sizes, config.trials, seed=config.seed)
 
     def errors(weights: torch.Tensor) -> torch.Tensor:  # (R, k·T, 1, N) -> (k, T, D), mean over trials
-        err = memory_errors(
-            weights,
-            task.targets(),
-            task.probs(),
-            dims,
-            num_trials=config.trials,
-            seed=config.seed,
-            num_outputs=task.num_outputs,
-            device=device,
-            dtype=_dtype(config),
-            progress=progress,
-        )["error"].mean(0)
+        err = task_errors(task, weights, dims, config.trials, config, device, progress).mean(0)
         return err.reshape(-1, len(sizes), len(dims))
 
     q0, q1 = errors(torch.cat([q_seen(counts), q_frequency(counts)], 1)[:, :, None])
@@ -573,11 +589,13 @@ class SchemesConfig:
     top_fraction: float = 0.125  # thresholded scheme keeps P = d * this (paper text 1/8, its code 1/12)
     rhos: tuple[float, ...] = (0.5, 0.75)  # extra schemes q = p^ρ, one per ρ (theory slope −(α−1)/(2αρ))
     float32: bool = False  # compute scores in float32 (faster)
+    threads: int | None = None  # torch CPU threads (default: torch's own choice)
     seed: int = 0  # seeds the embeddings
     device: Device = "cpu"  # where to compute
 
     def __post_init__(self) -> None:
         _check_common(self)
+        _check_threads(self)
         _check_task(self)
         check_ints(self.d_range, "--d-range")
         if len(self.d_range) != 2 or self.d_range[0] >= self.d_range[1]:
@@ -658,24 +676,12 @@ def run_schemes(config: SchemesConfig, out_dir: Path, *, log=print, progress: bo
         f"[{dims[0]}, {dims[-1]}], {config.trials} trials"
     )
 
-    def errors(weights: list[torch.Tensor]) -> torch.Tensor:
-        return memory_errors(
-            weights,
-            task.targets(),
-            probs,
-            dims,
-            num_trials=config.trials,
-            seed=config.seed,
-            num_outputs=task.num_outputs,
-            device=device,
-            dtype=_dtype(config),
-            progress=progress,
-        )["error"]
-
     flat = torch.stack([torch.ones_like(probs), probs])  # q = 1, q = p
     top = q_threshold(probs, tops(dims, config.top_fraction))  # q = 1{x <= P(d)}, (D, N)
     started = time.perf_counter()
-    err = errors([flat[None, :, None], top[None, None]])  # (R, 3, D)
+    err = task_errors(
+        task, [flat[None, :, None], top[None, None]], dims, config.trials, config, device, progress
+    )
     log(f"  computed in {time.perf_counter() - started:.2f} s")
     alpha = task.alpha
     labels = ["q = 1", "q = p", f"q = 1{{x <= d*{config.top_fraction:.3g}}}"]
@@ -689,7 +695,7 @@ def run_schemes(config: SchemesConfig, out_dir: Path, *, log=print, progress: bo
     if config.rhos:
         # their own call: the same embeddings, and the three schemes above computed exactly as alone
         powers = torch.stack([q_power(probs, rho) for rho in config.rhos])
-        power_err = errors([powers[None, :, None]])
+        power_err = task_errors(task, powers[None, :, None], dims, config.trials, config, device, progress)
         for k, rho in enumerate(config.rhos):
             # q = p^ρ: lost when x^{−2αρ} d < c Σ p^{2ρ}, i.e. beyond x ∝ d^{1/(2αρ)}, if Σ p^{2ρ} converges
             theory = -(alpha - 1) / (2 * alpha * rho) if 2 * alpha * rho > 1 else None
@@ -741,8 +747,7 @@ class SgdConfig:
     def __post_init__(self) -> None:
         _check_common(self)
         check_int(self.steps, "--steps")
-        if self.threads is not None:
-            check_int(self.threads, "--threads")
+        _check_threads(self)
 
 
 @dataclass(frozen=True)
@@ -829,8 +834,6 @@ def plot_sgd(result: SgdResult, out_dir: Path) -> list[Path]:
     small=lambda: SgdConfig(trials=2, steps=150, float32=True),
 )
 def run_sgd(config: SgdConfig, out_dir: Path, *, log=print, progress: bool = True) -> SgdResult:
-    from training.memory_sgd import MemoryTrainConfig, approximate_q_dynamics, train_memory
-
     device = resolve_device(config.device)
     dtype = _dtype(config)
     task = ZipfAssociations(100, 5, 2.0)
@@ -844,26 +847,16 @@ def run_sgd(config: SgdConfig, out_dir: Path, *, log=print, progress: bool = Tru
     ]
     log(f"sgd: N=100, M=5, alpha=2, {num_steps} steps, SGD from W=0 vs the decoupled q update")
     records = []
-    with torch_threads(1 if config.threads is None else config.threads):
+    with torch_threads(config.threads):
         for title, dim, batch, lr, n in runs:
             train = MemoryTrainConfig("sgd", lr, batch, num_steps, eval_steps=tuple(checkpoints))
             trained = train_memory(task, dim, n, train, seed=config.seed, dtype=dtype, device=device)
             q = approximate_q_dynamics(
                 trained["batches"], task.num_inputs, task.num_outputs, lr, trained["steps"].tolist()
             )
-            approx = memory_errors(
-                q[:, :, None],
-                task.targets(),
-                task.probs(),
-                [dim],
-                num_trials=n,
-                seed=config.seed,
-                num_outputs=task.num_outputs,
-                device=device,
-                dtype=dtype,
-                progress=progress,
-                trial_chunk=n,
-            )["error"][:, :, 0]
+            approx = task_errors(task, q[:, :, None], [dim], n, config, device, progress, trial_chunk=n)[
+                :, :, 0
+            ]
             gap = (trained["error"] - approx).abs().mean(0)
             log(
                 f"  {title}: final error SGD {trained['error'][:, -1].mean():.4f} vs approximation "
@@ -918,8 +911,7 @@ class OptimizersConfig:
             raise ValueError("--lrs must not be empty")
         check_ints(self.batches, "--batches")
         check_int(self.samples, "--samples", max(self.batches))
-        if self.threads is not None:
-            check_int(self.threads, "--threads")
+        _check_threads(self)
 
 
 @dataclass(frozen=True)
@@ -990,10 +982,6 @@ def plot_optimizers(result: OptimizersResult, out_dir: Path) -> list[Path]:
 def run_optimizers(
     config: OptimizersConfig, out_dir: Path, *, log=print, progress: bool = True
 ) -> OptimizersResult:
-    from tqdm import tqdm
-
-    from training.memory_sgd import MemoryTrainConfig, train_memory
-
     device = resolve_device(config.device)
     task = ZipfAssociations(100, 5, 2.0)
     dims, lrs, batches = list(config.dims), list(config.lrs), list(config.batches)
@@ -1003,7 +991,7 @@ def run_optimizers(
     )
     grid = [(d, opt, ln, lr, b) for d in dims for opt, ln in COMBOS for lr in lrs for b in batches]
     results = {}
-    with torch_threads(1 if config.threads is None else config.threads):
+    with torch_threads(config.threads):
         for d, opt, ln, lr, b in tqdm(grid, desc="optimizer grid", disable=not progress):
             train = MemoryTrainConfig(opt, lr, b, config.samples // b, layer_norm=ln)
             out = train_memory(
@@ -1064,8 +1052,7 @@ class MemoryMatricesConfig:
         check_ints(self.checkpoints, "--checkpoints")
         if max(self.checkpoints) > self.samples:
             raise ValueError(f"--checkpoints must be <= --samples ({self.samples}), got {self.checkpoints}")
-        if self.threads is not None:
-            check_int(self.threads, "--threads")
+        _check_threads(self)
 
 
 @dataclass(frozen=True)
@@ -1134,17 +1121,15 @@ def plot_memory_matrices(result: MemoryMatricesResult, out_dir: Path) -> list[Pa
 def run_memory_matrices(
     config: MemoryMatricesConfig, out_dir: Path, *, log=print, progress: bool = True
 ) -> MemoryMatricesResult:
-    from birth.memory import errors_from_scores
-    from training.memory_sgd import MemoryTrainConfig, train_memory
-
     device = resolve_device(config.device)
     task = ZipfAssociations(config.num_inputs, config.num_outputs, config.alpha)
     probs, targets, M = task.probs(), task.targets(), task.num_outputs
     log(
         f"memory-matrices: N={task.num_inputs}, M={M}, alpha={task.alpha:g}, d={config.d}, T={config.samples}"
     )
-    stream, _ = task.sample(config.samples, trial_generator(config.seed, 0, SAMPLE_STREAM))
-    counts = torch.bincount(stream, minlength=task.num_inputs).to(torch.float64)
+    # the samples SGD trains on (batch 1): the schemes count the same ones
+    batches = sample_batches(task, 1, config.samples, 1, config.seed)
+    counts = torch.bincount(batches.flatten(), minlength=task.num_inputs).to(torch.float64)
     # the embeddings SGD trains with (train_memory draws them from the same seed), float64
     inputs, outputs = (
         t[0].cpu() for t in draw_embeddings([0], task.num_inputs, M, [config.d], seed=config.seed).at(0)
@@ -1181,14 +1166,14 @@ def run_memory_matrices(
         eval_steps=tuple(sorted(set(config.checkpoints))),
         track_coefficients=True,
     )
-    with torch_threads(1 if config.threads is None else config.threads):
+    with torch_threads(config.threads):
         trained = train_memory(
             task,
             config.d,
             1,
             train,
             seed=config.seed,
-            batches=stream.view(1, -1, 1),
+            batches=batches,
             device=device,
             dtype=torch.float64,
         )
@@ -1197,7 +1182,7 @@ def run_memory_matrices(
         matrices.append(
             summary(f"SGD γ={config.lr:g}, step {step}", coefficient_scores(q, inputs, outputs), q)
         )
-    target = F_one_hot(targets, M)
+    target = target_matrix(targets, M)
     return MemoryMatricesResult(
         task.num_inputs,
         M,
@@ -1210,7 +1195,7 @@ def run_memory_matrices(
     )
 
 
-def F_one_hot(targets: torch.Tensor, num_outputs: int) -> torch.Tensor:
+def target_matrix(targets: torch.Tensor, num_outputs: int) -> torch.Tensor:
     """The target association matrix 1{y = f*(x)}, (M, N), float64."""
     return scheme_coefficients(torch.ones(len(targets), dtype=torch.float64), targets, num_outputs)
 
@@ -1228,7 +1213,7 @@ class LearnedEmbeddingsConfig:
     dims: tuple[int, ...] = (1, 2, 3, 5, 10, 20, 50, 100)  # d of the error-vs-d curve
     outputs_grid: tuple[int, ...] = (2, 5, 10, 20, 50, 100)  # M of the error-vs-M curve
     d_for_outputs: int = 5  # d of the error-vs-M curve
-    optimizer: Literal["sgd", "adam", "sign"] = "adam"  # the same for both arms (Adam: the seed's best)
+    optimizer: MemoryOptimizer = "adam"  # the same for both arms (Adam: the seed's best)
     lr: float = 0.01  # step size
     batch_size: int = 16  # samples per step
     steps: int = 2000  # optimization steps (fresh samples each)
@@ -1245,14 +1230,13 @@ class LearnedEmbeddingsConfig:
         check_ints(self.dims, "--dims")
         check_ints(self.outputs_grid, "--outputs-grid", 2)
         check_int(self.d_for_outputs, "--d-for-outputs")
-        if self.optimizer not in ("sgd", "adam", "sign"):
-            raise ValueError(f"--optimizer must be one of sgd, adam, sign, got {self.optimizer!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         check_real(self.lr, "--lr", 0.0, open_low=True)
         check_int(self.batch_size, "--batch-size")
         check_int(self.steps, "--steps")
         check_real(self.tolerance, "--tolerance", 0.0, 1.0, open_low=True)
-        if self.threads is not None:
-            check_int(self.threads, "--threads")
+        _check_threads(self)
 
 
 @dataclass(frozen=True)
@@ -1358,10 +1342,6 @@ def plot_learned_embeddings(result: LearnedEmbeddingsResult, out_dir: Path) -> l
 def run_learned_embeddings(
     config: LearnedEmbeddingsConfig, out_dir: Path, *, log=print, progress: bool = True
 ) -> LearnedEmbeddingsResult:
-    from tqdm import tqdm
-
-    from training.memory_sgd import MemoryTrainConfig, train_memory
-
     device = resolve_device(config.device)
     log(
         f"learned-embeddings: N={config.num_inputs}, alpha={config.alpha:g}, {config.optimizer} lr {config.lr:g}, "
@@ -1371,7 +1351,7 @@ def run_learned_embeddings(
     points = [("d", d, config.num_outputs) for d in config.dims]
     points += [("M", config.d_for_outputs, m) for m in config.outputs_grid]
     finals: dict[tuple[str, int, int, bool], torch.Tensor] = {}
-    with torch_threads(1 if config.threads is None else config.threads):
+    with torch_threads(config.threads):
         for axis, d, m in tqdm(points, desc="learned vs random", disable=not progress):
             task = ZipfAssociations(config.num_inputs, m, config.alpha)
             for learn in (True, False):
@@ -1454,8 +1434,7 @@ class PerTokenQConfig:
         if not self.gammas:
             raise ValueError("--gammas must not be empty")
         check_reals(self.gammas, "--gammas", 0.0, open_low=True)
-        if self.threads is not None:
-            check_int(self.threads, "--threads")
+        _check_threads(self)
 
 
 @dataclass(frozen=True)
@@ -1529,8 +1508,6 @@ def plot_per_token_q(result: PerTokenQResult, out_dir: Path) -> list[Path]:
 def run_per_token_q(
     config: PerTokenQConfig, out_dir: Path, *, log=print, progress: bool = True
 ) -> PerTokenQResult:
-    from training.memory_sgd import MemoryTrainConfig, train_memory
-
     device = resolve_device(config.device)
     task = ZipfAssociations(config.num_inputs, config.num_outputs, config.alpha)
     M, targets = task.num_outputs, task.targets()
@@ -1539,7 +1516,7 @@ def run_per_token_q(
         f"of batch 1 from W=0, {config.trials} run(s) per γ"
     )
     per_gamma = []
-    with torch_threads(1 if config.threads is None else config.threads):
+    with torch_threads(config.threads):
         for gamma in config.gammas:
             train = MemoryTrainConfig("sgd", gamma, 1, config.steps)
             out = train_memory(

@@ -66,7 +66,7 @@ DEPTHS = (2, 1)
 
 @dataclass(frozen=True)
 class LayersConfig:
-    train: TrainConfig = field(default_factory=_quick)  # base training run; --layers is set per arm
+    train: TrainConfig = field(default_factory=_quick)  # base training run; --n-layers is set per arm
     seeds: int = 2  # runs per depth, seeds --seed, --seed + 1, ...
     device: Device = "auto"  # where the runs train (auto: CUDA when present)
 

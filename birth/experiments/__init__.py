@@ -1,0 +1,1 @@
+"""Registered experiments: one module per family (see `registry`)."""
