@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"{prog}: error: {message}", file=sys.stderr)
         return 2
+    except OSError as err:  # the file system refused (a full disk, a permission, a vanished path)
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"{prog}: error: {where}{err.strerror or err}", file=sys.stderr)
+        return 2
     except MemoryError:
         print(f"{prog}: error: out of memory (try a smaller --d-model, --batch-size or --seq-len)", file=sys.stderr)
         return 2

@@ -49,6 +49,20 @@ def loss_mask(batch: Batch, loss_on: LossOn) -> torch.Tensor:
     return torch.ones_like(batch.counter, dtype=torch.bool)
 
 
+@torch.no_grad()
+def bigram_floor(batch: Batch, bigram: torch.Tensor) -> float:
+    """The Bayes loss of the bigram targets (counter == 0): the mean entropy H(π_b(·|z_t)) in nats
+    over the batch's counter-0 positions t, `bigram` [N, N] the rows π_b(·|k) (NaN without such a
+    position). There the next token is drawn from π_b(·|z_t) whatever came before, so no model's
+    expected cross-entropy on those targets (`eval/bigram_loss`) is below it."""
+    mask = batch.counter == 0
+    if not mask.any():
+        return float("nan")
+    rows = bigram.to(device=batch.inputs.device, dtype=torch.float64)
+    entropy = -torch.special.xlogy(rows, rows).sum(dim=-1)  # [N]; 0 log 0 = 0
+    return entropy[batch.inputs[mask]].mean().item()
+
+
 def named_matrices(model: nn.Module) -> dict[str, nn.Parameter]:
     """Every weight matrix of a `birth.model` transformer by its name (layers numbered from 1):
     W_Q1, W_K1, W_V1, W_O1, ... per attention layer, W_in1, W_out1, ... per feed-forward layer
@@ -71,6 +85,13 @@ def named_matrices(model: nn.Module) -> dict[str, nn.Parameter]:
     if nm.pos is not None:
         out["W_pos"] = nm.pos.weight
     return out
+
+
+@torch.no_grad()
+def gradient_norms(matrices: Mapping[str, nn.Parameter]) -> dict[str, float]:
+    """`grad_norm/NAME`: the Frobenius norm of each matrix's gradient, for those that hold one (a
+    matrix frozen at this step by `--schedule` has none)."""
+    return {f"grad_norm/{name}": p.grad.norm().item() for name, p in matrices.items() if p.grad is not None}
 
 
 def trained_matrices(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -97,6 +118,7 @@ def evaluate(
     probe_triggers: torch.Tensor | None = None,
     attention_probes: bool = False,
     matrices: Mapping[str, nn.Parameter] | None = None,
+    bigram: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """Held-out metrics: loss on the trained targets, in-context accuracy (counter >= 2),
     first-occurrence accuracy (counter == 1), accuracy after any trigger (counter >= 1), bigram
@@ -112,10 +134,17 @@ def evaluate(
     `attn/score_acc`, `attn/score2_acc`, `attn/pred_attended_acc` and the attention masses
     `attn/prev_mass`, `attn/induction_mass` (`probes.attention.circuit_probes`).
 
-    `matrices` (name -> parameter, e.g. `trained_matrices(model)`): `norm/NAME` (Frobenius) and,
-    when the parameter holds a gradient (that of the last training step), `grad_norm/NAME`.
+    `matrices` (name -> parameter, e.g. `trained_matrices(model)`): `norm/NAME`, the Frobenius
+    norm (the training loop adds `grad_norm/NAME`, `gradient_norms`, once it has the gradient of
+    the step that starts from these parameters).
+
+    `bigram` (the [N, N] table π_b): `probes/W_F_kl`, the W_F probe (`probes.recall.ff_bigram_kl`,
+    over the tokens outside `probe_triggers`), when the last layer has a feed-forward layer.
+
+    `fast_path` applies to the architectures `birth.model.supports_fast_path` accepts; the others
+    are evaluated through the TransformerLens forward.
     """
-    from birth.model import fast_logits, model_config
+    from birth.model import fast_logits, model_config, supports_fast_path
     from probes.recall import all_probes
 
     config = model_config(model)
@@ -126,7 +155,8 @@ def evaluate(
 
         logits, patterns = forward_with_patterns(model, batch.inputs)
     else:
-        logits = fast_logits(model, batch.inputs) if fast_path else model(batch.inputs)
+        fast = fast_path and supports_fast_path(config)
+        logits = fast_logits(model, batch.inputs) if fast else model(batch.inputs)
     targets, counter = batch.targets, batch.counter
     predictions = logits.argmax(dim=-1)
     correct = predictions == targets
@@ -145,7 +175,7 @@ def evaluate(
         "eval/bigram_loss": ce(counter == 0),
         "eval/bigram_acc": acc(counter == 0),
     }
-    for name, value in all_probes(model, probe_triggers).items():
+    for name, value in all_probes(model, probe_triggers, bigram).items():
         row[f"probes/{name}"] = value
     if _reads_raw_embeddings(model):
         from probes.margins import kq1_position_recall, margin_probes, recall_all_kq2
@@ -165,6 +195,4 @@ def evaluate(
             row[f"attn/{name}"] = value
     for name, p in (matrices or {}).items():
         row[f"norm/{name}"] = p.detach().norm().item()
-        if p.grad is not None:
-            row[f"grad_norm/{name}"] = p.grad.norm().item()
     return row

@@ -15,17 +15,19 @@ the embeddings, and attention scores x_tᵀ W_KQ x_s / √d_head start near zero
 
 Two variants:
 - `simplified` (paper, section 4.2): one head per layer, no LayerNorm; only W_K¹, W_K², W_O² and the
-  feed-forward layers (W_F) train. Embeddings, unembedding, W_Q = I, W_V¹, W_O¹ (so W_OV¹ is a fixed
-  random map), W_V² and every bias are frozen.
+  feed-forward layers (W_F) train. W_Q = I, W_V¹, W_O¹ (so W_OV¹ is a fixed random map), W_V², every
+  bias and (unless `embeddings` says otherwise) the embeddings and unembedding are frozen.
 - `full`: every weight trains (the reference full model: `FULL_MODEL`).
 
 Orientation: TransformerLens multiplies row vectors, x ↦ x @ W. The paper's column-vector memory
 W_paper = Σ v_j u_iᵀ is W_TL = W_paperᵀ = Σ u_iᵀ v_j here: `model.OV[l, h]` is W_V W_O (row form)
 and `model.QK[l, h]` is W_Q W_Kᵀ with score(query x_t, key x_s) = x_t @ QK @ x_sᵀ / √d_head.
 
-`fast_logits` computes the same function as `model(tokens)` with fewer FLOPs for the architectures
-`supports_fast_path` accepts (the simplified model, with or without a linear W_F);
-`tests/test_model.py` checks the two agree on random weights. docs/model.md describes every option.
+Every architecture trains through `model(tokens)`; its attention and LayerNorms run fused kernels
+unless a hook reads their intermediate values (`_configure_layers`). `fast_logits` computes the same
+function with fewer FLOPs for the architectures `supports_fast_path` accepts (the simplified model,
+with or without a linear W_F); `tests/test_model.py` checks the forwards agree on random weights.
+docs/model.md describes every option.
 """
 
 from __future__ import annotations

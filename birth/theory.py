@@ -265,6 +265,7 @@ def gradient_steps(
     measure: Callable[[nn.Module], tuple[dict[str, float], float]],
     progress: Callable[[str], None] | None = None,
     select_batches: Callable[[int], Sequence] | None = None,
+    project: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> list[StepRecord]:
     """One large-batch gradient step on each memory of `order`, in turn, only that matrix moving.
 
@@ -272,6 +273,9 @@ def gradient_steps(
     norms: the one with the lowest loss on `select_batches(i)` (held-out data) is used.
     `batches_for_step(i)`: the sampled batches of step i (same i ⇒ same data, so that two orders
     see identical data). `measure(model)` returns (probes, in-context accuracy).
+    `project(name, grad)`: a linear map applied to each gradient before the step (e.g.
+    `theorem_projection`: the theorem's simplified architecture and symmetries); ‖∇‖ is then the
+    projected gradient's norm.
     """
     unknown = [name for name in order if name not in MEMORY_LINEAR]
     if unknown:
@@ -284,6 +288,8 @@ def gradient_steps(
         if not weight.requires_grad:
             raise ValueError(f"{name} ({linear}.weight of layer {layer + 1}) is frozen in this model")
         grad, loss = large_batch_gradient(model, weight, batches_for_step(i), loss_fn, count_fn)
+        if project is not None:
+            grad = project(name, grad)
         grad_norm = grad.norm().item()
         # a zero gradient (a downstream matrix is still zero) leaves the matrix at zero
         norms = step_norms[name]
@@ -346,6 +352,40 @@ class LemmaResult:
         return (self.measured.argmax(dim=0) == self.f_star).float().mean().item()
 
 
+_LEMMA_DTYPE = torch.float64  # the O(η/N²) terms are small: keep them above rounding noise
+
+
+def _embedding_rows(n: int, d: int, gen: torch.Generator, orthonormal: bool) -> torch.Tensor:
+    """n embeddings [n, d]: i.i.d. N(0, I/d) (near-orthonormal), or the first n columns of a random
+    orthogonal matrix (QR of a Gaussian; exactly orthonormal, needs d >= n)."""
+    if orthonormal:
+        return torch.linalg.qr(torch.randn(d, n, generator=gen, dtype=_LEMMA_DTYPE))[0].T
+    return torch.randn(n, d, generator=gen, dtype=_LEMMA_DTYPE) / math.sqrt(d)
+
+
+def _one_step_memory(
+    inputs: torch.Tensor, targets: torch.Tensor, V: torch.Tensor, eta: float
+) -> torch.Tensor:
+    """W_1 = −η ∇L(0) for L(W) = mean_i ℓ(y_i, (v_kᵀ W x_i)_k): one gradient step from W_0 = 0 on the
+    inputs x_i (rows of `inputs`, [n, d]) with targets y_i, output embeddings v_k (rows of V)."""
+    d = inputs.shape[1]
+    W = torch.zeros(d, d, dtype=inputs.dtype, requires_grad=True)
+    loss = F.cross_entropy((inputs @ W.T) @ V.T, targets)  # [n, N] logits v_kᵀ W x_i
+    (grad,) = torch.autograd.grad(loss, W)
+    return -eta * grad
+
+
+def _check_lemma_args(
+    n_tokens: int, d: int, eta: float, n_samples: int, orthonormal: bool, width: int
+) -> None:
+    if n_tokens < 2 or d < 1 or not eta > 0 or n_samples < 0:
+        raise ValueError(
+            f"need n_tokens >= 2, d >= 1, eta > 0, n_samples >= 0; got {n_tokens}, {d}, {eta}, {n_samples}"
+        )
+    if orthonormal and d < width:
+        raise ValueError(f"orthonormal embeddings need d >= {width}, got d={d}")
+
+
 def lemma_one_step(
     n_tokens: int = 64,
     d: int = 1024,
@@ -362,35 +402,93 @@ def lemma_one_step(
     exact population gradient (the 1/N-weighted sum over every z); otherwise the gradient of the
     mean loss over `n_samples` draws of z (a population-like large batch).
     """
-    if n_tokens < 2 or d < 1 or not eta > 0 or n_samples < 0:
-        raise ValueError(
-            f"need n_tokens >= 2, d >= 1, eta > 0, n_samples >= 0; got {n_tokens}, {d}, {eta}, {n_samples}"
-        )
-    if orthonormal and d < n_tokens:
-        raise ValueError(f"orthonormal embeddings need d >= n_tokens, got d={d} < {n_tokens}")
+    _check_lemma_args(n_tokens, d, eta, n_samples, orthonormal, n_tokens)
     gen = torch.Generator().manual_seed(seed)
-    dtype = torch.float64  # the O(η/N²) terms are small: keep them above rounding noise
-    if orthonormal:
-        # the first N columns of a random orthogonal matrix (QR of a Gaussian), for u and for v
-        U = torch.linalg.qr(torch.randn(d, n_tokens, generator=gen, dtype=dtype))[0].T
-        V = torch.linalg.qr(torch.randn(d, n_tokens, generator=gen, dtype=dtype))[0].T
-    else:
-        U = torch.randn(n_tokens, d, generator=gen, dtype=dtype) / math.sqrt(d)
-        V = torch.randn(n_tokens, d, generator=gen, dtype=dtype) / math.sqrt(d)
+    U = _embedding_rows(n_tokens, d, gen, orthonormal)
+    V = _embedding_rows(n_tokens, d, gen, orthonormal)
     f_star = torch.randint(0, n_tokens, (n_tokens,), generator=gen)
     if n_samples:
         z = torch.randint(0, n_tokens, (n_samples,), generator=gen)
     else:
         z = torch.arange(n_tokens)  # every z once: the mean is the population expectation
-    W = torch.zeros(d, d, dtype=dtype, requires_grad=True)
-    logits = (U[z] @ W.T) @ V.T  # [n, N]: ξ_W(z)_k = v_kᵀ W u_z
-    loss = F.cross_entropy(logits, f_star[z])
-    (grad,) = torch.autograd.grad(loss, W)
-    W1 = -eta * grad
+    W1 = _one_step_memory(U[z], f_star[z], V, eta)
     measured = V @ W1 @ U.T  # [k, z]
-    predicted = torch.zeros(n_tokens, n_tokens, dtype=dtype)
+    predicted = torch.zeros(n_tokens, n_tokens, dtype=_LEMMA_DTYPE)
     predicted[f_star, torch.arange(n_tokens)] = eta / n_tokens
     return LemmaResult(n_tokens, d, eta, measured, predicted, f_star, n_samples)
+
+
+@dataclass
+class NoisyLemmaResult(LemmaResult):
+    """The lemma with noisy inputs x = u_y + n_t: `measured` and `predicted` are [N, N, T] (output k,
+    label y, noise t) and f* is the identity (the label is the token whose embedding is in x)."""
+
+    n_noise: int = 0  # T, the number of noise embeddings n_t
+    # [N, N, T] the population formula (η/N)(1{k = y} − 1/N) + cross-talk, computed from the
+    # embeddings: W_1 = (η/N) Σ_k v_k (u_k − ū)ᵀ, to which the measured step must be equal
+    formula: torch.Tensor | None = None
+
+    @property
+    def argmax_accuracy(self) -> float:
+        """argmax_k v_kᵀ W_1 x = y, over every (y, t)."""
+        return (self.measured.argmax(dim=0) == self.f_star[:, None]).float().mean().item()
+
+    @property
+    def noise_spread(self) -> float:
+        """max over (k, y) of how much the noise embedding moves the score, in units of η/N:
+        max_t − min_t of v_kᵀ W_1 (u_y + n_t). Zero when the noise is orthogonal to the u's."""
+        spread = self.measured.amax(dim=2) - self.measured.amin(dim=2)
+        return spread.max().item() / (self.eta / self.n_tokens)
+
+    @property
+    def formula_error(self) -> float:
+        """max |measured − formula| in units of η/N: 0 up to rounding for the population step."""
+        return (self.measured - self.formula).abs().max().item() / (self.eta / self.n_tokens)
+
+
+def noisy_lemma_one_step(
+    n_tokens: int = 64,
+    n_noise: int = 64,
+    d: int = 1024,
+    eta: float = 1.0,
+    *,
+    n_samples: int = 0,
+    seed: int = 0,
+    orthonormal: bool = False,
+) -> NoisyLemmaResult:
+    """The lemma with noisy inputs (seed talk, "Gradients with noisy inputs"): y ~ Unif([N]),
+    t ~ Unif([T]), x = u_y + n_t, one gradient step from W_0 = 0 on E[ℓ(y, (v_kᵀ W x)_k)].
+
+    At W = 0 the predictions are uniform, so the population gradient is
+    Σ_k p(k) v_k (E[x] − E[x | y = k])ᵀ; the noise is independent of y and cancels:
+    W_1 = (η/N) Σ_k v_k (u_k − ū)ᵀ, hence v_kᵀ W_1 x ≈ (η/N) 1{k = y} + O(η/N²) (exactly
+    (η/N)(1{k = y} − 1/N) with orthonormal u, n, v) plus an O(η/(N√d)) cross-talk with N(0, I/d)
+    embeddings. u_y, n_t, v_k as in `lemma_one_step` (orthonormal: u and n jointly, needs
+    d >= N + T); `n_samples = 0` averages over every (y, t) pair (the exact expectation), otherwise
+    over `n_samples` draws, with which the noise no longer cancels exactly.
+    """
+    if n_noise < 1:
+        raise ValueError(f"need n_noise >= 1, got {n_noise}")
+    _check_lemma_args(n_tokens, d, eta, n_samples, orthonormal, n_tokens + n_noise)
+    gen = torch.Generator().manual_seed(seed)
+    inputs = _embedding_rows(n_tokens + n_noise, d, gen, orthonormal)  # u's and n's, jointly drawn
+    U, noise = inputs[:n_tokens], inputs[n_tokens:]
+    V = _embedding_rows(n_tokens, d, gen, orthonormal)
+    if n_samples:
+        y = torch.randint(0, n_tokens, (n_samples,), generator=gen)
+        t = torch.randint(0, n_noise, (n_samples,), generator=gen)
+    else:  # every (y, t) once: the mean is the population expectation
+        y = torch.arange(n_tokens).repeat_interleave(n_noise)
+        t = torch.arange(n_noise).repeat(n_tokens)
+    W1 = _one_step_memory(U[y] + noise[t], y, V, eta)
+    every = (U[:, None, :] + noise[None, :, :]).reshape(-1, d)  # every x = u_y + n_t, (y, t) row-major
+    measured = (V @ W1 @ every.T).view(n_tokens, n_tokens, n_noise)  # [k, y, t]
+    W_formula = (eta / n_tokens) * V.T @ (U - U.mean(dim=0))
+    formula = (V @ W_formula @ every.T).view(n_tokens, n_tokens, n_noise)
+    predicted = torch.zeros(n_tokens, n_tokens, n_noise, dtype=_LEMMA_DTYPE)
+    predicted[torch.arange(n_tokens), torch.arange(n_tokens)] = eta / n_tokens
+    f_star = torch.arange(n_tokens)
+    return NoisyLemmaResult(n_tokens, d, eta, measured, predicted, f_star, n_samples, n_noise, formula)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,6 +537,16 @@ def orthogonal_width(vocab_size: int, seq_len: int) -> int:
     return 3 * vocab_size + 2 * seq_len
 
 
+def orthogonal_blocks(vocab_size: int, seq_len: int) -> dict[str, slice]:
+    """The five disjoint blocks of basis vectors of `orthogonal_embeddings`: token embeddings w_E(k),
+    positions p_t, their images W_OV¹ w_E(k) and W_OV¹ p_t, unembeddings w_U(k) (any dimension
+    past 3N + 2T is unused)."""
+    n, T = vocab_size, seq_len
+    edges = [0, n, n + T, 2 * n + T, 2 * n + 2 * T, 3 * n + 2 * T]
+    names = ("tokens", "positions", "tokens_remapped", "positions_remapped", "unembedding")
+    return {name: slice(lo, hi) for name, lo, hi in zip(names, edges, edges[1:])}
+
+
 @torch.no_grad()
 def orthogonal_embeddings(model: nn.Module) -> None:
     """The theorem's infinite-width idealization at finite d: every embedding exactly orthogonal.
@@ -446,9 +554,9 @@ def orthogonal_embeddings(model: nn.Module) -> None:
     Random N(0, 1/d) embeddings overlap by O(1/√d), and that cross-talk is as large as the signal
     of a single gradient step on W_K² or W_K¹ at d = 256. Here the token embeddings w_E(k), the
     positions p_t, their images under W_OV¹ and the unembeddings w_U(k) are standard basis vectors
-    of five disjoint blocks (3N + 2T <= d needed), W_OV¹ maps the first two blocks onto the next two
-    (W_V¹ = I, W_O¹ a partial isometry) and W_V² = I. Frozen weights only; the trainable matrices
-    are untouched.
+    of five disjoint blocks (`orthogonal_blocks`; 3N + 2T <= d needed), W_OV¹ maps the first two
+    blocks onto the next two (W_V¹ = I, W_O¹ a partial isometry) and W_V² = I. Frozen weights only;
+    the trainable matrices are untouched.
     """
     from birth.model import native
 
@@ -457,11 +565,11 @@ def orthogonal_embeddings(model: nn.Module) -> None:
     n, T, d = nm.tok_embed.weight.shape[0], nm.pos.weight.shape[0], model.cfg.d_model
     if orthogonal_width(n, T) > d:
         raise ValueError(f"orthogonal embeddings need d >= 3N + 2T = {orthogonal_width(n, T)}, got d = {d}")
+    blocks = orthogonal_blocks(n, T)
     eye = torch.eye(d, dtype=nm.tok_embed.weight.dtype, device=nm.tok_embed.weight.device)
-    tokens, positions = eye[:n], eye[n : n + T]  # blocks 1, 2
-    nm.tok_embed.weight.copy_(tokens)
-    nm.pos.weight.copy_(positions)
-    nm.head.weight.copy_(eye[2 * n + 2 * T : 3 * n + 2 * T])  # block 5
+    nm.tok_embed.weight.copy_(eye[blocks["tokens"]])
+    nm.pos.weight.copy_(eye[blocks["positions"]])
+    nm.head.weight.copy_(eye[blocks["unembedding"]])
     # row form OV¹ = W_Vᵀ W_Oᵀ: with W_V = I, o.weight = OV¹ᵀ; blocks 1, 2 -> blocks 3, 4
     ov1 = torch.zeros(d, d, dtype=eye.dtype, device=eye.device)
     ov1[: n + T, n + T : 2 * (n + T)] = torch.eye(n + T, dtype=eye.dtype, device=eye.device)
@@ -519,6 +627,157 @@ def uniform_stats(stats):
     )
 
 
+# ---------------------------------------------------------------------------------------------
+# the theorem's setting: its data model, its simplified architecture, its symmetries
+# ---------------------------------------------------------------------------------------------
+
+DATA = ("task", "theorem")
+# The theorem's simplified model (paper, section 6; seed talk: "some simplifications to
+# architecture"): layer-1 attention compares positions only, layer 2 compares the query token with
+# the remapped previous token W_OV¹ w_E(k) carried by layer 1, and layer 2's value is the token
+# part only. With `orthogonal_embeddings` each is one block of a trainable matrix: nn.Linear weight
+# rows × columns, k.weight[query dims, key dims], o.weight[output dims, value dims].
+THEOREM_BLOCKS: dict[str, tuple[str, str]] = {
+    "W_OV2": ("unembedding", "tokens"),
+    "W_KQ2": ("tokens", "tokens_remapped"),
+    "W_KQ1": ("positions", "positions"),
+}
+_TOKEN_BLOCKS = ("tokens", "tokens_remapped", "unembedding")  # the blocks indexed by a token id
+
+
+def token_orbits(vocab_size: int, seq_len: int, d: int, triggers: torch.Tensor) -> torch.Tensor:
+    """[d, d] orbit ids of the entries of a d × d matrix in the `orthogonal_blocks` basis under the
+    relabelings of the tokens that keep the trigger set (permute the triggers among themselves and
+    the other tokens among themselves, in every token-indexed block at once).
+
+    Entry (i, j) with both dimensions token-indexed lies in the orbit of (its two blocks, the two
+    tokens' classes, whether they are the same token); with one, of (that block and class, the
+    other dimension); with none, alone.
+    """
+    blocks = orthogonal_blocks(vocab_size, seq_len)
+    token_of = torch.full((d,), -1, dtype=torch.long)
+    label = 2 * torch.arange(d)  # a dimension that is not token-indexed: a label of its own
+    is_trigger = torch.zeros(vocab_size, dtype=torch.long)
+    is_trigger[triggers] = 1
+    for k, name in enumerate(_TOKEN_BLOCKS):
+        sl = blocks[name]
+        token_of[sl] = torch.arange(vocab_size)
+        label[sl] = 2 * (d + k) + is_trigger  # (block, class)
+    indexed = token_of >= 0
+    same = (token_of[:, None] == token_of[None, :]) & indexed[:, None] & indexed[None, :]
+    width = int(label.max()) + 1
+    code = (label[:, None] * width + label[None, :]) * 2 + same.long()
+    return torch.unique(code, return_inverse=True)[1]
+
+
+def symmetrize(matrix: torch.Tensor, orbits: torch.Tensor) -> torch.Tensor:
+    """The average of `matrix` over the relabelings of `token_orbits`: each entry replaced by the
+    mean of its orbit. A population gradient of a relabeling-invariant model is invariant, so
+    averaging a sampled one keeps its expectation and removes the variance of the token draws."""
+    flat, ids = matrix.reshape(-1), orbits.reshape(-1).to(matrix.device)
+    sums = torch.zeros(int(ids.max()) + 1, dtype=matrix.dtype, device=matrix.device).index_add_(0, ids, flat)
+    counts = torch.bincount(ids, minlength=sums.numel()).to(matrix.dtype)
+    return (sums / counts)[ids].view_as(matrix)
+
+
+def theorem_projection(
+    vocab_size: int,
+    seq_len: int,
+    d: int,
+    triggers: torch.Tensor,
+    *,
+    restrict: bool = True,
+    symmetric: bool = True,
+) -> Callable[[str, torch.Tensor], torch.Tensor]:
+    """The `project` of `gradient_steps` for a model with `orthogonal_embeddings`.
+
+    `restrict`: keep only the memory's `THEOREM_BLOCKS` block (the gradient of the theorem's
+    simplified model). `symmetric`: `symmetrize` over the token relabelings that keep `triggers`
+    (exact when the data law and the frozen weights are invariant: fixed triggers, uniform base,
+    uniform outputs, orthogonal embeddings, W_V² = I or the token projector).
+    """
+    blocks = orthogonal_blocks(vocab_size, seq_len)
+    orbits = token_orbits(vocab_size, seq_len, d, triggers) if symmetric else None
+
+    def project(name: str, grad: torch.Tensor) -> torch.Tensor:
+        if restrict:
+            rows, cols = (blocks[b] for b in THEOREM_BLOCKS[name])
+            kept = torch.zeros_like(grad)
+            kept[rows, cols] = grad[rows, cols]
+            grad = kept
+        return symmetrize(grad, orbits) if orbits is not None else grad
+
+    return project
+
+
+@torch.no_grad()
+def token_value(model: nn.Module) -> None:
+    """The theorem's layer-2 value reads the token part only: W_V² = the projector on the token
+    block of `orthogonal_embeddings` (frozen). With W_V² = I the value also carries layer 1's
+    output, and the first step's W_O² then stores W_OV¹ w_E(k) → w_U(k) next to w_E(k) → w_U(k)."""
+    from birth.model import native
+
+    nm = native(model)
+    n, T = nm.tok_embed.weight.shape[0], nm.pos.weight.shape[0]
+    tokens = orthogonal_blocks(n, T)["tokens"]
+    value = attn_linear(model, 1, "v").weight
+    value.zero_()
+    value[tokens, tokens] = torch.eye(n, dtype=value.dtype, device=value.device)
+
+
+def theorem_batch(task, per_position: int, gen: torch.Generator):
+    """Sequences of the theorem's data model ("focus on the second output token"), stratified over
+    the first occurrence: a tasks.triggered_bigram.Batch of per_position · (T − 2) sequences.
+
+    For each first position t = 0 … T − 3 (`per_position` sequences each): a trigger q, uniform over
+    the task's K fixed triggers, at t and at the last input T − 1; its output o (the task's output
+    law, e.g. uniform over the tokens other than q) at t + 1 and as the last target; every other
+    input i.i.d. uniform over the N − K non-trigger tokens, independent of (q, o) (the noise of the
+    noisy-input lemma; the theorem's N ≫ T makes a repeat of o or a second trigger rare). Counter 1
+    at t, 2 at T − 1 (the only target with counter >= 2), 0 elsewhere.
+    """
+    from tasks.triggered_bigram import Batch
+
+    if task.config.trigger_mode != "fixed" or task.config.n_triggers < 1:
+        raise ValueError(
+            "the theorem's data model needs fixed triggers (--trigger-mode fixed, --n-triggers >= 1)"
+        )
+    if per_position < 1:
+        raise ValueError(f"per_position must be >= 1, got {per_position}")
+    T, n = task.config.seq_len, task.vocab_size
+    if T < 3:
+        raise ValueError(f"the theorem's data model needs --seq-len >= 3, got {T}")
+    triggers = task.fixed_triggers.cpu()
+    others = torch.ones(n, dtype=torch.bool)
+    others[triggers] = False
+    noise_tokens = torch.nonzero(others).flatten()
+    first = torch.arange(T - 2).repeat_interleave(per_position)
+    b = first.numel()
+    q = triggers[torch.randint(0, triggers.numel(), (b,), generator=gen)]
+    o = task.sample_outputs(q[:, None].to(task.device), gen).cpu()[:, 0]
+    tokens = noise_tokens[torch.randint(0, noise_tokens.numel(), (b, T + 1), generator=gen)]
+    rows = torch.arange(b)
+    tokens[rows, first] = q
+    tokens[rows, first + 1] = o
+    tokens[:, T - 1] = q
+    tokens[:, T] = o
+    counter = torch.zeros(b, T, dtype=torch.long)
+    counter[rows, first] = 1
+    counter[:, T - 1] = 2
+    dev = task.device
+    return Batch(tokens.to(dev), counter.to(dev), q[:, None].to(dev), o[:, None].to(dev))
+
+
+# The working construction (`run_gradient_steps(..., data="theorem", value_tokens=True,
+# restrict=True, symmetric=True)`): a line search for every step on held-out sequences of the
+# theorem's data. Half-decade grids wide enough that the chosen norm is inside (docs/results.md).
+THEOREM_STEP_NORMS: dict[str, float | tuple[float, ...]] = {
+    "W_OV2": (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0),
+    "W_KQ2": (100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0),
+    "W_KQ1": (100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0),
+}
+
+
 def run_gradient_steps(
     config,  # a training.config.TrainConfig (its task, model, run sections)
     order: Sequence[str] = PAPER_ORDER,
@@ -531,6 +790,10 @@ def run_gradient_steps(
     value_identity: bool = True,
     direct_path: bool = False,
     embeddings: str = "random",
+    data: str = "task",
+    value_tokens: bool = False,
+    restrict: bool = False,
+    symmetric: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> list[StepRecord]:
     """Three large-batch gradient steps from zero on the simplified 2-layer model of `config`.
@@ -551,6 +814,14 @@ def run_gradient_steps(
     the theorem's infinite width makes it vanish). Metrics always use the full model.
     `embeddings`: "random" (the model's N(0, I/d) draws) or "orthogonal" (`orthogonal_embeddings`,
     the theorem's infinite-width idealization; needs d >= 3N + 2T).
+    The theorem's other assumptions, each an option (the last three need orthogonal embeddings):
+    `data`: "task" (the task's sequences, every counter >= 2 target) or "theorem" (`theorem_batch`:
+    the second output token only, first occurrences stratified over positions; `n_sequences` is
+    rounded to whole strata of T − 2 sequences). `value_tokens`: `token_value` (layer 2's value
+    reads the token part only). `restrict`, `symmetric`: `theorem_projection` (each step on its
+    `THEOREM_BLOCKS` block only; each gradient averaged over the token relabelings that keep the
+    law, which leaves its expectation, the population gradient, unchanged). Metrics are always
+    those of the task's held-out batch.
     """
     from birth.metrics import evaluate, loss_mask
     from tasks.shakespeare import load_stats
@@ -569,11 +840,28 @@ def run_gradient_steps(
     model = config.build_model(stats.vocab_size)
     if embeddings not in EMBEDDINGS:
         raise ValueError(f"embeddings must be one of {EMBEDDINGS}, got {embeddings!r}")
+    if data not in DATA:
+        raise ValueError(f"data must be one of {DATA}, got {data!r}")
+    options = {"value_tokens": value_tokens, "restrict": restrict, "symmetric": symmetric}
+    needs_orthogonal = [name for name, on in options.items() if on]
+    if needs_orthogonal and embeddings != "orthogonal":
+        raise ValueError(f"{', '.join(needs_orthogonal)} need embeddings='orthogonal', got {embeddings!r}")
+    if symmetric and (config.task.trigger_mode != "fixed" or (data == "task" and base != "uniform")):
+        raise ValueError(
+            "symmetric needs fixed triggers and a uniform law (base 'uniform' or data 'theorem')"
+        )
+    if data == "theorem" and config.optim.loss_on != "outputs":
+        raise ValueError(
+            f"data 'theorem' has its loss on the second output token: --loss-on outputs, "
+            f"got {config.optim.loss_on!r}"
+        )
     if embeddings == "orthogonal":
         orthogonal_embeddings(model)
     if value_identity:
         with torch.no_grad():
             attn_linear(model, 1, "v").weight.copy_(torch.eye(config.model.d_model))
+    if value_tokens:
+        token_value(model)
     probe_triggers = task.fixed_triggers if config.task.trigger_mode == "fixed" else None
     eval_batch = task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed))
 
@@ -587,21 +875,42 @@ def run_gradient_steps(
     def mask_of(b) -> torch.Tensor:
         return loss_mask(b, config.optim.loss_on)
 
-    sizes = [min(chunk, n_sequences - start) for start in range(0, n_sequences, chunk)]
+    if data == "theorem":
+        # chunk sizes count sequences per first position (whole strata of T − 2 sequences)
+        strata = config.task.seq_len - 2
+        total, unit = max(1, round(n_sequences / strata)), max(1, chunk // strata)
+
+        def sample(size: int, gen: torch.Generator):
+            return theorem_batch(task, size, gen)
+    else:
+        total, unit, sample = n_sequences, chunk, task.sample
+    sizes = [min(unit, total - start) for start in range(0, total, unit)]
 
     def batches_for_step(i: int) -> list:
         # a stream of their own: apart from the training loop's per-step batches
         return [
-            task.sample(size, task.generator(theory_batch_seed(config.run.seed, THEORY_STEP_STREAM, i, j)))
+            sample(size, task.generator(theory_batch_seed(config.run.seed, THEORY_STEP_STREAM, i, j)))
             for j, size in enumerate(sizes)
         ]
 
     def select_batches(i: int) -> list:
         # held-out sequences for the step-size line search (never used for a gradient)
         return [
-            task.sample(size, task.generator(theory_batch_seed(config.run.seed, THEORY_SELECT_STREAM, i, j)))
+            sample(size, task.generator(theory_batch_seed(config.run.seed, THEORY_SELECT_STREAM, i, j)))
             for j, size in enumerate(sizes[: max(1, len(sizes) // 4)])
         ]
+
+    project = None
+    if restrict or symmetric:
+        triggers = task.fixed_triggers.cpu()
+        project = theorem_projection(
+            stats.vocab_size,
+            config.task.seq_len,
+            config.model.d_model,
+            triggers,
+            restrict=restrict,
+            symmetric=symmetric,
+        )
 
     def measure(m: nn.Module) -> tuple[dict[str, float], float]:
         row = evaluate(
@@ -627,4 +936,5 @@ def run_gradient_steps(
         measure,
         progress,
         select_batches,
+        project,
     )

@@ -19,6 +19,7 @@ whose most-attended key is the target).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -193,19 +194,23 @@ def repeated_random_tokens(batch_size: int, half_len: int, vocab_size: int, seed
 
 
 @torch.no_grad()
-def attention_patterns(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(logits [B, T, N], one pattern [B, T, T] per layer) from TransformerLens' hook_pattern."""
+def head_patterns(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits [B, T, N], one pattern [B, head, T, T] per layer) from TransformerLens' hook_pattern."""
     n_layers = model.cfg.n_layers
     names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(n_layers)}
     device = next(model.parameters()).device
     logits, cache = model.run_with_cache(tokens.to(device), names_filter=lambda name: name in names)
-    patterns = []
-    for layer in range(n_layers):
-        pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [B, head, query, key]
-        if pattern.shape[1] != 1:
-            raise ValueError(f"expected one attention head per layer, got {pattern.shape[1]}")
-        patterns.append(pattern[:, 0].float().cpu())
+    patterns = [cache[f"blocks.{layer}.attn.hook_pattern"].float().cpu() for layer in range(n_layers)]
     return logits.float().cpu(), patterns
+
+
+@torch.no_grad()
+def attention_patterns(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(logits [B, T, N], one pattern [B, T, T] per layer) of a model with one head per layer."""
+    logits, patterns = head_patterns(model, tokens)
+    if patterns[0].shape[1] != 1:
+        raise ValueError(f"expected one attention head per layer, got {patterns[0].shape[1]}")
+    return logits, [pattern[:, 0] for pattern in patterns]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,14 +327,73 @@ def _layer_scores(
     return out
 
 
+def head_name(layer: int, head: int) -> str:
+    """The key of head `head` (0-based) of layer `layer` (1-based, as "layer1") in the scores."""
+    return f"layer{layer}.head{head}"
+
+
+def head_scores(
+    patterns: Sequence[torch.Tensor],
+    targets_valid: tuple[torch.Tensor, torch.Tensor],
+    induction: tuple[torch.Tensor, torch.Tensor],
+    inputs: torch.Tensor,
+    predictions: torch.Tensor,
+) -> dict[tuple[int, int], dict]:
+    """`_layer_scores` of every head, patterns [B, head, T, T] per layer, keyed by (layer, head):
+    layers numbered from 1 (as "layer1"), heads from 0 (as TransformerLens)."""
+    out = {}
+    for layer, pattern in enumerate(patterns, start=1):
+        per_head = [pattern[:, head] for head in range(pattern.shape[1])]
+        layers = _layer_scores(per_head, targets_valid, induction, inputs, predictions)
+        for head, scores in enumerate(layers.values()):
+            out[layer, head] = scores
+    return out
+
+
+INDUCTION_KEY = "induction_any"  # what the induction head is chosen by (its mass may be spread)
+
+
+def find_heads(scores: dict[tuple[int, int], dict], n_layers: int) -> dict[str, dict | None]:
+    """The previous-token head and the induction head, each {"layer", "head", "score"}: the head
+    with the highest previous-token mass among the layers before the last, and the one with the
+    highest induction mass (`INDUCTION_KEY`) among the layers after the first (every layer of a
+    1-layer model, where the circuit cannot form). NaN scores never win; None if all are NaN."""
+
+    def best(key: str, layers: range) -> dict | None:
+        found = None
+        for (layer, head), values in scores.items():
+            value = values[key]["mass"]
+            if layer in layers and not math.isnan(value) and (found is None or value > found["score"]):
+                found = {"layer": layer, "head": head, "score": value}
+        return found
+
+    every = range(1, n_layers + 1)
+    return {
+        "previous_token_head": best("previous_token", range(1, n_layers) if n_layers > 1 else every),
+        "induction_head": best(INDUCTION_KEY, range(2, n_layers + 1) if n_layers > 1 else every),
+    }
+
+
+def _per_head_part(patterns, targets_valid, induction, inputs, predictions) -> dict:
+    """Per-layer scores (one head per layer: as before), every head's, and the chosen heads."""
+    heads = head_scores(patterns, targets_valid, induction, inputs, predictions)
+    out: dict = {}
+    if patterns[0].shape[1] == 1:
+        out.update({f"layer{layer}": scores for (layer, _), scores in heads.items()})
+    out["heads"] = {head_name(layer, head): scores for (layer, head), scores in heads.items()}
+    out.update(find_heads(heads, len(patterns)))
+    return out
+
+
 @torch.no_grad()
 def triggered_bigram_scores(model: nn.Module, batch: Batch) -> dict:
-    """Scores of every layer on a triggered-bigram batch, plus the in-context accuracy there."""
+    """Scores of every head on a triggered-bigram batch (and of every layer, one head per layer),
+    the previous-token and induction heads found (`find_heads`), and the in-context accuracy."""
     inputs, counter = batch.inputs.cpu(), batch.counter.cpu()
-    logits, patterns = attention_patterns(model, inputs)
+    logits, patterns = head_patterns(model, inputs)
     predictions = logits.argmax(dim=-1)
     induction = trigger_induction_targets(inputs, counter)
-    scores = _layer_scores(patterns, previous_token_targets(*inputs.shape), induction, inputs, predictions)
+    scores = _per_head_part(patterns, previous_token_targets(*inputs.shape), induction, inputs, predictions)
     in_context = counter >= 2
     correct = predictions == batch.targets.cpu()
     scores["icl_acc"] = correct[in_context].float().mean().item() if in_context.any() else float("nan")
@@ -346,10 +410,10 @@ def repeated_sequence_scores(model: nn.Module, half_len: int, batch_size: int = 
     """
     vocab_size = model.cfg.d_vocab
     tokens = repeated_random_tokens(batch_size, half_len, vocab_size, seed)
-    logits, patterns = attention_patterns(model, tokens)
+    logits, patterns = head_patterns(model, tokens)
     predictions = logits.argmax(dim=-1)
     induction = repeated_sequence_targets(batch_size, half_len)
-    scores = _layer_scores(patterns, previous_token_targets(*tokens.shape), induction, tokens, predictions)
+    scores = _per_head_part(patterns, previous_token_targets(*tokens.shape), induction, tokens, predictions)
     # the prediction at second-half position t should be the token at t + 1 = tokens[t - n + 1]
     second_half = predictions[:, half_len:-1]
     scores["repeat_acc"] = (second_half == tokens[:, half_len + 1 :]).float().mean().item()
@@ -361,6 +425,23 @@ def repeated_sequence_scores(model: nn.Module, half_len: int, batch_size: int = 
 # ---------------------------------------------------------------------------------------------
 # figures
 # ---------------------------------------------------------------------------------------------
+
+
+def typical_sequence(batch: Batch, max_positions: int | None = None, min_repeats: int = 2) -> int:
+    """The index of a typical sequence of `batch` to show: no trigger whose output is itself (that
+    trigger is then followed by itself to the end of the sequence: "; ; ; ;"), at least
+    `min_repeats` repeated trigger occurrences (counter >= 2) among the first `max_positions`
+    positions, and among those the one whose count of repeated occurrences is the median's (the
+    lowest index on ties). Falls back to the sequences without a self-output, then to all."""
+    counter = batch.counter if max_positions is None else batch.counter[:, :max_positions]
+    repeats = (counter >= 2).sum(dim=1).cpu()
+    self_output = (batch.outputs == batch.triggers).any(dim=1).cpu()
+    for keep in (~self_output & (repeats >= min_repeats), ~self_output, torch.ones_like(self_output)):
+        candidates = torch.nonzero(keep).flatten()
+        if len(candidates):
+            break
+    median = repeats[candidates].median()
+    return int(candidates[(repeats[candidates] - median).abs().argmin()])
 
 
 def display_char(char: str) -> str:
@@ -390,8 +471,9 @@ def save_attention_heatmaps(
     index: int = 0,
     max_positions: int | None = 64,
 ) -> list[Path]:
-    """One PNG per layer of the attention of sequence `index` of `batch`: characters as tick labels,
-    triggers red, outputs blue, expected induction targets circled. Returns the PNG paths.
+    """One PNG per head of the attention of sequence `index` of `batch`: characters as tick labels,
+    triggers red, outputs blue, expected induction targets circled. Returns the PNG paths:
+    attention_layer{L}.png with one head per layer, attention_layer{L}_head{H}.png otherwise.
 
     `max_positions` keeps the first positions only, so that the characters stay readable (causal
     attention: the top-left block of the pattern is exactly the pattern of the shorter prefix).
@@ -406,7 +488,7 @@ def save_attention_heatmaps(
     counter = batch.counter[index].cpu()
     T = inputs.shape[0] if max_positions is None else min(max_positions, inputs.shape[0])
     inputs, counter = inputs[:T], counter[:T]
-    _, patterns = attention_patterns(model, inputs.unsqueeze(0))
+    _, patterns = head_patterns(model, inputs.unsqueeze(0))
     labels = [display_char(c) for c in stats.decode(inputs)]
     is_trigger, is_output = _sequence_roles(inputs, batch.triggers[index].cpu())
     targets, valid = trigger_induction_targets(inputs.unsqueeze(0), counter.unsqueeze(0))
@@ -418,10 +500,13 @@ def save_attention_heatmaps(
     size = max(5.0, 0.14 * T + 1.5)
     font = 7 if T <= 64 else 4
     paths = []
-    for layer, pattern in enumerate(patterns, start=1):
+    n_heads = patterns[0].shape[1]
+    heads = [(layer, head) for layer in range(1, len(patterns) + 1) for head in range(n_heads)]
+    for layer, head in heads:
         fig = Figure(figsize=(size + 1.2, size))
         ax = fig.add_subplot()
-        image = ax.imshow(pattern[0].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        pattern = patterns[layer - 1][0, head]
+        image = ax.imshow(pattern.numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
         fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label="attention")
         if len(queries):
             ax.scatter(
@@ -448,9 +533,11 @@ def save_attention_heatmaps(
         ax.set_xlabel("key position (attended to)")
         ax.set_ylabel("query position")
         when = "" if step is None else f", step {step}"
-        ax.set_title(f"layer {layer} attention{when} (triggers red, outputs blue)")
+        which = f"layer {layer}" if n_heads == 1 else f"layer {layer} head {head}"
+        ax.set_title(f"{which} attention{when} (triggers red, outputs blue)")
         fig.tight_layout()
-        path = out_dir / f"attention_layer{layer}{suffix}.png"
+        name = f"attention_layer{layer}" if n_heads == 1 else f"attention_layer{layer}_head{head}"
+        path = out_dir / f"{name}{suffix}.png"
         fig.savefig(path, dpi=120)
         paths.append(path)
     return paths
@@ -486,13 +573,19 @@ def save_attention_html(
     inputs = batch.inputs[index].cpu()
     if max_positions is not None:
         inputs = inputs[:max_positions]
-    _, patterns = attention_patterns(model, inputs.unsqueeze(0))
-    attention = torch.stack([p[0] for p in patterns])  # [layers, query, key]
+    _, patterns = head_patterns(model, inputs.unsqueeze(0))
+    attention = torch.cat([p[0] for p in patterns])  # [layers x heads, query, key]
+    n_heads = patterns[0].shape[1]
+    names = [
+        f"layer {layer}" if n_heads == 1 else f"layer {layer} head {head}"
+        for layer in range(1, len(patterns) + 1)
+        for head in range(n_heads)
+    ]
     props = {
         # 4 decimals: the page stays small and the colours are unchanged
         "attention": attention.round(decimals=4).tolist(),
         "tokens": [display_char(c) for c in stats.decode(inputs)],
-        "attentionHeadNames": [f"layer {layer}" for layer in range(1, len(patterns) + 1)],
+        "attentionHeadNames": names,
         "maskUpperTri": True,
     }
     triggers = stats.decode(batch.triggers[index].cpu())

@@ -225,6 +225,7 @@ ARCHITECTURES = {
         embeddings="tied",
         positions="sinusoidal",
         normalization="none",
+        unit_embeddings=False,  # unscaled scores of N(0, I) embeddings saturate the softmax
     ),
     "full-rotary-relu-width-2": dataclasses.replace(SMALL_FULL, positions="rotary", mlp_width=2),
     "full-1-layer-frozen-embeddings": dataclasses.replace(SMALL_FULL, n_layers=1, embeddings="frozen"),
@@ -517,3 +518,35 @@ def test_full_model_learns_bigrams_with_adamw_through_the_tl_forward(one_thread)
         optimizer.step()
     after = held_out_loss()
     assert before > math.log(65) and after < unigram_entropy - 0.1, (before, after)
+
+
+@pytest.mark.parametrize("name", ["full", "full-rotary-relu-width-2", "simplified-ffn"])
+def test_fused_attention_equals_transformer_lens_explicit_attention(name, one_thread):
+    """Without hooks on the pattern the attention runs fused; a hook on hook_pattern (or a cache)
+    switches to TransformerLens' explicit forward: same logits, same gradients, and the hook sees
+    the causal softmax pattern of every head."""
+    config = ARCHITECTURES[name]
+    model = build_model(config, n_ctx=12, seed=2)
+    _perturb_all(model, seed=4)
+    tokens = torch.randint(0, 65, (3, 12), generator=torch.Generator().manual_seed(1))
+    params = trainable_parameters(model)
+
+    def run():
+        logits = model(tokens)
+        return logits, torch.autograd.grad(F.cross_entropy(logits.flatten(0, 1), tokens.flatten()), params)
+
+    fused_logits, fused_grads = run()
+    seen = []
+    for layer in range(config.n_layers):
+        model.blocks[layer].attn.hook_pattern.add_hook(lambda pattern, hook: seen.append(pattern.detach()))
+    explicit_logits, explicit_grads = run()
+    model.reset_hooks()
+    assert len(seen) == config.n_layers and seen[0].shape == (3, config.n_heads, 12, 12)
+    torch.testing.assert_close(seen[0].sum(-1), torch.ones(3, config.n_heads, 12))
+    assert torch.all(seen[0].triu(diagonal=1) == 0)
+    torch.testing.assert_close(fused_logits, explicit_logits, rtol=1e-4, atol=1e-4)
+    scale = max(float(g.abs().max()) for g in explicit_grads)
+    for g_fused, g_explicit in zip(fused_grads, explicit_grads):
+        torch.testing.assert_close(g_fused, g_explicit, rtol=1e-3, atol=1e-5 * scale)
+    _, cache = model.run_with_cache(tokens)  # a cache also takes the explicit forward
+    torch.testing.assert_close(cache["blocks.0.attn.hook_pattern"], seen[0])

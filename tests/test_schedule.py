@@ -148,8 +148,12 @@ def test_the_loop_follows_the_schedule(tmp_path, optimizer):
     assert not torch.equal(h[2]["W_O2"], h[1]["W_O2"])  # trains at step 2 (its third)
     assert all(torch.equal(row["W_O2"], h[2]["W_O2"]) for row in h[3:])  # then never again
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
-    assert "grad_norm/W_O2" in rows[1] and "grad_norm/W_O2" not in rows[-1]  # frozen: no gradient
-    assert "grad_norm/W_K2" not in rows[-1] and rows[-1]["grad_norm/W_K1"] > 0
+    # a row's gradient norms are those of the step that starts from its parameters: W_O2 has one
+    # at step 2, none at step 4 (frozen), W_K2 never; the final row has no step after it
+    assert [r["step"] for r in rows] == [0, 2, 4, 6]
+    assert "grad_norm/W_O2" in rows[1] and "grad_norm/W_O2" not in rows[2]
+    assert "grad_norm/W_K2" not in rows[2] and rows[2]["grad_norm/W_K1"] > 0
+    assert "grad_norm/W_K1" not in rows[0] and not any(k.startswith("grad_norm/") for k in rows[-1])
     assert rows[-1]["norm/W_K2"] == pytest.approx(init["W_K2"].norm().item(), rel=1e-6)
 
 
@@ -165,7 +169,7 @@ def test_resume_with_a_schedule_gives_the_uninterrupted_run(tmp_path):
     full, part = rows("full"), rows("part")
     assert [r["step"] for r in full] == [r["step"] for r in part]
     for a, b in zip(full, part):
-        for key in ("eval/loss", "probes/W_KQ1", "norm/W_K1", "norm/W_O2"):
+        for key in ("eval/loss", "probes/W_KQ1", "norm/W_K1", "norm/W_O2", "grad_norm/W_K2"):
             assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), (a["step"], key)
 
 

@@ -18,6 +18,7 @@ from birth.theory import (
     hand_built_sweep,
     insert_memories,
     lemma_one_step,
+    noisy_lemma_one_step,
     orthogonal_embeddings,
     run_gradient_steps,
 )
@@ -77,6 +78,37 @@ def test_lemma_rejects_bad_arguments():
         lemma_one_step(n_tokens=64, d=32, orthonormal=True)
     with pytest.raises(ValueError):
         lemma_one_step(eta=0.0)
+
+
+def test_noisy_lemma_population_step_cancels_the_noise_exactly():
+    # population step: W_1 = (η/N) Σ_k v_k (u_k − ū)ᵀ for any embeddings, the noise n_t cancels
+    res = noisy_lemma_one_step(n_tokens=16, n_noise=12, d=256, eta=2.0, seed=3)
+    assert res.measured.shape == (16, 16, 12)
+    assert res.formula_error < 1e-9
+    # exactly orthonormal u, n, v: v_kᵀ W_1 (u_y + n_t) = (η/N)(1{k=y} − 1/N) for every t
+    ortho = noisy_lemma_one_step(n_tokens=16, n_noise=12, d=32, eta=2.0, seed=3, orthonormal=True)
+    unit = ortho.eta / ortho.n_tokens
+    exact = unit * (torch.eye(16, dtype=torch.float64)[:, :, None] - 1 / 16).expand(16, 16, 12)
+    assert torch.allclose(ortho.measured, exact, atol=1e-12)
+    assert abs(ortho.relative_error - 1 / 16) < 1e-9 and ortho.noise_spread < 1e-9
+    assert ortho.argmax_accuracy == 1.0
+    with pytest.raises(ValueError, match="d >= 28"):
+        noisy_lemma_one_step(n_tokens=16, n_noise=12, d=27, orthonormal=True)
+
+
+def test_noisy_lemma_cross_talk_shrinks_like_one_over_sqrt_d():
+    # N(0, I/d) embeddings: the error beyond the exact 1/N term is cross-talk O(1/√d) (from
+    # v_kᵀv_y, u_kᵀu_y and u_kᵀn_t): 16x the width divides it by ≈ 4 (seeds 0-5: 3.4-5.7)
+    narrow = noisy_lemma_one_step(n_tokens=16, n_noise=16, d=128, seed=0)
+    wide = noisy_lemma_one_step(n_tokens=16, n_noise=16, d=2048, seed=0)
+    ratio = (narrow.relative_error - 1 / 16) / (wide.relative_error - 1 / 16)
+    assert 2.5 < ratio < 8.0
+    assert 2.5 < narrow.noise_spread / wide.noise_spread < 8.0
+    assert wide.argmax_accuracy == 1.0
+    # sampled pairs: the noise no longer cancels; the gap to the population step shrinks like 1/√n
+    few = noisy_lemma_one_step(n_tokens=16, n_noise=16, d=512, n_samples=256, seed=0)
+    many = noisy_lemma_one_step(n_tokens=16, n_noise=16, d=512, n_samples=65536, seed=0)
+    assert many.formula_error < few.formula_error / 5  # √256 = 16 predicted; measured 13
 
 
 def test_gradient_steps_store_w_ov2_then_w_kq2_and_reverse_order_has_no_signal():

@@ -149,7 +149,7 @@ def test_learning_order_reads_first_crossings():
      ({"n_triggers": 65}, "n_triggers"), ({"seq_len": 1}, "seq_len"), ({"lr": -1.0}, "lr")],
 )
 def test_invalid_train_config_raises_naming_the_field(override, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match="--" + field.replace("_", "-")):
         TrainConfig().replace(**override).validate(65)
 
 
@@ -157,12 +157,12 @@ def test_cli_train_writes_run_and_summary(tmp_path, capsys):
     out = tmp_path / "cli"
     code = cli_main(["train", "--out", str(out), "--wandb", "off", "--no-progress", "--d-model", "16",
                      "--seq-len", "16", "--batch-size", "8", "--eval-batch-size", "16", "--steps", "4",
-                     "--eval-every", "2", "--layers", "1"])
+                     "--eval-every", "2", "--n-layers", "1"])
     text = capsys.readouterr().out
     assert code == 0
     assert "learning order" in text and "in-context accuracy" in text
     config = json.loads((out / "config.json").read_text())
-    assert config["n_layers"] == 1 and config["steps"] == 4
+    assert config["model"]["n_layers"] == 1 and config["optim"]["steps"] == 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and "final/probes/W_OV" in summary
     # running again into the same directory is refused with one line and exit 2
@@ -170,17 +170,16 @@ def test_cli_train_writes_run_and_summary(tmp_path, capsys):
 
 
 def test_presets_are_valid():
-    for name, preset in PRESETS.items():
+    for preset in PRESETS.values():
         preset.validate(65)
     paper = PRESETS["paper"]
     quick = PRESETS["quick"]
     # the quick preset keeps the paper's optimizer, embedding scale and loss; random triggers make
     # its W_KQ2 probe rank all 65 tokens
-    assert paper.unit_embeddings and quick.unit_embeddings and quick.trigger_mode == "random"
-    assert (quick.optimizer, quick.lr, quick.momentum, quick.weight_decay, quick.loss_on) == (
-        paper.optimizer, paper.lr, paper.momentum, paper.weight_decay, paper.loss_on)
-    assert (paper.d_model, paper.seq_len, paper.batch_size, paper.lr, paper.momentum,
-            paper.weight_decay, paper.loss_on, paper.steps, paper.n_triggers) == (
+    assert paper.model.unit_embeddings and quick.model.unit_embeddings and quick.task.trigger_mode == "random"
+    assert quick.optim == dataclasses.replace(paper.optim, batch_size=128, steps=2000)
+    assert (paper.model.d_model, paper.task.seq_len, paper.optim.batch_size, paper.optim.lr, paper.optim.momentum,
+            paper.optim.weight_decay, paper.optim.loss_on, paper.optim.steps, paper.task.n_triggers) == (
         256, 256, 512, 0.03, 0.9, 1e-4, "outputs", 1000, 5)
 
 

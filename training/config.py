@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from birth.config_io import config_from_dict
-from birth.model import ModelConfig, build_model
+from birth.model import FULL_MODEL, ModelConfig, build_model
 from birth.seeds import check_seed
 from tasks.triggered_bigram import TaskConfig
 
@@ -194,5 +194,26 @@ QUICK = PAPER.replace(
     checkpoint_every=500,
 )
 
-PRESETS: MappingProxyType[str, TrainConfig] = MappingProxyType({"quick": QUICK, "paper": PAPER})
-PresetName = Literal["quick", "paper"]
+# The reference full model (`birth.model.FULL_MODEL`: 2 layers, 4 heads, pre-LayerNorm, ReLU MLPs of
+# width 4d, trained embeddings) with its optimizer (AdamW lr 0.01, weight decay 0.01, betas
+# (0.9, 0.99), batch 64, loss on all tokens) at a CPU size: d = 64 (4 heads of width 16) and T = 128
+# instead of d = 128 and T = 256. docs/results.md has the sizes tried, what they reach and how fast.
+FULL = TrainConfig(
+    task=TaskConfig(seq_len=128),
+    model=dataclasses.replace(FULL_MODEL, d_model=64),
+    optim=OptimConfig(
+        optimizer="adamw", lr=0.01, betas=(0.9, 0.99), weight_decay=0.01, batch_size=64, steps=1500,
+        loss_on="all",
+    ),
+    run=RunConfig(eval_every=25, eval_batch_size=256, checkpoint_every=500),
+)
+
+# The simplified model of the quick preset plus a trainable linear W_F after the second attention
+# layer (`birth.model.SIMPLIFIED_FFN`), trained on all tokens: W_F can hold the global bigrams,
+# which the attention-only model has to squeeze into W_O² next to the induction head's copy.
+SIMPLIFIED_FFN_PRESET = QUICK.replace(mlp="linear", mlp_layers="final", loss_on="all")
+
+PRESETS: MappingProxyType[str, TrainConfig] = MappingProxyType(
+    {"quick": QUICK, "paper": PAPER, "full": FULL, "simplified-ffn": SIMPLIFIED_FFN_PRESET}
+)
+PresetName = Literal["quick", "paper", "full", "simplified-ffn"]

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from birth.io import OutputError, atomic_write_json, claim_output_dir, release_claim
-from birth.metrics import evaluate, first_crossing, loss_mask
-from birth.model import fast_logits, native, trainable_parameters
+from birth.metrics import evaluate, first_crossing, gradient_norms, loss_mask
+from birth.model import fast_logits, native, supports_fast_path, trainable_parameters
 from birth.seeds import step_seed
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import Batch, TriggeredBigram
@@ -65,8 +65,9 @@ def training_loss(model: nn.Module, batch: Batch, config: TrainConfig) -> torch.
     mask = loss_mask(batch, loss_on)
     if not mask.any():
         return None
-    if config.run.fast_path:
-        # the fast path evaluates the last layer at the selected queries only
+    if config.run.fast_path and supports_fast_path(config.model):
+        # the fast path evaluates the last layer at the selected queries only; other architectures
+        # (several heads, LayerNorm, a ReLU MLP) train through the TransformerLens forward
         logits = fast_logits(model, batch.inputs, mask if loss_on == "outputs" else None)
         if loss_on != "outputs":
             logits = logits[mask]
@@ -76,8 +77,11 @@ def training_loss(model: nn.Module, batch: Batch, config: TrainConfig) -> torch.
 
 
 def learning_order(rows: list[dict], threshold: float = THRESHOLD) -> dict[str, int | None]:
-    """First step at which each probe reaches `threshold` (None if never)."""
-    keys = [k for k in (rows[0] if rows else {}) if k.startswith("probes/")]
+    """First step at which each recall probe reaches `threshold` (None if never); the W_F probe is
+    a divergence (lower is better) and has no such step."""
+    from probes.recall import FF_PROBE
+
+    keys = [k for k in (rows[0] if rows else {}) if k.startswith("probes/") and k != f"probes/{FF_PROBE}"]
     steps = [r["step"] for r in rows]
     return {k.removeprefix("probes/"): first_crossing(steps, [r.get(k) for r in rows], threshold) for k in keys}
 
@@ -335,9 +339,6 @@ def train(
     bar = metrics = wb = None
     n_updates, phase = 0, "building the model"
     try:
-        warning = _record_environment(run_dir, dev, start_step if resume else None)
-        if warning:
-            print(warning, file=sys.stderr)
         task = TriggeredBigram(config.task, stats, device=dev)
         model = config.build_model(stats.vocab_size, device=dev)
         # --init-at-target writes its memories now (a checkpoint below overrides them); --schedule
@@ -355,6 +356,9 @@ def train(
         if resume:
             # only now that the checkpoint (if any) loaded: record a possibly extended number of steps
             atomic_write_json(run_dir / "config.json", config.to_dict())
+        warning = _record_environment(run_dir, dev, start_step if resume else None)
+        if warning:
+            print(warning, file=sys.stderr)
 
         probe_triggers = task.fixed_triggers if config.task.trigger_mode == "fixed" else None
         eval_batch = task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed))
@@ -382,7 +386,11 @@ def train(
             )
             return path
 
-        def do_eval(step: int, train_loss: float | None) -> dict:
+        def log_row(row: dict) -> None:
+            metrics.write(row)
+            wb.log(row)
+
+        def do_eval(step: int, train_loss: float | None, write: bool = True) -> dict:
             model.eval()
             row = {
                 "step": step,
@@ -394,12 +402,13 @@ def train(
                     probe_triggers=probe_triggers,
                     attention_probes=run.attention_probes,
                     matrices=schedule.matrices,
+                    bigram=stats.bigram_probs,  # the W_F probe, when the last layer has one
                 ),
             }
             if train_loss is not None:
                 row["train/loss"] = train_loss
-            metrics.write(row)
-            wb.log(row)
+            if write:
+                log_row(row)
             if run.heatmap_every and step % run.heatmap_every == 0 and wb.run is not None:
                 _log_heatmaps(wb, model, task, eval_batch, step, run_dir)
             model.train()
@@ -413,8 +422,11 @@ def train(
                 bar = tqdm(total=steps, initial=start_step, desc="train", dynamic_ncols=True)
             model.train()
             for step in range(start_step, steps):
+                pending = None  # an evaluation row waiting for the gradient norms of this step
                 if step % run.eval_every == 0:
-                    last_row = do_eval(step, train_loss)
+                    # written after this step's backward, with the gradient norms at the evaluated
+                    # parameters (the gradient of the batch of this step: a resumed run has it too)
+                    last_row = pending = do_eval(step, train_loss, write=False)
                     if bar is not None:
                         bar.set_postfix_str(_postfix(last_row))
                 batch = task.sample(config.optim.batch_size, task.generator(step_seed(run.seed, step)))
@@ -426,12 +438,18 @@ def train(
                         last_saved is not None
                     ) else "no checkpoint was written yet"
                     log(f"loss became {loss.item()} at step {step}; stopping ({where})")
+                    if pending is not None:
+                        log_row(pending)
                     break
                 if loss is not None and learning:  # None: no target to learn from in this batch
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if pending is not None:
+                        pending.update(gradient_norms(schedule.matrices))
                     optimizer.step()
                     train_loss = loss.item()
+                if pending is not None:
+                    log_row(pending)
                 n_updates += 1
                 phase = f"at step {step + 1}"
                 if bar is not None:

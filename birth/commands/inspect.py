@@ -2,9 +2,14 @@
 
 CHECKPOINT is a `step_*.pt` file or a run directory (its latest checkpoint is used). Writes, into
 --out (default RUN_DIR/inspect/step_XXXXXX):
-    attention_layer{1,2}.png   heatmaps of one held-out sequence (triggers red, outputs blue)
+    attention_layer{1,2}.png   heatmaps of one held-out sequence (triggers red, outputs blue);
+                               attention_layer{L}_head{H}.png, one per head, with several heads
     attention.html             circuitsvis view with its JavaScript inlined (opens offline)
-    scores.json                the scores printed on the terminal
+    scores.json                the scores printed on the terminal: previous-token and induction
+                               scores of every head, and the previous-token and induction heads found
+
+The figures show a typical sequence (`probes.attention.typical_sequence`: several repeated trigger
+occurrences, no trigger whose output is itself) unless --index picks one.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a step_*.pt file or a run directory")
     p.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/inspect/<checkpoint name>)")
     p.add_argument("--batch-size", type=int, default=64, help="held-out sequences the scores average over (default: 64)")
-    p.add_argument("--index", type=int, default=0, help="which of those sequences the figures show (default: 0)")
+    p.add_argument("--index", type=int, default=None, help="which of those sequences the figures show (default: a typical one)")
     p.add_argument("--positions", type=int, default=64, help="positions shown in the PNG heatmaps (default: 64; the HTML shows all)")
     p.add_argument("--repeat-len", type=int, default=None, help="half length n of the repeated random sequences (default: T // 2)")
     p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
@@ -56,6 +61,8 @@ def format_scores(scores: dict) -> list[str]:
                  else f"n={part['half_len']}, second-half acc {_fmt(part['repeat_acc'])}")
         lines.append(f"{title} ({part['n_sequences']} sequences; {extra}):")
         for layer in range(1, n_layers + 1):
+            if f"layer{layer}" not in part:  # several heads per layer: `_head_lines` has them
+                break
             s = part[f"layer{layer}"]
             prev, ind = s["previous_token"], s["induction"]
             lines.append(
@@ -69,8 +76,28 @@ def format_scores(scores: dict) -> list[str]:
                     f"           induction over all earlier occurrences {_fmt(anyo['mass'])} "
                     f"(argmax {_fmt(anyo['argmax'])})"
                 )
+        lines += _head_lines(part)
     if n_layers == 1:
         lines.append("  (1-layer model: no induction head is expected; its induction score is the baseline)")
+    return lines
+
+
+def _head_lines(part: dict) -> list[str]:
+    """Every head's scores (models with several heads per layer) and the heads found."""
+    lines = []
+    if not any(key.startswith("layer") for key in part):  # several heads per layer
+        for name, s in part["heads"].items():  # "layer1.head0"
+            layer, head = name.removeprefix("layer").split(".head")
+            lines.append(
+                f"  layer {layer} head {head}: previous-token {_fmt(s['previous_token']['mass'])}   "
+                f"induction {_fmt(s['induction']['mass'])} "
+                f"(over all earlier occurrences {_fmt(s['induction_any']['mass'])})"
+            )
+    for key, title in (("previous_token_head", "previous-token head"), ("induction_head", "induction head")):
+        found = part[key]
+        where = "none" if found is None else (
+            f"layer {found['layer']} head {found['head']} (score {_fmt(found['score'])})")
+        lines.append(f"  {title}: {where}")
     return lines
 
 
@@ -88,6 +115,7 @@ def execute(args: argparse.Namespace) -> int:
         save_attention_heatmaps,
         save_attention_html,
         triggered_bigram_scores,
+        typical_sequence,
     )
     from tasks.shakespeare import load_stats
     from tasks.triggered_bigram import TriggeredBigram
@@ -96,7 +124,7 @@ def execute(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0 <= args.index < args.batch_size:
+    if args.index is not None and not 0 <= args.index < args.batch_size:
         raise ValueError(f"--index must be in [0, --batch-size), got {args.index}")
     if args.positions < 2:
         raise ValueError(f"--positions must be >= 2, got {args.positions}")
@@ -124,14 +152,19 @@ def execute(args: argparse.Namespace) -> int:
             "repeated_random": repeated_sequence_scores(model, half_len, batch_size=32, seed=config.run.eval_seed),
         }
 
+    index = typical_sequence(batch, args.positions) if args.index is None else args.index
+    scores["shown_sequence"] = index
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    pngs = save_attention_heatmaps(model, stats, batch, out_dir, index=args.index, max_positions=args.positions)
-    html = save_attention_html(model, stats, batch, out_dir / "attention.html", index=args.index)
+    pngs = save_attention_heatmaps(model, stats, batch, out_dir, index=index, max_positions=args.positions)
+    html = save_attention_html(model, stats, batch, out_dir / "attention.html", index=index)
     scores_path = atomic_write_json(out_dir / "scores.json", scores)  # NaN as null: strict JSON
 
     print(f"checkpoint {ckpt_path} (step {scores['step']}, {config.model.n_layers} layer{'s' * (config.model.n_layers > 1)})")
     for line in format_scores(scores):
         print(line)
+    chosen = "--index" if args.index is not None else "typical: repeated triggers, none followed by itself"
+    print(f"figures: held-out sequence {index} ({chosen})")
     print("wrote:")
     for path in (*pngs, html, scores_path):
         print(f"  {path}")

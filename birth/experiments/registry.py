@@ -35,6 +35,7 @@ Family = Literal["transformer", "theory", "scaling", "capacity", "dynamics"]
 MODULES = (
     "birth.experiments.transformer",
     "birth.experiments.transformer_studies",
+    "birth.experiments.full_model",
     "birth.experiments.theory",
     "birth.experiments.scaling",
     "birth.experiments.capacity",

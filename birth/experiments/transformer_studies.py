@@ -743,7 +743,21 @@ def plot_order_readings(result: OrderReadingsResult, out_dir: Path) -> list[Path
             ax.set_xlabel("step")
             if j == 0:
                 ax.legend(fontsize=7)
-    return save_figure(fig, out_dir, "order_readings")
+    paths = save_figure(fig, out_dir, "order_readings")
+    # the W_KQ1 probe by position bin: late positions learn last (their gradient is ∝ 1/t)
+    fig, axes = new_figure(1, len(arms), size=(4.2, 3.2))
+    for i, arm in enumerate(arms):
+        run, ax = result.arms[arm].runs[0], axes[0][i]
+        bins = sorted(k for k in run.history[-1] if k.startswith("kq1/pos_"))
+        for k, key in enumerate(bins):
+            color = (k / max(1, len(bins) - 1), 0.2, 1 - k / max(1, len(bins) - 1))
+            ax.plot(run.steps(), run.curve(key), color=color, label=key.removeprefix("kq1/pos_"))
+        ax.set_xlabel("step")
+        ax.set_ylabel("W_KQ1 recall of the positions t in the bin")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{arm}: W_KQ1 by position", fontsize=9)
+        ax.legend(fontsize=6, title="t", title_fontsize=7)
+    return paths + save_figure(fig, out_dir, "kq1_positions")
 
 
 @register(
