@@ -98,9 +98,11 @@ def test_bad_configs_name_the_flag(name, change, flag):
 def test_cuda_asked_without_cuda_is_refused_at_run_time():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
+    from birth.runtime import resolve_device
+
     with pytest.raises(ValueError, match="CUDA"):
-        scaling.resolve_device("cuda")
-    assert scaling.resolve_device("auto") == "cpu"
+        resolve_device("cuda")
+    assert resolve_device("auto") == torch.device("cpu")
 
 
 def test_extra_heatmap_schemes_leave_q0_q1_unchanged(tmp_path):

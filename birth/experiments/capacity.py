@@ -17,7 +17,6 @@ import numpy as np
 
 from birth.experiments.common import Device, check_device
 from birth.experiments.registry import ExperimentResult, register
-from birth.experiments.scaling import check_int, check_ints, check_real, resolve_device
 from birth.hopfield import (
     MEMORIES,
     POLYNOMIAL,
@@ -32,7 +31,9 @@ from birth.hopfield import (
     theory_exponent,
 )
 from birth.io import new_figure, save_figure
+from birth.runtime import resolve_device
 from birth.seeds import check_seed, generator
+from birth.validate import check_float, check_int, check_ints
 
 
 @dataclass(frozen=True)
@@ -62,17 +63,17 @@ class CapacityConfig:
             )
         if len(set(self.memories)) != len(self.memories):
             raise ValueError(f"--memories lists a memory twice: {self.memories}")
-        check_int(self.trials, "--trials", 2)
-        check_int(self.queries, "--queries")
-        check_real(self.delta, "--delta", 0.0, 0.5, open_high=True)
-        check_real(self.beta, "--beta", 0.0, open_low=True)
-        check_real(self.eta, "--eta", 0.0, 1.0, open_high=True)  # the theory rate is −½ ln(1 − η²)
-        check_int(self.outputs, "--outputs", 2)
-        check_real(self.threshold, "--threshold", 0.0, 1.0, open_low=True)
-        check_ints(self.polynomial_dims, "--polynomial-dims", 2)  # d / log d needs d >= 2
-        check_int(self.polynomial_max_size, "--polynomial-max-size")
-        check_ints(self.exponential_dims, "--exponential-dims")
-        check_int(self.exponential_max_size, "--exponential-max-size")
+        check_int("--trials", self.trials, 2)
+        check_int("--queries", self.queries)
+        check_float("--delta", self.delta, 0.0, 0.5, open_high=True)
+        check_float("--beta", self.beta, 0.0, open_low=True)
+        check_float("--eta", self.eta, 0.0, 1.0, open_high=True)  # the theory rate is −½ ln(1 − η²)
+        check_int("--outputs", self.outputs, 2)
+        check_float("--threshold", self.threshold, 0.0, 1.0, open_low=True)
+        check_ints("--polynomial-dims", self.polynomial_dims, 2)  # d / log d needs d >= 2
+        check_int("--polynomial-max-size", self.polynomial_max_size)
+        check_ints("--exponential-dims", self.exponential_dims)
+        check_int("--exponential-max-size", self.exponential_max_size)
         check_seed(self.seed)
         check_device(self.device)
 

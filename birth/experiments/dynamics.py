@@ -29,6 +29,7 @@ from birth import dynamics as dyn
 from birth.experiments.registry import ExperimentResult, register
 from birth.io import new_figure, save_figure
 from birth.seeds import check_seed, generator, mixed_seed
+from birth.validate import check_float, check_floats, check_int, check_ints
 
 LOG2_3 = math.log2(3.0)  # Zipf exponent giving p = (0.75, 0.25) on two tokens (the reference's p)
 
@@ -40,46 +41,6 @@ CIRCLE_STREAM = 0xE2
 
 # --------------------------------------------------------------------------------------------
 # validation: messages name the command-line flag
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{_flag(name)} must be an integer >= {low}, got {value!r}")
-
-
-def _float(
-    name: str,
-    value: Any,
-    low: float = -math.inf,
-    high: float = math.inf,
-    *,
-    open_low: bool = False,
-    open_high: bool = False,
-) -> None:
-    """A finite number in the interval (nan and inf refused)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
-    if not ok:
-        bounds = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
-        raise ValueError(f"{_flag(name)} must be a finite number in {bounds}, got {value!r}")
-
-
-def _floats(name: str, values: Any, low: float = 0.0, *, open_low: bool = True) -> None:
-    if not isinstance(values, tuple) or not values:
-        raise ValueError(f"{_flag(name)} must be a non-empty list of numbers, got {values!r}")
-    for v in values:
-        _float(name, v, low, open_low=open_low)
-
-
-def _ints(name: str, values: Any, low: int) -> None:
-    if not isinstance(values, tuple) or not values:
-        raise ValueError(f"{_flag(name)} must be a non-empty list of integers, got {values!r}")
-    for v in values:
-        _int(name, v, low)
 
 
 def _r(values: torch.Tensor, digits: int = 6) -> list:
@@ -114,15 +75,15 @@ class MarginsConfig:
     seed: int = 0  # seeds the embeddings (and the SGD draws)
 
     def __post_init__(self) -> None:
-        _int("n_tokens", self.n_tokens, 1)
-        _int("n_outputs", self.n_outputs, 2)
-        _int("dim", self.dim, max(self.n_tokens, self.n_outputs))
-        _float("zipf", self.zipf, 0.0)
-        _floats("lrs", self.lrs)
-        _int("steps", self.steps, 10)
-        _int("batch_size", self.batch_size, 0)
-        _float("fit_from", self.fit_from, 0.0, 1.0, open_low=True, open_high=True)
-        _int("records", self.records, 10)
+        check_int("n_tokens", self.n_tokens, 1)
+        check_int("n_outputs", self.n_outputs, 2)
+        check_int("dim", self.dim, max(self.n_tokens, self.n_outputs))
+        check_float("zipf", self.zipf, 0.0)
+        check_floats("lrs", self.lrs, 0.0, open_low=True)
+        check_int("steps", self.steps, 10)
+        check_int("batch_size", self.batch_size, 0)
+        check_float("fit_from", self.fit_from, 0.0, 1.0, open_low=True, open_high=True)
+        check_int("records", self.records, 10)
         check_seed(self.seed)
 
 
@@ -300,21 +261,21 @@ class SpikesConfig:
     seed: int = 0  # seeds the SGD draws
 
     def __post_init__(self) -> None:
-        _int("n_tokens", self.n_tokens, 2)
-        _int("n_outputs", self.n_outputs, 2)
+        check_int("n_tokens", self.n_tokens, 2)
+        check_int("n_outputs", self.n_outputs, 2)
         if self.n_outputs > self.n_tokens:
             raise ValueError(f"--n-outputs must be <= --n-tokens (outputs live in R^n), got {self.n_outputs}")
         if not isinstance(self.cosines, tuple) or not self.cosines:
             raise ValueError("--cosines must be a non-empty list")
         for cos in self.cosines:
-            _float("cosines", cos, -1.0 / (self.n_tokens - 1), 1.0, open_low=True, open_high=True)
-        _float("zipf", self.zipf, 0.0)
-        _floats("lrs", self.lrs)
-        _int("steps", self.steps, 1)
-        _int("batch_size", self.batch_size, 0)
-        _float("spike_factor", self.spike_factor, 1.0, open_low=True)
-        _float("spike_floor", self.spike_floor, 0.0)
-        _int("plot_steps", self.plot_steps, 1)
+            check_float("cosines", cos, -1.0 / (self.n_tokens - 1), 1.0, open_low=True, open_high=True)
+        check_float("zipf", self.zipf, 0.0)
+        check_floats("lrs", self.lrs, 0.0, open_low=True)
+        check_int("steps", self.steps, 1)
+        check_int("batch_size", self.batch_size, 0)
+        check_float("spike_factor", self.spike_factor, 1.0, open_low=True)
+        check_float("spike_floor", self.spike_floor, 0.0)
+        check_int("plot_steps", self.plot_steps, 1)
         check_seed(self.seed)
 
 
@@ -450,14 +411,14 @@ class LandscapeConfig:
         if not isinstance(self.cosines, tuple):
             raise ValueError("--cosines must be a list")
         for cos in self.cosines:
-            _float("cosines", cos, -1.0, 1.0, open_low=True, open_high=True)
-        _float("p_first", self.p_first, 0.0, 1.0, open_low=True, open_high=True)
-        _floats("lrs", self.lrs)
-        _int("steps", self.steps, 1)
-        _int("batch_size", self.batch_size, 0)
-        _float("extent", self.extent, 0.0, open_low=True)
-        _int("grid", self.grid, 5)
-        _int("seed_tokens", self.seed_tokens, 0)
+            check_float("cosines", cos, -1.0, 1.0, open_low=True, open_high=True)
+        check_float("p_first", self.p_first, 0.0, 1.0, open_low=True, open_high=True)
+        check_floats("lrs", self.lrs, 0.0, open_low=True)
+        check_int("steps", self.steps, 1)
+        check_int("batch_size", self.batch_size, 0)
+        check_float("extent", self.extent, 0.0, open_low=True)
+        check_int("grid", self.grid, 5)
+        check_int("seed_tokens", self.seed_tokens, 0)
         if not self.cosines and not self.seed_tokens:
             raise ValueError("--cosines is empty and --seed-tokens is 0: nothing to draw")
         check_seed(self.seed)
@@ -669,17 +630,17 @@ class SharpnessConfig:
     seed: int = 0  # seeds the embeddings (and the power iteration's start)
 
     def __post_init__(self) -> None:
-        _ints("n_tokens", self.n_tokens, 1)
-        _int("dim", self.dim, 1)
-        _int("n_outputs", self.n_outputs, 2)
+        check_ints("n_tokens", self.n_tokens, 1)
+        check_int("dim", self.dim, 1)
+        check_int("n_outputs", self.n_outputs, 2)
         _check_outputs(self.outputs, self.n_outputs, self.dim)
-        _float("zipf", self.zipf, 0.0)
-        _floats("lrs", self.lrs)
-        _int("steps", self.steps, 2)
-        _int("trials", self.trials, 1)
-        _int("every", self.every, 1)
-        _int("power_iters", self.power_iters, 1)
-        _float("power_tol", self.power_tol, 0.0, open_low=True)
+        check_float("zipf", self.zipf, 0.0)
+        check_floats("lrs", self.lrs, 0.0, open_low=True)
+        check_int("steps", self.steps, 2)
+        check_int("trials", self.trials, 1)
+        check_int("every", self.every, 1)
+        check_int("power_iters", self.power_iters, 1)
+        check_float("power_tol", self.power_tol, 0.0, open_low=True)
         check_seed(self.seed)
 
 
@@ -868,17 +829,17 @@ class ForgettingConfig:
     seed: int = 0  # seeds the embeddings and the SGD draws
 
     def __post_init__(self) -> None:
-        _int("n_tokens", self.n_tokens, 2)
-        _int("dim", self.dim, 1)
-        _int("n_outputs", self.n_outputs, 2)
+        check_int("n_tokens", self.n_tokens, 2)
+        check_int("dim", self.dim, 1)
+        check_int("n_outputs", self.n_outputs, 2)
         _check_outputs(self.outputs, self.n_outputs, self.dim)
-        _float("zipf", self.zipf, 0.0)
-        _floats("lrs", self.lrs)
-        _int("steps", self.steps, 2)
-        _int("batch_size", self.batch_size, 0)
-        _int("trials", self.trials, 1)
-        _float("late_from", self.late_from, 0.0, 1.0, open_high=True)
-        _int("map_every", self.map_every, 1)
+        check_float("zipf", self.zipf, 0.0)
+        check_floats("lrs", self.lrs, 0.0, open_low=True)
+        check_int("steps", self.steps, 2)
+        check_int("batch_size", self.batch_size, 0)
+        check_int("trials", self.trials, 1)
+        check_float("late_from", self.late_from, 0.0, 1.0, open_high=True)
+        check_int("map_every", self.map_every, 1)
         check_seed(self.seed)
 
 
@@ -1020,15 +981,15 @@ class PhaseDiagramConfig:
     steps: int = 1000  # full-batch steps from W = 0
 
     def __post_init__(self) -> None:
-        _float("cosine_min", self.cosine_min, -1.0, 1.0, open_low=True)
-        _float("cosine_max", self.cosine_max, self.cosine_min, 1.0)
-        _float("log_odds_min", self.log_odds_min)
-        _float("log_odds_max", self.log_odds_max, self.log_odds_min)
-        _float("lr_min", self.lr_min, 0.0, open_low=True)
-        _float("lr_max", self.lr_max, self.lr_min)
+        check_float("cosine_min", self.cosine_min, -1.0, 1.0, open_low=True)
+        check_float("cosine_max", self.cosine_max, self.cosine_min, 1.0)
+        check_float("log_odds_min", self.log_odds_min)
+        check_float("log_odds_max", self.log_odds_max, self.log_odds_min)
+        check_float("lr_min", self.lr_min, 0.0, open_low=True)
+        check_float("lr_max", self.lr_max, self.lr_min)
         for name in ("n_cosines", "n_log_odds", "n_lrs"):
-            _int(name, getattr(self, name), 1)
-        _int("steps", self.steps, 1)
+            check_int(name, getattr(self, name), 1)
+        check_int("steps", self.steps, 1)
 
     def grids(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         cosines = torch.linspace(self.cosine_min, self.cosine_max, self.n_cosines, dtype=torch.float64)
@@ -1171,14 +1132,14 @@ class UnderparameterizedConfig:
     seed: int = 0  # seeds the embeddings
 
     def __post_init__(self) -> None:
-        _int("n_tokens", self.n_tokens, 2)
-        _int("n_outputs", self.n_outputs, 2)
-        _ints("dims", self.dims, 1)
-        _float("zipf", self.zipf, 0.0)
-        _float("lr", self.lr, 0.0, open_low=True)
-        _int("steps", self.steps, 2)
-        _int("trials", self.trials, 1)
-        _int("records", self.records, 5)
+        check_int("n_tokens", self.n_tokens, 2)
+        check_int("n_outputs", self.n_outputs, 2)
+        check_ints("dims", self.dims, 1)
+        check_float("zipf", self.zipf, 0.0)
+        check_float("lr", self.lr, 0.0, open_low=True)
+        check_int("steps", self.steps, 2)
+        check_int("trials", self.trials, 1)
+        check_int("records", self.records, 5)
         check_seed(self.seed)
 
 
@@ -1311,17 +1272,17 @@ class TransformerWo2Config:
     seed: int = 0  # seeds the model, the training batches and the held-out batch
 
     def __post_init__(self) -> None:
-        _int("d_model", self.d_model, 1)
-        _int("seq_len", self.seq_len, 8)
-        _int("batch_size", self.batch_size, 1)
-        _int("eval_batch_size", self.eval_batch_size, 1)
-        _floats("lrs", self.lrs)
-        _int("steps", self.steps, 4)
+        check_int("d_model", self.d_model, 1)
+        check_int("seq_len", self.seq_len, 8)
+        check_int("batch_size", self.batch_size, 1)
+        check_int("eval_batch_size", self.eval_batch_size, 1)
+        check_floats("lrs", self.lrs, 0.0, open_low=True)
+        check_int("steps", self.steps, 4)
         if self.all_matrices not in ("simplified", "attention"):
             raise ValueError(f"--all-matrices must be simplified or attention, got {self.all_matrices!r}")
-        _int("margin_every", self.margin_every, 1)
-        _float("fit_from", self.fit_from, 0.0, 1.0, open_low=True, open_high=True)
-        _float("spike_factor", self.spike_factor, 1.0, open_low=True)
+        check_int("margin_every", self.margin_every, 1)
+        check_float("fit_from", self.fit_from, 0.0, 1.0, open_low=True, open_high=True)
+        check_float("spike_factor", self.spike_factor, 1.0, open_low=True)
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
         check_seed(self.seed)

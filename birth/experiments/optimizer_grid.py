@@ -28,12 +28,11 @@ merges them into one table.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -45,7 +44,9 @@ from einops import einsum, rearrange
 from birth.experiments.registry import ExperimentResult, register
 from birth.io import new_figure, save_figure
 from birth.memory import draw_embeddings, errors_from_scores
+from birth.runtime import resolve_device, torch_threads
 from birth.seeds import check_seed, generator
+from birth.validate import check_choices, check_floats, check_int, check_ints
 from tasks.zipf import ZipfAssociations
 
 Model = Literal["matrix", "learned", "relu"]
@@ -58,26 +59,6 @@ GRID_OPTIMIZERS: tuple[str, ...] = get_args(GridOptimizer)
 # error at d = 10 and d = 1000 for lr 0.1 and 100 (the T is not stated).
 REFERENCE_SGD_B64 = {(0.1, 10): 0.168, (0.1, 1000): 0.046, (100.0, 10): 0.031, (100.0, 1000): 0.002}
 REFERENCE_DIMS = (10, 20, 50, 100, 200, 500, 1000)  # the reference grid's d
-
-
-def _check_ints(values: Any, flag: str, minimum: int = 1) -> None:
-    ok = (
-        isinstance(values, tuple)
-        and values
-        and all(isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values)
-    )
-    if not ok or len(set(values)) != len(values):
-        raise ValueError(f"{flag} must be a non-empty list of distinct integers >= {minimum}, got {values!r}")
-
-
-def _check_choices(values: Any, flag: str, choices: tuple) -> None:
-    ok = (
-        isinstance(values, tuple)
-        and values
-        and all(v in choices and type(v) is type(choices[0]) for v in values)
-    )
-    if not ok or len(set(values)) != len(values):
-        raise ValueError(f"{flag} must be a non-empty list of distinct values from {choices}, got {values!r}")
 
 
 @dataclass(frozen=True)
@@ -106,24 +87,13 @@ class OptimizerGridConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {minimum}, got {value!r}")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha >= 0):
             raise ValueError(f"--alpha must be a finite number >= 0, got {self.alpha!r}")
-        _check_ints(self.dims, "--dims")
-        _check_ints(self.batch_sizes, "--batch-sizes")
-        _check_ints(self.num_samples, "--num-samples")
-        lrs_ok = (
-            isinstance(self.lrs, tuple)
-            and self.lrs
-            and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
-                for v in self.lrs
-            )
-        )
-        if not lrs_ok or len(set(self.lrs)) != len(self.lrs):
-            raise ValueError(
-                f"--lrs must be a non-empty list of distinct finite numbers > 0, got {self.lrs!r}"
-            )
-        _check_choices(self.layer_norms, "--layer-norms", (False, True))
-        _check_choices(self.optimizers, "--optimizers", GRID_OPTIMIZERS)
-        _check_choices(self.models, "--models", MODELS)
+        check_ints("--dims", self.dims, distinct=True)
+        check_ints("--batch-sizes", self.batch_sizes, distinct=True)
+        check_ints("--num-samples", self.num_samples, distinct=True)
+        check_floats("--lrs", self.lrs, 0.0, open_low=True, distinct=True)
+        check_choices("--layer-norms", self.layer_norms, (False, True))
+        check_choices("--optimizers", self.optimizers, GRID_OPTIMIZERS)
+        check_choices("--models", self.models, MODELS)
         for t in self.num_samples:
             for b in self.batch_sizes:
                 if t % b:
@@ -136,10 +106,8 @@ class OptimizerGridConfig:
         if self.init not in ("gaussian", "zero"):
             raise ValueError(f"--init must be gaussian or zero, got {self.init!r}")
         check_seed(self.seed)
-        if self.threads is not None and (
-            isinstance(self.threads, bool) or not isinstance(self.threads, int) or self.threads < 1
-        ):
-            raise ValueError(f"--threads must be an integer >= 1, got {self.threads!r}")
+        if self.threads is not None:
+            check_int("--threads", self.threads)
         if self.device not in get_args(Device):
             raise ValueError(f"--device must be one of {get_args(Device)}, got {self.device!r}")
 
@@ -448,25 +416,6 @@ def reference_rows(runs: list[GridRun]) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda row: (row["lr"], row["d"], row["T"]))
 
 
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but CUDA is not available")
-    return device
-
-
-@contextlib.contextmanager
-def _threads(threads: int | None) -> Iterator[None]:
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def run_grid(config: OptimizerGridConfig, *, log=print, progress: bool = True) -> list[GridRun]:
     """Every setting of `config`, trained; one GridRun per (setting, T)."""
     from tqdm import tqdm
@@ -644,7 +593,7 @@ def run_optimizer_grid(
         f"lr {list(config.lrs)}, batch {list(config.batch_sizes)}, T {list(config.num_samples)}, {config.seeds} seeds"
     )
     started = time.perf_counter()
-    with _threads(config.threads):
+    with torch_threads(config.threads):
         runs = run_grid(config, log=log, progress=progress)
     result = OptimizerGridResult.from_runs(runs, config.seeds, time.perf_counter() - started)
     for line in format_claims(result) + [""] + format_reference(result):

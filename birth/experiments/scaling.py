@@ -17,10 +17,8 @@ this module sizes the runs, prints the numbers and draws the figures.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +49,9 @@ from birth.memory import (
     scheme_coefficients,
     sgd_scheme_table,
 )
+from birth.runtime import resolve_device, torch_threads
 from birth.seeds import check_seed
+from birth.validate import check_float, check_floats, check_int, check_ints
 from tasks.zipf import ZipfAssociations
 from training.memory_sgd import (
     OPTIMIZERS,
@@ -66,67 +66,6 @@ from training.memory_sgd import (
 # validation and run settings shared by the scaling and capacity experiments
 
 
-def check_int(value: object, flag: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{flag} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_ints(values: object, flag: str, minimum: int = 1) -> None:
-    if not isinstance(values, tuple) or not values:
-        raise ValueError(f"{flag} must be a non-empty tuple of integers >= {minimum}, got {values!r}")
-    for v in values:
-        check_int(v, flag, minimum)
-
-
-def check_real(
-    value: object,
-    flag: str,
-    low: float = -math.inf,
-    high: float = math.inf,
-    *,
-    open_low: bool = False,
-    open_high: bool = False,
-) -> None:
-    """A finite number in [low, high] (or open at either end); nan and inf are refused."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
-    if not ok:
-        left, right = "(" if open_low else "[", ")" if open_high else "]"
-        raise ValueError(f"{flag} must be a finite number in {left}{low:g}, {high:g}{right}, got {value!r}")
-
-
-def check_reals(values: object, flag: str, low: float = -math.inf, high: float = math.inf, **kw) -> None:
-    if not isinstance(values, tuple):
-        raise ValueError(f"{flag} must be a tuple of numbers, got {values!r}")
-    for v in values:
-        check_real(v, flag, low, high, **kw)
-
-
-def resolve_device(device: str) -> str:
-    """cpu or cuda; auto picks cuda when there is one. Checked when the run starts, not when the
-    config is built (a config may be written on one machine and run on another)."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but CUDA is not available")
-    return device
-
-
-@contextlib.contextmanager
-def torch_threads(threads: int | None, default: int | None = 1) -> Iterator[None]:
-    """Run with `threads` CPU threads (None: `default`; a None default leaves torch's), restored
-    afterwards. One thread is the fastest for the small steps of memory training (no
-    synchronisation on a busy machine)."""
-    before = torch.get_num_threads()
-    wanted = default if threads is None else threads
-    if wanted is not None:
-        torch.set_num_threads(wanted)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def log_grid(low: float, high: float, count: int) -> list[int]:
     """count log-spaced integers in [low, high], duplicates removed."""
     return sorted(set(np.round(np.logspace(math.log10(low), math.log10(high), count)).astype(int).tolist()))
@@ -138,7 +77,7 @@ def tops(dims: list[int], top_fraction: float) -> list[int]:
 
 
 def _check_common(config, *, float32: bool = True) -> None:
-    check_int(config.trials, "--trials", 2)  # the fits bootstrap over trials
+    check_int("--trials", config.trials, 2)  # the fits bootstrap over trials
     check_seed(config.seed)
     check_device(config.device)
     if float32 and not isinstance(config.float32, bool):
@@ -147,13 +86,13 @@ def _check_common(config, *, float32: bool = True) -> None:
 
 def _check_threads(config) -> None:
     if config.threads is not None:
-        check_int(config.threads, "--threads")
+        check_int("--threads", config.threads)
 
 
 def _check_task(config) -> None:
-    check_int(config.num_inputs, "--num-inputs")
-    check_int(config.num_outputs, "--num-outputs", 2)
-    check_real(config.alpha, "--alpha", 0.0)
+    check_int("--num-inputs", config.num_inputs)
+    check_int("--num-outputs", config.num_outputs, 2)
+    check_float("--alpha", config.alpha, 0.0)
 
 
 def _dtype(config) -> torch.dtype:
@@ -270,10 +209,10 @@ class DAndTConfig:
         _check_common(self)
         _check_threads(self)
         _check_task(self)
-        check_ints(self.d_curves, "--d-curves")
-        check_ints(self.t_curves, "--t-curves")
-        check_int(self.grid_points, "--grid-points", 2)
-        check_real(self.top_fraction, "--top-fraction", 0.0, 1.0, open_low=True)
+        check_ints("--d-curves", self.d_curves)
+        check_ints("--t-curves", self.t_curves)
+        check_int("--grid-points", self.grid_points, 2)
+        check_float("--top-fraction", self.top_fraction, 0.0, 1.0, open_low=True)
 
 
 @dataclass(frozen=True)
@@ -439,13 +378,13 @@ class HeatmapConfig:
         _check_threads(self)
         _check_task(self)
         for flag, pair in (("--d-range", self.d_range), ("--t-range", self.t_range)):
-            check_ints(pair, flag)
+            check_ints(flag, pair)
             if len(pair) != 2 or pair[0] >= pair[1]:
                 raise ValueError(f"{flag} must be two integers low < high, got {pair!r}")
-        check_int(self.grid_points, "--grid-points", 2)
+        check_int("--grid-points", self.grid_points, 2)
         if self.min_counts:
-            check_ints(self.min_counts, "--min-counts", 2)
-        check_reals(self.rhos, "--rhos", 0.0)
+            check_ints("--min-counts", self.min_counts, 2)
+        check_floats("--rhos", self.rhos, 0.0, allow_empty=True)
 
 
 @dataclass(frozen=True)
@@ -597,12 +536,12 @@ class SchemesConfig:
         _check_common(self)
         _check_threads(self)
         _check_task(self)
-        check_ints(self.d_range, "--d-range")
+        check_ints("--d-range", self.d_range)
         if len(self.d_range) != 2 or self.d_range[0] >= self.d_range[1]:
             raise ValueError(f"--d-range must be two integers low < high, got {self.d_range!r}")
-        check_int(self.grid_points, "--grid-points", 2)
-        check_real(self.top_fraction, "--top-fraction", 0.0, 1.0, open_low=True)
-        check_reals(self.rhos, "--rhos", 0.0, open_low=True)
+        check_int("--grid-points", self.grid_points, 2)
+        check_float("--top-fraction", self.top_fraction, 0.0, 1.0, open_low=True)
+        check_floats("--rhos", self.rhos, 0.0, open_low=True, allow_empty=True)
 
 
 @dataclass(frozen=True)
@@ -746,7 +685,7 @@ class SgdConfig:
 
     def __post_init__(self) -> None:
         _check_common(self)
-        check_int(self.steps, "--steps")
+        check_int("--steps", self.steps)
         _check_threads(self)
 
 
@@ -847,7 +786,7 @@ def run_sgd(config: SgdConfig, out_dir: Path, *, log=print, progress: bool = Tru
     ]
     log(f"sgd: N=100, M=5, alpha=2, {num_steps} steps, SGD from W=0 vs the decoupled q update")
     records = []
-    with torch_threads(config.threads):
+    with torch_threads(config.threads, default=1):
         for title, dim, batch, lr, n in runs:
             train = MemoryTrainConfig("sgd", lr, batch, num_steps, eval_steps=tuple(checkpoints))
             trained = train_memory(task, dim, n, train, seed=config.seed, dtype=dtype, device=device)
@@ -905,12 +844,12 @@ class OptimizersConfig:
 
     def __post_init__(self) -> None:
         _check_common(self, float32=False)
-        check_ints(self.dims, "--dims")
-        check_reals(self.lrs, "--lrs", 0.0, open_low=True)
+        check_ints("--dims", self.dims)
+        check_floats("--lrs", self.lrs, 0.0, open_low=True, allow_empty=True)
         if not self.lrs:
             raise ValueError("--lrs must not be empty")
-        check_ints(self.batches, "--batches")
-        check_int(self.samples, "--samples", max(self.batches))
+        check_ints("--batches", self.batches)
+        check_int("--samples", self.samples, max(self.batches))
         _check_threads(self)
 
 
@@ -991,7 +930,7 @@ def run_optimizers(
     )
     grid = [(d, opt, ln, lr, b) for d in dims for opt, ln in COMBOS for lr in lrs for b in batches]
     results = {}
-    with torch_threads(config.threads):
+    with torch_threads(config.threads, default=1):
         for d, opt, ln, lr, b in tqdm(grid, desc="optimizer grid", disable=not progress):
             train = MemoryTrainConfig(opt, lr, b, config.samples // b, layer_norm=ln)
             out = train_memory(
@@ -1043,13 +982,13 @@ class MemoryMatricesConfig:
         _check_task(self)
         check_seed(self.seed)
         check_device(self.device)
-        check_int(self.d, "--d")
-        check_int(self.samples, "--samples")
-        check_real(self.top_fraction, "--top-fraction", 0.0, 1.0, open_low=True)
-        check_real(self.rho, "--rho", 0.0)
-        check_int(self.min_count, "--min-count")
-        check_real(self.lr, "--lr", 0.0, open_low=True)
-        check_ints(self.checkpoints, "--checkpoints")
+        check_int("--d", self.d)
+        check_int("--samples", self.samples)
+        check_float("--top-fraction", self.top_fraction, 0.0, 1.0, open_low=True)
+        check_float("--rho", self.rho, 0.0)
+        check_int("--min-count", self.min_count)
+        check_float("--lr", self.lr, 0.0, open_low=True)
+        check_ints("--checkpoints", self.checkpoints)
         if max(self.checkpoints) > self.samples:
             raise ValueError(f"--checkpoints must be <= --samples ({self.samples}), got {self.checkpoints}")
         _check_threads(self)
@@ -1166,7 +1105,7 @@ def run_memory_matrices(
         eval_steps=tuple(sorted(set(config.checkpoints))),
         track_coefficients=True,
     )
-    with torch_threads(config.threads):
+    with torch_threads(config.threads, default=1):
         trained = train_memory(
             task,
             config.d,
@@ -1224,18 +1163,18 @@ class LearnedEmbeddingsConfig:
 
     def __post_init__(self) -> None:
         _check_task(self)
-        check_int(self.trials, "--trials")
+        check_int("--trials", self.trials)
         check_seed(self.seed)
         check_device(self.device)
-        check_ints(self.dims, "--dims")
-        check_ints(self.outputs_grid, "--outputs-grid", 2)
-        check_int(self.d_for_outputs, "--d-for-outputs")
+        check_ints("--dims", self.dims)
+        check_ints("--outputs-grid", self.outputs_grid, 2)
+        check_int("--d-for-outputs", self.d_for_outputs)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        check_real(self.lr, "--lr", 0.0, open_low=True)
-        check_int(self.batch_size, "--batch-size")
-        check_int(self.steps, "--steps")
-        check_real(self.tolerance, "--tolerance", 0.0, 1.0, open_low=True)
+        check_float("--lr", self.lr, 0.0, open_low=True)
+        check_int("--batch-size", self.batch_size)
+        check_int("--steps", self.steps)
+        check_float("--tolerance", self.tolerance, 0.0, 1.0, open_low=True)
         _check_threads(self)
 
 
@@ -1351,7 +1290,7 @@ def run_learned_embeddings(
     points = [("d", d, config.num_outputs) for d in config.dims]
     points += [("M", config.d_for_outputs, m) for m in config.outputs_grid]
     finals: dict[tuple[str, int, int, bool], torch.Tensor] = {}
-    with torch_threads(config.threads):
+    with torch_threads(config.threads, default=1):
         for axis, d, m in tqdm(points, desc="learned vs random", disable=not progress):
             task = ZipfAssociations(config.num_inputs, m, config.alpha)
             for learn in (True, False):
@@ -1421,19 +1360,19 @@ class PerTokenQConfig:
 
     def __post_init__(self) -> None:
         _check_task(self)
-        check_int(self.trials, "--trials")
+        check_int("--trials", self.trials)
         check_seed(self.seed)
         check_device(self.device)
-        check_int(self.d, "--d")
+        check_int("--d", self.d)
         if self.d < max(self.num_inputs, self.num_outputs):
             raise ValueError(
                 f"--d must be >= --num-inputs ({self.num_inputs}) for the coefficients of W to be "
                 f"unique, got {self.d}"
             )
-        check_int(self.steps, "--steps")
+        check_int("--steps", self.steps)
         if not self.gammas:
             raise ValueError("--gammas must not be empty")
-        check_reals(self.gammas, "--gammas", 0.0, open_low=True)
+        check_floats("--gammas", self.gammas, 0.0, open_low=True, allow_empty=True)
         _check_threads(self)
 
 
@@ -1516,7 +1455,7 @@ def run_per_token_q(
         f"of batch 1 from W=0, {config.trials} run(s) per γ"
     )
     per_gamma = []
-    with torch_threads(config.threads):
+    with torch_threads(config.threads, default=1):
         for gamma in config.gammas:
             train = MemoryTrainConfig("sgd", gamma, 1, config.steps)
             out = train_memory(
