@@ -597,14 +597,10 @@ def _run_train(job: PointJob, config: Any) -> tuple[dict[str, Any], str, bool]:
     run_dir = Path(job.out_dir)
     resume = False
     if run_dir.is_dir() and any(run_dir.iterdir()):
-        # an earlier attempt of this point: continue it from its last checkpoint if it has one
-        # with this config, else keep its files aside and start afresh
+        # an earlier attempt of this point with this config: continue it (from its last checkpoint,
+        # or from step 0 when it died before the first one); else keep its files aside, start afresh
         try:
-            from training.checkpoint import latest_checkpoint
-
-            resume = read_run_config(run_dir).to_dict() == config.to_dict() and bool(
-                latest_checkpoint(run_dir)
-            )
+            resume = read_run_config(run_dir).to_dict() == config.to_dict()
         except (ValueError, OSError):
             resume = False
         if not resume:

@@ -45,7 +45,8 @@ def check_float(
     ok = _is_finite(value)
     ok = ok and (value > low if open_low else value >= low) and (value < high if open_high else value <= high)
     if not ok:
-        left, right = "(" if open_low else "[", ")" if open_high else "]"
+        left = "(" if open_low or low == -math.inf else "["
+        right = ")" if open_high or high == math.inf else "]"
         raise ValueError(f"{flag(name)} must be a finite number in {left}{low:g}, {high:g}{right}, got {value!r}")
 
 

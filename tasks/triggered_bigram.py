@@ -23,6 +23,7 @@ from typing import Literal, get_args
 import torch
 from einops import rearrange
 
+from birth.validate import check_int
 from tasks.shakespeare import CorpusStats, load_stats
 
 TriggerMode = Literal["fixed", "random"]
@@ -41,11 +42,6 @@ def output_split_range(split: OutputSplit, vocab_size: int) -> tuple[int, int]:
     return {"all": (0, vocab_size), "train": (0, n_train), "test": (n_train, vocab_size)}[split]
 
 
-def _check_int(name: str, value: int, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
-
-
 @dataclass(frozen=True)
 class TaskConfig:
     """Triggered-bigram task (paper defaults: K=5 fixed triggers, T=256, uniform outputs)."""
@@ -59,9 +55,9 @@ class TaskConfig:
     show_latents: bool = False  # the K triggers open the sequence (z_1..z_K), then the chain starts afresh
 
     def __post_init__(self) -> None:
-        _check_int("seq_len", self.seq_len, 2)
-        _check_int("n_triggers", self.n_triggers, 0)
-        _check_int("trigger_offset", self.trigger_offset, 0)
+        check_int("seq_len", self.seq_len, 2)
+        check_int("n_triggers", self.n_triggers, 0)
+        check_int("trigger_offset", self.trigger_offset, 0)
         if self.trigger_mode not in TRIGGER_MODES:
             raise ValueError(f"--trigger-mode must be one of {TRIGGER_MODES}, got {self.trigger_mode!r}")
         if self.output_mode not in OUTPUT_MODES:

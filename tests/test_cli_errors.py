@@ -78,7 +78,8 @@ ROWS: list[tuple[str, str]] = [
     ("train --resume {run} --preset paper", "--preset"),
     ("train --resume {run} --config {lr_fast_yaml}", "--config"),
     ("train --resume {run} --out new", "--out"),
-    ("train --resume {corrupt_run}", "step_000008.pt is corrupted; the last intact checkpoint is step_000004.pt"),
+    ("train --resume {corrupt_run}",
+     "step_000008.pt is corrupted; the last intact checkpoint is step_000004.pt"),
     # an edited config.json: wrong types are refused naming the field
     ('train --resume {edited_lr_fast}', "lr"),
     ('train --resume {edited_lr_null}', "lr"),
@@ -200,8 +201,9 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("inputs")
     config = TrainConfig().to_dict()
-    paths = {name: root / name for name in ("file", "missing", "bad_yaml", "lr_fast_yaml", "garbage_pt", "evil_pt",
-                                            "empty_txt", "small_txt", "file_dir", "run", "corrupt_run")}
+    names = ("file", "missing", "garbage_pt", "evil_pt", "empty_txt", "small_txt", "file_dir", "run",
+             "corrupt_run")
+    paths = {name: root / name for name in names}
     paths["file"].write_text("a file, not a directory\n")
     paths["bad_yaml"] = root / "bad.yaml"
     paths["bad_yaml"].write_text("optim: [1,\n")
@@ -327,7 +329,8 @@ def results(workspace, tmp_path_factory) -> dict[str, Outcome]:
     differ between before and after."""
     root = tmp_path_factory.mktemp("cwd")
     lines = [line for line, _ in ROWS if "{reversed_txt}" not in line or "reversed_txt" in workspace]
-    rows = [{"argv": _argv(line, workspace), "cwd": str(root / f"row{i:03d}")} for i, line in enumerate(lines)]
+    rows = [{"argv": _argv(line, workspace), "cwd": str(root / f"row{i:03d}")}
+            for i, line in enumerate(lines)]
     for row in rows:
         Path(row["cwd"]).mkdir()
     inputs = [workspace["run"].parent, SHIPPED]

@@ -53,8 +53,8 @@ def _flags(config: TrainConfig) -> list[str]:
     flags = []
     for section in config.to_dict().values():
         for key, value in section.items():
-            if key in ("d_model", "seq_len", "batch_size", "eval_batch_size", "eval_every", "checkpoint_every",
-                       "steps", "lr"):
+            if key in ("d_model", "seq_len", "batch_size", "eval_batch_size", "eval_every",
+                       "checkpoint_every", "steps", "lr"):
                 flags += [f"--{key.replace('_', '-')}", str(value)]
     return flags
 
@@ -106,7 +106,8 @@ def test_ctrl_c_during_start_up_removes_the_new_directory(tmp_path, tiny_config,
 
 
 def test_sigkill_before_the_first_checkpoint_then_resume_restarts_from_step_0(tmp_path, tiny_config):
-    config = tiny_config.replace(steps=100, eval_every=10, checkpoint_every=1000)  # one checkpoint, at the end
+    # one checkpoint, at the end
+    config = tiny_config.replace(steps=100, eval_every=10, checkpoint_every=1000)
     run_dir = tmp_path / "killed"
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -134,7 +135,8 @@ def test_sigkill_before_the_first_checkpoint_then_resume_restarts_from_step_0(tm
     finally:
         torch.set_num_threads(threads)
     assert resumed.status == "completed" and resumed.step == 100
-    assert read_metrics(run_dir / "metrics.jsonl") == read_metrics(tmp_path / "uninterrupted" / "metrics.jsonl")
+    reference = read_metrics(tmp_path / "uninterrupted" / "metrics.jsonl")
+    assert read_metrics(run_dir / "metrics.jsonl") == reference
 
 
 def test_resume_of_a_config_only_directory_through_the_command(tmp_path, tiny_config, capsys):

@@ -11,7 +11,6 @@ need the vocabulary size are in `TrainConfig.validate(vocab_size)`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Literal, get_args
@@ -22,30 +21,13 @@ from torch import nn
 from birth.config_io import config_from_dict
 from birth.model import FULL_MODEL, ModelConfig, build_model
 from birth.seeds import check_seed
+from birth.validate import check_float, check_int
 from tasks.triggered_bigram import TaskConfig
 
 Optimizer = Literal["sgd", "adamw"]
 LossOn = Literal["outputs", "all"]
 OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
 LOSS_ON: tuple[str, ...] = get_args(LossOn)
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{_flag(name)} must be an integer >= {low}, got {value!r}")
-
-
-def check_float(name: str, value: Any, low: float, high: float = math.inf, *, open_low: bool = False) -> None:
-    """A finite float in [low, high) ((low, high) with open_low); nan and inf are refused."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if open_low else value >= low) and value < high
-    if not ok:
-        bounds = f"{'(' if open_low else '['}{low:g}, {high:g})"
-        raise ValueError(f"{_flag(name)} must be a finite number in {bounds}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -75,12 +57,12 @@ class OptimConfig:
         if self.loss_on not in LOSS_ON:
             raise ValueError(f"--loss-on must be one of {LOSS_ON}, got {self.loss_on!r}")
         check_float("lr", self.lr, 0.0, open_low=True)
-        check_float("momentum", self.momentum, 0.0, 1.0)
+        check_float("momentum", self.momentum, 0.0, 1.0, open_high=True)
         check_float("weight_decay", self.weight_decay, 0.0)
         if len(self.betas) != 2:
             raise ValueError(f"--betas takes two numbers, got {self.betas!r}")
         for beta in self.betas:
-            check_float("betas", beta, 0.0, 1.0)
+            check_float("betas", beta, 0.0, 1.0, open_high=True)
         check_int("batch_size", self.batch_size, 1)
         check_int("steps", self.steps, 0)
 

@@ -55,7 +55,8 @@ def resolve_device(device: str) -> torch.device:
         if not torch.cuda.is_available():
             raise ValueError(f"--device {device}: CUDA is not available on this machine")
         if device != "cuda" and int(device[5:]) >= torch.cuda.device_count():
-            raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            count = torch.cuda.device_count()
+            raise ValueError(f"--device {device}: this machine has {count} CUDA device(s)")
     return torch.device(device)
 
 
@@ -218,7 +219,9 @@ def _available(device: torch.device) -> str | None:
 _OOM_TEXT = re.compile(r"not enough memory|can't allocate memory|out of memory", re.IGNORECASE)
 
 
-def _as_out_of_memory(err: BaseException, config: TrainConfig, device: torch.device, where: str) -> OutOfMemory | None:
+def _as_out_of_memory(
+    err: BaseException, config: TrainConfig, device: torch.device, where: str
+) -> OutOfMemory | None:
     """A one-line OutOfMemory for torch's and Python's memory errors (None for other errors)."""
     text = str(err)
     oom = isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
@@ -232,9 +235,7 @@ def _as_out_of_memory(err: BaseException, config: TrainConfig, device: torch.dev
     asked, have = _requested(text), _available(device)
     needed = f": torch asked for {asked} in one allocation" if asked else ""
     machine = f" (this machine has {have})" if have else ""
-    return OutOfMemory(
-        f"out of memory {where} with {sizes}{needed}{machine}; choose smaller sizes"
-    )
+    return OutOfMemory(f"out of memory {where} with {sizes}{needed}{machine}; choose smaller sizes")
 
 
 def environment(device: torch.device) -> dict:

@@ -53,7 +53,9 @@ def execute(args: argparse.Namespace) -> int:
     from birth.cli import CLIError
 
     shipped = shipped_stats_path()
-    new_vocab_refused = CLIError("--allow-new-vocab: the shipped statistics keep their 65 characters; choose an --out")
+    new_vocab_refused = CLIError(
+        "--allow-new-vocab: the shipped statistics keep their 65 characters; choose an --out"
+    )
     if args.allow_new_vocab and (args.force_shipped or (args.out is not None and _is_shipped(args.out))):
         raise new_vocab_refused
     if args.force_shipped and args.out is not None and not _is_shipped(args.out):
@@ -90,7 +92,9 @@ def execute(args: argparse.Namespace) -> int:
         try:
             check_same_vocab(stats, load_stats())
         except ValueError as err:
-            raise CLIError(f"{err}; --allow-new-vocab accepts it (into --out, never the shipped file)") from None
+            raise CLIError(
+                f"{err}; --allow-new-vocab accepts it (into --out, never the shipped file)"
+            ) from None
 
     new = stats.to_json()
     unchanged = out.is_file() and _same_content(out, new)

@@ -49,7 +49,9 @@ def _base_config(argv: list[str]) -> TrainConfig:
     if known.resume is not None:
         for option, given in (("--config FILE", known.config), ("--preset", preset_given(argv))):
             if given:
-                raise CLIError(f"give either --resume RUN_DIR or {option}, not both (a resumed run keeps its config)")
+                raise CLIError(
+                    f"give either --resume RUN_DIR or {option}, not both (a resumed run keeps its config)"
+                )
         return read_run_config(Path(known.resume))
     if known.config is not None:
         return TrainConfig.from_dict(read_yaml(known.config), source=f"--config {known.config}")

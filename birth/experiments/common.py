@@ -79,7 +79,7 @@ class TrainedRun:
     final: dict[str, float | None]  # last evaluation: metrics and probes
     order: dict[str, int | None]  # first step at which each probe reaches 0.9 (None: never)
     history: list[dict[str, float | None]]  # every evaluation row, as in metrics.jsonl
-    seconds_per_step: float  # wall time per update, evaluations included
+    seconds_per_step: float | None  # wall time per update, evaluations included (None: no update ran)
 
     def steps(self) -> list[int]:
         return [int(row["step"]) for row in self.history]
