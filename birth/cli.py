@@ -26,7 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "capacity": ("birth.commands.experiment", "capacity of linear and non-linear associative memories"),
     "dynamics": ("birth.commands.experiment", "gradient dynamics of associative memories (ICML 2024)"),
     "experiments": ("birth.commands.experiment", "list every registered experiment"),
-    "grid": ("birth.grid", "run a grid of experiments or training runs through submitit"),
+    "grid": ("birth.experiments.grid", "run a grid of experiments or training runs through submitit"),
     "prepare-data": ("birth.commands.prepare_data", "rebuild the Shakespeare statistics from a text"),
 }
 

@@ -10,7 +10,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from birth import grid
+from birth.experiments import grid
 from birth.experiments.toy import ToyConfig, toy_draws
 
 TOY = "birth.experiments.toy:toy"

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from birth import grid
+from birth.experiments import grid
 from birth.experiments import optimizer_grid as og
 from birth.experiments.registry import REGISTRY
 from birth.memory import draw_embeddings

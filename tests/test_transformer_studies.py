@@ -124,7 +124,10 @@ def test_data_studies_small(tmp_path):
     assert f.points[0].unigram_mass > f.points[1].unigram_mass  # the most frequent triggers first
     held = run_small("held-out-outputs", tmp_path)
     run = held.runs[0]
-    assert run.steps == [3, 6] and set(run.icl) == {"train", "test"}
+    assert run.steps == [3, 6] and set(run.icl) == set(run.score2) == set(run.pred_attended) == {
+        "train",
+        "test",
+    }
     assert all(0.0 <= v <= 1.0 for v in held.final_ov2.values())
 
 

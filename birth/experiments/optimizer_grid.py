@@ -608,7 +608,7 @@ def run_optimizer_grid(
 def combine(results_files: Iterable[str | Path]) -> OptimizerGridResult:
     """One result from the "ok" lines of optimizer-grid points in `birth grid` results files
     (the latest line of a point wins; a setting measured twice keeps its latest value)."""
-    from birth.grid import read_results
+    from birth.experiments.grid import read_results
 
     runs: dict[tuple, GridRun] = {}
     seeds, seconds = set(), 0.0

@@ -279,23 +279,24 @@ class VariantPlan:
     description: str  # one line: what differs from the theorem's setting
     data: str  # theorem (the second output token, `birth.theory.theorem_batch`) or task
     value_tokens: bool  # layer 2's value reads the token part only (else W_V² = I)
-    restrict: bool  # each step on the theorem's block of its matrix only
+    restrict: tuple[str, ...]  # the memories stepped on the theorem's block of their matrix only
     symmetric: bool  # gradients averaged over the token relabelings that keep the law
     step_norms: dict  # the update norms (grids: line search on held-out sequences)
 
 
+ALL = tuple(PAPER_ORDER)
 VARIANT_PLANS: dict[str, VariantPlan] = {
-    "theorem": VariantPlan("the theorem's setting", "theorem", True, True, True, THEOREM_STEP_NORMS),
-    "no-symmetry": VariantPlan("sampled gradients, not averaged over relabelings", "theorem", True, True, False,
+    "theorem": VariantPlan("the theorem's setting", "theorem", True, ALL, True, THEOREM_STEP_NORMS),
+    "no-symmetry": VariantPlan("sampled gradients, not averaged over relabelings", "theorem", True, ALL, False,
                                THEOREM_STEP_NORMS),
-    "no-restriction": VariantPlan("every block of each matrix steps", "theorem", True, False, True,
+    "no-restriction": VariantPlan("every block of W_K¹ and W_K² steps", "theorem", True, (), True,
                                   THEOREM_STEP_NORMS),
-    "identity-value": VariantPlan("W_V² = I: layer 2's value carries layer 1's output", "theorem", False, True,
-                                  True, THEOREM_STEP_NORMS),
-    "task-data": VariantPlan("the task's sequences, loss on every counter >= 2 target", "task", True, True, True,
+    "identity-value": VariantPlan("W_V² = I and every block of W_O² steps: the value carries layer 1's output",
+                                  "theorem", False, ("W_KQ2", "W_KQ1"), True, THEOREM_STEP_NORMS),
+    "task-data": VariantPlan("the task's sequences, loss on every counter >= 2 target", "task", True, ALL, True,
                              THEOREM_STEP_NORMS),
     "paper-setting": VariantPlan("gradient-steps' orthogonal run: task data, W_V² = I, no simplification",
-                                 "task", False, False, False, ORTHOGONAL_STEP_NORMS),
+                                 "task", False, (), False, ORTHOGONAL_STEP_NORMS),
 }  # fmt: skip
 
 
@@ -341,7 +342,7 @@ class VariantRun:
     description: str
     data: str
     value_tokens: bool
-    restrict: bool
+    restrict: tuple[str, ...]  # the memories stepped on their theorem block only
     symmetric: bool
     d_model: int
     n_sequences: int  # sequences per gradient step

@@ -245,6 +245,7 @@ def plot_joint(result: JointResult, out_dir: Path) -> list[Path]:
             ax.text(x, horizon if never else h, "never" if never else f"{h:g}", ha="center", va="bottom",
                     fontsize=7, rotation=90)  # fmt: skip
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.18 * horizon)  # room for the labels above the bars
     ax.set_ylabel("steps (median over seeds)")
     ax.set_title("steps to in-context accuracy")
     ax.legend(fontsize=8)
@@ -533,6 +534,11 @@ class HeldOutRun:
     steps: list[int]  # checkpoint steps
     icl: dict[str, list[float]]  # split -> in-context accuracy at each checkpoint
     ov2_recall: dict[str, list[float]]  # split -> W_OV2 recall over that split's token ids
+    # split -> layer 2's argmax follows an earlier occurrence of the trigger (attn/score2_acc) and
+    # the token it attends to is the prediction (attn/pred_attended_acc): where the head looks vs
+    # whether it copies what it finds
+    score2: dict[str, list[float]]
+    pred_attended: dict[str, list[float]]
 
 
 @dataclass(frozen=True)
@@ -540,31 +546,38 @@ class HeldOutResult(ExperimentResult):
     runs: list[HeldOutRun]
     final_icl: dict[str, float]  # split -> seed mean at the last checkpoint
     final_ov2: dict[str, float]  # split -> seed mean W_OV2 recall over the split's ids
+    final_score2: dict[str, float]  # split -> seed mean attn/score2_acc at the last checkpoint
+    final_pred_attended: dict[str, float]  # split -> seed mean attn/pred_attended_acc
 
     def headline(self) -> str:
         return (
             f"in-context accuracy on outputs seen in training {self.final_icl['train']:.3f}, on held-out "
-            f"outputs {self.final_icl['test']:.3f} (W_OV2 recall over those tokens {self.final_ov2['train']:.2f} "
-            f"vs {self.final_ov2['test']:.2f})"
+            f"outputs {self.final_icl['test']:.3f}; layer 2 attends after the previous trigger "
+            f"{self.final_score2['train']:.2f} vs {self.final_score2['test']:.2f}, predicts the attended "
+            f"token {self.final_pred_attended['train']:.2f} vs {self.final_pred_attended['test']:.2f}; W_OV2 "
+            f"recall over those tokens {self.final_ov2['train']:.2f} vs {self.final_ov2['test']:.2f}"
         )
 
 
 def plot_held_out(result: HeldOutResult, out_dir: Path) -> list[Path]:
     fig, axes = new_figure(1, 2)
+    panels = (
+        (axes[0][0], "icl", "-", "in-context accuracy"),
+        (axes[0][0], "score2", ":", "layer 2 attends after the trigger"),
+        (axes[0][0], "pred_attended", "--", "prediction = attended token"),
+        (axes[0][1], "ov2_recall", "-", "W_OV2 recall over the split's tokens"),
+    )
     for split, color in zip(SPLITS, ("tab:blue", "tab:red")):
-        label = "outputs seen in training" if split == "train" else "held-out outputs"
+        name = "seen outputs" if split == "train" else "held-out outputs"
         for i, r in enumerate(result.runs):
-            axes[0][0].plot(
-                r.steps, r.icl[split], "o-", color=color, alpha=0.8, label=label if i == 0 else None
-            )
-            axes[0][1].plot(r.steps, r.ov2_recall[split], "o-", color=color, alpha=0.8,
-                            label=label if i == 0 else None)  # fmt: skip
-    axes[0][0].set_ylabel("in-context accuracy")
+            for ax, key, style, what in panels:
+                label = f"{what}, {name}" if i == 0 else None
+                ax.plot(r.steps, getattr(r, key)[split], style, marker="o", ms=3, color=color, label=label)
     axes[0][1].set_ylabel("W_OV2 recall over the split's tokens")
     for ax in axes[0]:
         ax.set_xlabel("step")
         ax.set_ylim(-0.02, 1.02)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     return save_figure(fig, out_dir, "held_out_outputs")
 
 
@@ -603,20 +616,27 @@ def run_held_out(config: HeldOutConfig, out_dir: Path, *, log=print, progress: b
         run = train_run(train, out_dir, f"seed{seed}", device=config.device, progress=progress, log=log)
         model = train.build_model(stats.vocab_size)
         model.eval()
-        curve_steps, icl, ov2 = [], {s: [] for s in SPLITS}, {s: [] for s in SPLITS}
+        curve_steps = []
+        icl, ov2, score2, attended = ({s: [] for s in SPLITS} for _ in range(4))
         for step, path in list_checkpoints(Path(out_dir) / RUNS / f"seed{seed}"):
             load_model_state(native(model), load_checkpoint(path)["model"], path)
             curve_steps.append(step)
             for split, (task, batch) in batches.items():
-                row = evaluate(model, batch, probe_triggers=probe_triggers(train, task))
+                row = evaluate(
+                    model, batch, probe_triggers=probe_triggers(train, task), attention_probes=True
+                )
                 icl[split].append(row["eval/icl_acc"])
                 ov2[split].append(_ov2_recall_over(model, ids[split]))
-        runs.append(HeldOutRun(run, curve_steps, icl, ov2))
+                score2[split].append(row["attn/score2_acc"])
+                attended[split].append(row["attn/pred_attended_acc"])
+        runs.append(HeldOutRun(run, curve_steps, icl, ov2, score2, attended))
         log(f"[held-out-outputs] seed {seed}: in-context accuracy seen {icl['train'][-1]:.3f}, "
             f"held out {icl['test'][-1]:.3f}")  # fmt: skip
-    final_icl = {s: _mean([r.icl[s][-1] for r in runs]) for s in SPLITS}
-    final_ov2 = {s: _mean([r.ov2_recall[s][-1] for r in runs]) for s in SPLITS}
-    return HeldOutResult(runs, final_icl, final_ov2)
+
+    def final(curve: str) -> dict[str, float]:  # seed mean at the last checkpoint, per split
+        return {s: _mean([getattr(r, curve)[s][-1] for r in runs]) for s in SPLITS}
+
+    return HeldOutResult(runs, final("icl"), final("ov2_recall"), final("score2"), final("pred_attended"))
 
 
 # ---------------------------------------------------------------------------------------------
