@@ -712,9 +712,10 @@ def theorem_projection(
     """The `project` of `gradient_steps` for a model with `orthogonal_embeddings`.
 
     `restrict`: keep only the memory's `THEOREM_BLOCKS` block (the gradient of the theorem's
-    simplified model): every memory (True), none (False) or those named. `symmetric`: `symmetrize` over the token relabelings that keep `triggers`
-    (exact when the data law and the frozen weights are invariant: fixed triggers, uniform base,
-    uniform outputs, orthogonal embeddings, W_V² = I or the token projector).
+    simplified model): every memory (True), none (False) or those named. `symmetric`:
+    `symmetrize` over the token relabelings that keep `triggers` (exact when the data law and the
+    frozen weights are invariant: fixed triggers, uniform base, uniform outputs, orthogonal
+    embeddings, W_V² = I or the token projector).
     """
     blocks = orthogonal_blocks(vocab_size, seq_len)
     orbits = token_orbits(vocab_size, seq_len, d, triggers) if symmetric else None

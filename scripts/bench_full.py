@@ -14,7 +14,7 @@ The script first checks that the models agree (logits and gradients), then alter
 on the same batches, so that all see the same machine load, and prints the median wall and CPU
 time per step and the ratios. Measured numbers are in docs/model.md.
 
-    python scripts/bench_full.py                       # the CPU size of the full preset
+    python scripts/bench_full.py                       # d=128, T=128, batch 64 (the CPU size measured)
     python scripts/bench_full.py --reference           # the reference size: d=128, T=256, batch 64
 """
 
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--d-model", type=int, default=64)
+    parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--reference", action="store_true", help="the reference size: d=128, T=256, batch 64")

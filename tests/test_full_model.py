@@ -21,8 +21,10 @@ from probes.attention import (
     trigger_induction_targets,
     typical_sequence,
 )
-from probes.recall import FF_PROBE
-from tasks.triggered_bigram import Batch, occurrence_counter
+from probes.recall import FF_PROBE, ff_bigram_kl
+from tasks.shakespeare import load_stats
+from tasks.triggered_bigram import Batch, TriggeredBigram, occurrence_counter
+from training.checkpoint import load_run_model
 from training.config import PRESETS
 from training.logger import read_metrics
 from training.loop import train
@@ -67,7 +69,7 @@ def test_full_and_simplified_ffn_presets_are_valid_frozen_and_the_reference_sett
     quick = PRESETS["quick"]
     assert ffn.model.variant == "simplified" and ffn.model.has_final_ffn and ffn.model.mlp == "linear"
     assert ffn.optim.loss_on == "all" and supports_fast_path(ffn.model)
-    assert ffn.replace(mlp="none", mlp_layers="all", loss_on="outputs") == quick
+    assert ffn.replace(mlp="none", mlp_layers="all", loss_on="outputs", trigger_mode="random") == quick
 
 
 # --- training through the TransformerLens forward -------------------------------------------------
@@ -96,12 +98,18 @@ def test_a_tiny_full_model_trains_through_the_transformer_lens_forward(tmp_path,
 def test_simplified_ffn_logs_the_w_f_probe_which_falls(tmp_path, one_thread):
     config = PRESETS["simplified-ffn"].replace(
         d_model=32, seq_len=32, batch_size=32, steps=30, eval_every=10, eval_batch_size=32,
-        checkpoint_every=30, trigger_mode="fixed")  # fmt: skip
+        checkpoint_every=30)  # fmt: skip
     result = train(config, tmp_path / "run", device="cpu", progress=False, log=_quiet)
     rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
     kl = [r[f"probes/{FF_PROBE}"] for r in rows]
     assert len(kl) == 4 and kl[-1] < kl[0] - 0.1
     assert FF_PROBE not in result.order and "W_OV2" in result.order
+    # the logged value is the probe of the final weights over the non-trigger tokens
+    stats = load_stats()
+    triggers = TriggeredBigram(config.task, stats).fixed_triggers
+    model = load_run_model(tmp_path / "run")
+    assert kl[-1] == pytest.approx(ff_bigram_kl(model, stats.bigram_probs, triggers), rel=1e-6)
+    assert kl[-1] != pytest.approx(ff_bigram_kl(model, stats.bigram_probs, None), rel=1e-3)
 
 
 # --- the bigram floor -------------------------------------------------------------------------------

@@ -192,8 +192,10 @@ FULL = TrainConfig(
 
 # The simplified model of the quick preset plus a trainable linear W_F after the second attention
 # layer (`birth.model.SIMPLIFIED_FFN`), trained on all tokens: W_F can hold the global bigrams,
-# which the attention-only model has to squeeze into W_O² next to the induction head's copy.
-SIMPLIFIED_FFN_PRESET = QUICK.replace(mlp="linear", mlp_layers="final", loss_on="all")
+# which the attention-only model has to squeeze into W_O² next to the induction head's copy. Fixed
+# triggers (the paper's): the W_F probe then leaves out the K triggers, whose next token is never a
+# bigram, as the reference's does.
+SIMPLIFIED_FFN_PRESET = QUICK.replace(mlp="linear", mlp_layers="final", loss_on="all", trigger_mode="fixed")
 
 PRESETS: MappingProxyType[str, TrainConfig] = MappingProxyType(
     {"quick": QUICK, "paper": PAPER, "full": FULL, "simplified-ffn": SIMPLIFIED_FFN_PRESET}

@@ -169,14 +169,15 @@ def _plot_curves(ax_bigram, ax_icl, result: GlobalVsIclResult) -> None:
         ax_icl.axhline(level, color="gray", ls=":", lw=0.8)
     ax_icl.set_ylim(-0.02, 1.02)
     ax_icl.set_ylabel("in-context accuracy (counter >= 2)")
-    marks = [(result.bigram_step, "tab:green", "bigram at floor")]
-    marks += [(s, "tab:blue", f"icl {level}") for level, s in result.icl_steps.items()]
+    marks = [(result.bigram_step, "tab:green", "--", "bigram at floor")]
+    marks += [
+        (s, "tab:blue", style, f"icl {level}")
+        for (level, s), style in zip(result.icl_steps.items(), ("--", "-."))
+    ]
     for ax in (ax_bigram, ax_icl):
-        for step, color, label in marks:
+        for step, color, style, label in marks:
             if step is not None:
-                ax.axvline(
-                    step, color=color, ls="--", lw=0.8, alpha=0.7, label=label if ax is ax_icl else None
-                )
+                ax.axvline(step, color=color, ls=style, lw=0.8, alpha=0.8, label=f"{label} (step {step})")
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
 
