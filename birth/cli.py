@@ -18,10 +18,16 @@ from typing import Any, TypeVar
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("birth.commands.train", "train a transformer on the triggered-bigram task and watch its memories form"),
+    "train": (
+        "birth.commands.train",
+        "train a transformer on the triggered-bigram task and watch its memories form",
+    ),
     "inspect": ("birth.commands.inspect", "attention maps and induction scores of a checkpoint, per head"),
     "plot": ("birth.commands.plot", "learning-order figure (probes and accuracy vs step) of runs"),
-    "reproduce": ("birth.commands.experiment", "reproduce a claim of Birth of a Transformer (experiments, theory)"),
+    "reproduce": (
+        "birth.commands.experiment",
+        "reproduce a claim of Birth of a Transformer (experiments, theory)",
+    ),
     "scaling": ("birth.commands.experiment", "scaling-law experiments of associative memories"),
     "capacity": ("birth.commands.experiment", "capacity of linear and non-linear associative memories"),
     "dynamics": ("birth.commands.experiment", "gradient dynamics of associative memories (ICML 2024)"),
@@ -144,7 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     if argv[0] not in SUBCOMMANDS:
-        print(f"birth: error: unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        print(
+            f"birth: error: unknown command {argv[0]!r}; choose from {', '.join(SUBCOMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     name, rest = argv[0], argv[1:]
     prog = f"birth {name}"
@@ -162,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {where}{err.strerror or err}", file=sys.stderr)
         return 2
     except MemoryError:
-        print(f"{prog}: error: out of memory (try a smaller --d-model, --batch-size or --seq-len)", file=sys.stderr)
+        print(
+            f"{prog}: error: out of memory (try a smaller --d-model, --batch-size or --seq-len)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

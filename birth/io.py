@@ -176,7 +176,9 @@ def save_figure(
     out_dir = Path(out_dir)
     paths = []
     for ext in formats:
-        paths.append(atomic_write(out_dir / f"{name}.{ext}", lambda f, e=ext: fig.savefig(f, format=e, dpi=130)))
+        paths.append(
+            atomic_write(out_dir / f"{name}.{ext}", lambda f, e=ext: fig.savefig(f, format=e, dpi=130))
+        )
     if data is not None:
         paths.append(atomic_write_json(out_dir / f"{name}.json", data))
     if log is not None:

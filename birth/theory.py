@@ -766,28 +766,27 @@ def theorem_batch(task, per_position: int, gen: torch.Generator):
         )
     if per_position < 1:
         raise ValueError(f"per_position must be >= 1, got {per_position}")
-    T, n = task.config.seq_len, task.vocab_size
+    T, n, dev = task.config.seq_len, task.vocab_size, task.device
     if T < 3:
         raise ValueError(f"the theorem's data model needs --seq-len >= 3, got {T}")
-    triggers = task.fixed_triggers.cpu()
-    others = torch.ones(n, dtype=torch.bool)
+    triggers = task.fixed_triggers
+    others = torch.ones(n, dtype=torch.bool, device=dev)
     others[triggers] = False
     noise_tokens = torch.nonzero(others).flatten()
-    first = torch.arange(T - 2).repeat_interleave(per_position)
+    first = torch.arange(T - 2, device=dev).repeat_interleave(per_position)
     b = first.numel()
-    q = triggers[torch.randint(0, triggers.numel(), (b,), generator=gen)]
-    o = task.sample_outputs(q[:, None].to(task.device), gen).cpu()[:, 0]
-    tokens = noise_tokens[torch.randint(0, noise_tokens.numel(), (b, T + 1), generator=gen)]
-    rows = torch.arange(b)
+    q = triggers[torch.randint(0, triggers.numel(), (b,), generator=gen, device=dev)]
+    o = task.sample_outputs(q[:, None], gen)[:, 0]
+    tokens = noise_tokens[torch.randint(0, noise_tokens.numel(), (b, T + 1), generator=gen, device=dev)]
+    rows = torch.arange(b, device=dev)
     tokens[rows, first] = q
     tokens[rows, first + 1] = o
     tokens[:, T - 1] = q
     tokens[:, T] = o
-    counter = torch.zeros(b, T, dtype=torch.long)
+    counter = torch.zeros(b, T, dtype=torch.long, device=dev)
     counter[rows, first] = 1
     counter[:, T - 1] = 2
-    dev = task.device
-    return Batch(tokens.to(dev), counter.to(dev), q[:, None].to(dev), o[:, None].to(dev))
+    return Batch(tokens, counter, q[:, None], o[:, None])
 
 
 # The working construction (`run_gradient_steps(..., data="theorem", value_tokens=True,

@@ -47,7 +47,9 @@ def check_float(
     if not ok:
         left = "(" if open_low or low == -math.inf else "["
         right = ")" if open_high or high == math.inf else "]"
-        raise ValueError(f"{flag(name)} must be a finite number in {left}{low:g}, {high:g}{right}, got {value!r}")
+        raise ValueError(
+            f"{flag(name)} must be a finite number in {left}{low:g}, {high:g}{right}, got {value!r}"
+        )
 
 
 def _check_sequence(name: str, values: Any, what: str, distinct: bool, allow_empty: bool = False) -> None:

@@ -23,13 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from birth.model import fast_logits, native, trainable_parameters
+from birth.seeds import step_seed
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import TriggeredBigram
-from training.config import PRESETS
 from training.allocator import keep_freed_memory
-from birth.seeds import step_seed
+from training.config import PRESETS
 from training.loop import make_optimizer, training_loss
-
 
 REFERENCE_CODE_SECONDS = (13.0, 15.0)
 
@@ -72,6 +71,7 @@ def main() -> None:
         def loss(batch):
             mask = batch.counter >= 2
             return F.cross_entropy(logits_fn(model, batch.inputs)[mask], batch.targets[mask])
+
         return loss
 
     reference = masked(reference_logits)
@@ -85,8 +85,10 @@ def main() -> None:
         ("reference", reference, True),
         ("fast", fast, True),
     ]
-    print(f"preset {args.preset}: d={config.model.d_model} T={config.task.seq_len} batch={config.optim.batch_size}, "
-          f"{torch.get_num_threads()} threads, best of {args.repeats} steps after one warm-up")
+    print(
+        f"preset {args.preset}: d={config.model.d_model} T={config.task.seq_len} batch={config.optim.batch_size}, "
+        f"{torch.get_num_threads()} threads, best of {args.repeats} steps after one warm-up"
+    )
     times = {}
     for name, loss_fn, keep in variants:
         if keep and not keep_freed_memory():
@@ -100,15 +102,18 @@ def main() -> None:
             best = min(best, time.perf_counter() - t0)
         label = f"{name}{' + kept memory' if keep else ''}"
         times[label] = best
-        print(f"  {label:29s} {best:7.3f} s/step   {times['reference'] / best:5.2f}x vs reference",
-              flush=True)
+        print(
+            f"  {label:29s} {best:7.3f} s/step   {times['reference'] / best:5.2f}x vs reference", flush=True
+        )
     final = times.get("fast + kept memory", times["fast"])  # what `birth train` runs on CPU
     if args.preset == "paper":
         # not measured here: the reference code needs CUDA as written; issue 3 quotes its time on
         # this kind of 2-core machine
         lo, hi = REFERENCE_CODE_SECONDS
-        print(f"  the reference code (albietz/transformer-birth, quoted {lo:g}-{hi:g} s/step on a 2-core "
-              f"machine): `birth train` ({final:.3f} s/step) is {lo / final:.1f}-{hi / final:.1f}x faster")
+        print(
+            f"  the reference code (albietz/transformer-birth, quoted {lo:g}-{hi:g} s/step on a 2-core "
+            f"machine): `birth train` ({final:.3f} s/step) is {lo / final:.1f}-{hi / final:.1f}x faster"
+        )
     # sanity: the fast path computes the same logits
     batch = task.sample(8, 0)
     with torch.no_grad():

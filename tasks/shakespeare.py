@@ -82,9 +82,7 @@ class CorpusStats:
             "sha256": self.sha256,
             "unigram_counts": self.unigram_counts.tolist(),
             # sparse: [prev, next, count] for the 1,403 pairs that occur
-            "bigram_counts": [
-                [int(i), int(j), int(self.bigram_counts[i, j])] for i, j in nz.tolist()
-            ],
+            "bigram_counts": [[int(i), int(j), int(self.bigram_counts[i, j])] for i, j in nz.tolist()],
         }
 
     @classmethod

@@ -78,13 +78,15 @@ ROWS: list[tuple[str, str]] = [
     ("train --resume {run} --preset paper", "--preset"),
     ("train --resume {run} --config {lr_fast_yaml}", "--config"),
     ("train --resume {run} --out new", "--out"),
-    ("train --resume {corrupt_run}",
-     "step_000008.pt is corrupted; the last intact checkpoint is step_000004.pt"),
+    (
+        "train --resume {corrupt_run}",
+        "step_000008.pt is corrupted; the last intact checkpoint is step_000004.pt",
+    ),
     # an edited config.json: wrong types are refused naming the field
-    ('train --resume {edited_lr_fast}', "lr"),
-    ('train --resume {edited_lr_null}', "lr"),
-    ('train --resume {edited_steps_str}', "steps"),
-    ('train --resume {edited_d_model_float}', "d_model"),
+    ("train --resume {edited_lr_fast}", "lr"),
+    ("train --resume {edited_lr_null}", "lr"),
+    ("train --resume {edited_steps_str}", "steps"),
+    ("train --resume {edited_d_model_float}", "d_model"),
     # -- inspect
     ("inspect", "CHECKPOINT"),
     ("inspect {missing}", "not found"),
@@ -201,8 +203,17 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("inputs")
     config = TrainConfig().to_dict()
-    names = ("file", "missing", "garbage_pt", "evil_pt", "empty_txt", "small_txt", "file_dir", "run",
-             "corrupt_run")
+    names = (
+        "file",
+        "missing",
+        "garbage_pt",
+        "evil_pt",
+        "empty_txt",
+        "small_txt",
+        "file_dir",
+        "run",
+        "corrupt_run",
+    )
     paths = {name: root / name for name in names}
     paths["file"].write_text("a file, not a directory\n")
     paths["bad_yaml"] = root / "bad.yaml"
@@ -329,25 +340,35 @@ def results(workspace, tmp_path_factory) -> dict[str, Outcome]:
     differ between before and after."""
     root = tmp_path_factory.mktemp("cwd")
     lines = [line for line, _ in ROWS if "{reversed_txt}" not in line or "reversed_txt" in workspace]
-    rows = [{"argv": _argv(line, workspace), "cwd": str(root / f"row{i:03d}")}
-            for i, line in enumerate(lines)]
+    rows = [
+        {"argv": _argv(line, workspace), "cwd": str(root / f"row{i:03d}")} for i, line in enumerate(lines)
+    ]
     for row in rows:
         Path(row["cwd"]).mkdir()
     inputs = [workspace["run"].parent, SHIPPED]
     before = _snapshot(*inputs)
     started = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", FORK_SERVER], input=json.dumps(rows), env=_env(root),
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_SERVER],
+        input=json.dumps(rows),
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     outcomes: dict = {}
     for line, row, result in zip(lines, rows, json.loads(proc.stdout)):
         cwd = Path(row["cwd"])
         left = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
-        outcomes[line] = Outcome(row["argv"], result["code"], result["stdout"], result["stderr"],
-                                 result["seconds"], left)
+        outcomes[line] = Outcome(
+            row["argv"], result["code"], result["stdout"], result["stderr"], result["seconds"], left
+        )
     slowest = max(outcomes.values(), key=lambda o: o.seconds)
-    print(f"\n{len(outcomes)} rows in {time.perf_counter() - started:.1f} s; "
-          f"slowest {slowest.seconds:.2f} s: {' '.join(slowest.argv)}")
+    print(
+        f"\n{len(outcomes)} rows in {time.perf_counter() - started:.1f} s; "
+        f"slowest {slowest.seconds:.2f} s: {' '.join(slowest.argv)}"
+    )
     outcomes["__changed__"] = sorted(set(before.items()) ^ set(_snapshot(*inputs).items()))
     return outcomes
 
@@ -381,8 +402,14 @@ def test_forked_rows_match_the_real_command(results, workspace, tmp_path):
     env = _env(tmp_path)
 
     def real(line: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*command, *_argv(line, workspace)], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=300)
+        return subprocess.run(
+            [*command, *_argv(line, workspace)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
 
     with ThreadPoolExecutor(2) as pool:
         done = dict(zip(REAL_COMMAND_ROWS, pool.map(real, REAL_COMMAND_ROWS)))

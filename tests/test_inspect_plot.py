@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -15,8 +14,15 @@ from training.config import QUICK
 from training.loop import train
 
 # the tiny_config fixture of conftest.py, at module scope so that the runs are trained once
-TINY = QUICK.replace( d_model=16, seq_len=16, batch_size=8, eval_batch_size=16, eval_every=2,
-    checkpoint_every=4, steps=12, lr=0.5,
+TINY = QUICK.replace(
+    d_model=16,
+    seq_len=16,
+    batch_size=8,
+    eval_batch_size=16,
+    eval_every=2,
+    checkpoint_every=4,
+    steps=12,
+    lr=0.5,
 )
 
 
@@ -42,7 +48,10 @@ def test_inspect_writes_heatmaps_html_and_scores(runs, tmp_path, capsys):
     assert cli_main(["inspect", str(ckpt), "--out", str(out), "--batch-size", "8"]) == 0
     printed = capsys.readouterr().out
     assert {p.name for p in out.iterdir()} == {
-        "attention_layer1.png", "attention_layer2.png", "attention.html", "scores.json"
+        "attention_layer1.png",
+        "attention_layer2.png",
+        "attention.html",
+        "scores.json",
     }
     scores = json.loads((out / "scores.json").read_text())
     assert scores["step"] == 12 and scores["n_layers"] == 2

@@ -48,7 +48,17 @@ def test_wheel_holds_only_the_library_packages(wheel):
 def test_installed_command_runs_outside_the_checkout(wheel, tmp_path):
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-index", "--target", str(target), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(target),
+            str(wheel),
+        ],
         check=True,
         capture_output=True,
     )
@@ -60,11 +70,33 @@ def test_installed_command_runs_outside_the_checkout(wheel, tmp_path):
     assert help_.returncode == 0 and "reproduce" in help_.stdout
     where = subprocess.run(
         [sys.executable, "-c", "import birth, tasks; print(birth.__file__, tasks.__file__)"],
-        cwd=work, env=env, capture_output=True, text=True, check=True,
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert all(p.startswith(str(target)) for p in where.stdout.split())  # the wheel, not the checkout
-    args = ["train", "--steps", "5", "--d-model", "16", "--seq-len", "16", "--batch-size", "8",
-            "--eval-batch-size", "16", "--eval-every", "5", "--wandb", "off", "--no-progress", "--out", "run"]
+    args = [
+        "train",
+        "--steps",
+        "5",
+        "--d-model",
+        "16",
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "8",
+        "--eval-batch-size",
+        "16",
+        "--eval-every",
+        "5",
+        "--wandb",
+        "off",
+        "--no-progress",
+        "--out",
+        "run",
+    ]
     trained = subprocess.run(birth + args, cwd=work, env=env, capture_output=True, text=True)
     assert trained.returncode == 0, trained.stderr
     assert (work / "run" / "checkpoints" / "step_000005.pt").is_file()

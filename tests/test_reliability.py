@@ -53,8 +53,16 @@ def _flags(config: TrainConfig) -> list[str]:
     flags = []
     for section in config.to_dict().values():
         for key, value in section.items():
-            if key in ("d_model", "seq_len", "batch_size", "eval_batch_size", "eval_every",
-                       "checkpoint_every", "steps", "lr"):
+            if key in (
+                "d_model",
+                "seq_len",
+                "batch_size",
+                "eval_batch_size",
+                "eval_every",
+                "checkpoint_every",
+                "steps",
+                "lr",
+            ):
                 flags += [f"--{key.replace('_', '-')}", str(value)]
     return flags
 
@@ -109,12 +117,30 @@ def test_sigkill_before_the_first_checkpoint_then_resume_restarts_from_step_0(tm
     # one checkpoint, at the end
     config = tiny_config.replace(steps=100, eval_every=10, checkpoint_every=1000)
     run_dir = tmp_path / "killed"
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "WANDB_MODE": "disabled",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "birth.cli", "train", "--out", str(run_dir), "--wandb", "off", "--no-progress",
-         "--threads", "1", *_flags(config)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "birth.cli",
+            "train",
+            "--out",
+            str(run_dir),
+            "--wandb",
+            "off",
+            "--no-progress",
+            "--threads",
+            "1",
+            *_flags(config),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 120
     while len(read_metrics(run_dir / "metrics.jsonl")) < 2 and time.monotonic() < deadline:
@@ -183,8 +209,10 @@ def test_two_processes_claiming_a_run_directory_exactly_one_wins(tmp_path, tiny_
     tries = 200
     ctx = multiprocessing.get_context("fork")  # the workers only touch files: no thread is forked busy
     barrier, wins = ctx.Barrier(2), ctx.Array("i", tries)
-    workers = [ctx.Process(target=_claim_worker, args=(str(tmp_path), tries, barrier, tiny_config, wins))
-               for _ in range(2)]
+    workers = [
+        ctx.Process(target=_claim_worker, args=(str(tmp_path), tries, barrier, tiny_config, wins))
+        for _ in range(2)
+    ]
     for w in workers:
         w.start()
     for w in workers:
@@ -296,6 +324,9 @@ def test_checkpoints_get_the_umask_mode(tmp_path, tiny_config, umask, mode):
         _run(tiny_config.replace(steps=4), tmp_path / "run")
     finally:
         os.umask(previous)
-    for path in [checkpoint_path(tmp_path / "run", 4), tmp_path / "run" / "config.json",
-                 tmp_path / "run" / "summary.json"]:
+    for path in [
+        checkpoint_path(tmp_path / "run", 4),
+        tmp_path / "run" / "config.json",
+        tmp_path / "run" / "summary.json",
+    ]:
         assert path.stat().st_mode & 0o777 == mode, path

@@ -207,13 +207,11 @@ def test_vocabulary_mismatch() -> None:
         ("[]", "malformed"),
         ('{"vocab": "ab"}', "malformed"),
         (
-            '{"vocab": "ab", "n_chars": 3, "sha256": "x", "unigram_counts": [1, 2, 3],'
-            ' "bigram_counts": []}',
+            '{"vocab": "ab", "n_chars": 3, "sha256": "x", "unigram_counts": [1, 2, 3], "bigram_counts": []}',
             "malformed",
         ),
         (
-            '{"vocab": "ba", "n_chars": 3, "sha256": "x", "unigram_counts": [1, 2],'
-            ' "bigram_counts": []}',
+            '{"vocab": "ba", "n_chars": 3, "sha256": "x", "unigram_counts": [1, 2], "bigram_counts": []}',
             "malformed",
         ),
         (
@@ -245,9 +243,7 @@ def test_missing_stats_file(tmp_path: Path) -> None:
 
 
 @needs_corpus
-def test_prepare_data_cli_rebuilds_shipped_json(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_prepare_data_cli_rebuilds_shipped_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "stats.json"
     rc = cli_main(["prepare-data", "--text", str(CORPUS), "--out", str(out)])
     assert rc == 0

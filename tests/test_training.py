@@ -40,8 +40,15 @@ def test_same_seed_gives_identical_metrics(tmp_path, tiny_config):
     assert a.status == b.status == "completed"
     assert rows_a == read_metrics(tmp_path / "b" / "metrics.jsonl")
     assert [r["step"] for r in rows_a] == list(range(0, 13, 2))
-    assert {"eval/icl_acc", "eval/first_acc", "eval/bigram_loss", "probes/W_OV2", "probes/W_KQ2",
-            "probes/W_KQ1", "train/loss"} <= set(rows_a[-1])
+    assert {
+        "eval/icl_acc",
+        "eval/first_acc",
+        "eval/bigram_loss",
+        "probes/W_OV2",
+        "probes/W_KQ2",
+        "probes/W_KQ1",
+        "train/loss",
+    } <= set(rows_a[-1])
     assert rows_a != read_metrics(tmp_path / "c" / "metrics.jsonl")
     assert c.step == 12
 
@@ -59,7 +66,9 @@ def test_interrupt_then_resume_equals_uninterrupted_run(tmp_path, tiny_config):
     second = _run(tiny_config, tmp_path / "cut", resume=True)
     assert second.status == "completed" and second.step == 12
 
-    assert read_metrics(tmp_path / "full" / "metrics.jsonl") == read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert read_metrics(tmp_path / "full" / "metrics.jsonl") == read_metrics(
+        tmp_path / "cut" / "metrics.jsonl"
+    )
     end_full = load_checkpoint(checkpoint_path(tmp_path / "full", 12))
     end_cut = load_checkpoint(checkpoint_path(tmp_path / "cut", 12))
     for key, value in end_full["model"].items():
@@ -70,7 +79,9 @@ def test_resume_can_extend_a_finished_run(tmp_path, tiny_config):
     _run(tiny_config.replace(steps=16), tmp_path / "long")
     _run(tiny_config, tmp_path / "short")
     _run(tiny_config.replace(steps=16), tmp_path / "short", resume=True)
-    assert read_metrics(tmp_path / "long" / "metrics.jsonl") == read_metrics(tmp_path / "short" / "metrics.jsonl")
+    assert read_metrics(tmp_path / "long" / "metrics.jsonl") == read_metrics(
+        tmp_path / "short" / "metrics.jsonl"
+    )
 
 
 def test_existing_run_dir_is_never_overwritten(tmp_path, tiny_config):
@@ -89,7 +100,9 @@ def test_corrupted_checkpoint_gives_one_clear_error(tmp_path, tiny_config, capsy
     last.write_bytes(last.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="corrupted"):
         load_checkpoint(last)
-    code = cli_main(["train", "--resume", str(tmp_path / "run"), "--wandb", "off", "--no-progress", "--steps", "20"])
+    code = cli_main(
+        ["train", "--resume", str(tmp_path / "run"), "--wandb", "off", "--no-progress", "--steps", "20"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "corrupted" in err[0]
@@ -145,8 +158,14 @@ def test_learning_order_reads_first_crossings():
 
 @pytest.mark.parametrize(
     "override, field",
-    [({"optimizer": "lion"}, "optimizer"), ({"loss_on": "some"}, "loss_on"), ({"batch_size": 0}, "batch_size"),
-     ({"n_triggers": 65}, "n_triggers"), ({"seq_len": 1}, "seq_len"), ({"lr": -1.0}, "lr")],
+    [
+        ({"optimizer": "lion"}, "optimizer"),
+        ({"loss_on": "some"}, "loss_on"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"n_triggers": 65}, "n_triggers"),
+        ({"seq_len": 1}, "seq_len"),
+        ({"lr": -1.0}, "lr"),
+    ],
 )
 def test_invalid_train_config_raises_naming_the_field(override, field):
     with pytest.raises(ValueError, match="--" + field.replace("_", "-")):
@@ -155,9 +174,30 @@ def test_invalid_train_config_raises_naming_the_field(override, field):
 
 def test_cli_train_writes_run_and_summary(tmp_path, capsys):
     out = tmp_path / "cli"
-    code = cli_main(["train", "--out", str(out), "--wandb", "off", "--no-progress", "--d-model", "16",
-                     "--seq-len", "16", "--batch-size", "8", "--eval-batch-size", "16", "--steps", "4",
-                     "--eval-every", "2", "--n-layers", "1"])
+    code = cli_main(
+        [
+            "train",
+            "--out",
+            str(out),
+            "--wandb",
+            "off",
+            "--no-progress",
+            "--d-model",
+            "16",
+            "--seq-len",
+            "16",
+            "--batch-size",
+            "8",
+            "--eval-batch-size",
+            "16",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--n-layers",
+            "1",
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "learning order" in text and "in-context accuracy" in text
@@ -178,9 +218,17 @@ def test_presets_are_valid():
     # its W_KQ2 probe rank all 65 tokens
     assert paper.model.unit_embeddings and quick.model.unit_embeddings and quick.task.trigger_mode == "random"
     assert quick.optim == dataclasses.replace(paper.optim, batch_size=128, steps=2000)
-    assert (paper.model.d_model, paper.task.seq_len, paper.optim.batch_size, paper.optim.lr, paper.optim.momentum,
-            paper.optim.weight_decay, paper.optim.loss_on, paper.optim.steps, paper.task.n_triggers) == (
-        256, 256, 512, 0.03, 0.9, 1e-4, "outputs", 1000, 5)
+    assert (
+        paper.model.d_model,
+        paper.task.seq_len,
+        paper.optim.batch_size,
+        paper.optim.lr,
+        paper.optim.momentum,
+        paper.optim.weight_decay,
+        paper.optim.loss_on,
+        paper.optim.steps,
+        paper.task.n_triggers,
+    ) == (256, 256, 512, 0.03, 0.9, 1e-4, "outputs", 1000, 5)
 
 
 def test_fast_path_trains_like_the_transformer_lens_forward(tmp_path, tiny_config):

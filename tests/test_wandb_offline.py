@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
@@ -104,6 +103,7 @@ def test_offline_run_history_holds_the_probes(tmp_path, monkeypatch, tiny_config
     assert {"order/W_OV2", "order/W_KQ2", "order/W_KQ1", "final/eval/icl_acc"} <= set(summary)
     assert {k: v for k, v in run_config.items() if k in config.to_dict()} == config.to_dict()
 
+
 @pytest.mark.parametrize("path", SWEEPS, ids=[p.name for p in SWEEPS])
 def test_sweep_config_expands_to_a_valid_birth_train_command(path):
     """The agent's command line (built with wandb's own expansion) parses as `birth train` flags."""
@@ -114,8 +114,10 @@ def test_sweep_config_expands_to_a_valid_birth_train_command(path):
     sweep = yaml.safe_load(path.read_text())
     assert sweep["method"] in ("grid", "random", "bayes") and sweep["program"] == "birth"
     # the first grid point, as the agent would receive it
-    point = {name: {"value": spec["value"] if "value" in spec else spec["values"][0]}
-             for name, spec in sweep["parameters"].items()}
+    point = {
+        name: {"value": spec["value"] if "value" in spec else spec["values"][0]}
+        for name, spec in sweep["parameters"].items()
+    }
     variables = create_sweep_command_args({"args": point})
     variables.update(env=["/usr/bin/env"], program=[sweep["program"]])
     argv = []

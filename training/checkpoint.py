@@ -73,8 +73,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
 
 # Lines of torch's weights-only refusal that are advice, not the reason: loading with
 # `weights_only=False` would run the pickled code, so it is never repeated to the user.
-_ADVICE = re.compile(r"weights.only|Weights only load failed|check the documentation|add_safe_globals|"
-                     r"safe_globals|trusted source|^\(\d\)", re.IGNORECASE)
+_ADVICE = re.compile(
+    r"weights.only|Weights only load failed|check the documentation|add_safe_globals|"
+    r"safe_globals|trusted source|^\(\d\)",
+    re.IGNORECASE,
+)
 
 
 def _short_reason(err: Exception) -> str:
@@ -148,9 +151,7 @@ def load_model_state(model: torch.nn.Module, state: dict, path: Path | str = "ch
         raise CheckpointError(f"{path} does not match the model: {first}") from None
 
 
-def load_trained_model(
-    path: Path, device: str | torch.device = "cpu"
-) -> tuple[torch.nn.Module, Any, int]:
+def load_trained_model(path: Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any, int]:
     """The model a training checkpoint holds, rebuilt from its config and in eval mode, with that
     config (a `training.config.TrainConfig`) and the step. Every failure is one CheckpointError."""
     # imported here: the model builder imports transformer_lens, which checkpoints alone need not
@@ -169,7 +170,6 @@ def load_trained_model(
     load_model_state(native(model), ckpt["model"], path)
     model.eval()
     return model, config, int(ckpt["step"])
-
 
 
 def load_run_model(path: str | Path, device: str | torch.device = "cpu") -> torch.nn.Module:

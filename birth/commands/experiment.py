@@ -39,7 +39,11 @@ def _command_class(config_type: type, default_config) -> type:
             ("overwrite", _option(bool, "write into a non-empty --out (its runs/ are re-created)"), False),
             ("progress", _option(bool, "progress bars"), True),
             ("print_config", _option(bool, "print the resolved config as YAML and exit"), False),
-            ("config_file", _option(Path | None, "start from a YAML config (as --print-config writes it)", "config"), None),
+            (
+                "config_file",
+                _option(Path | None, "start from a YAML config (as --print-config writes it)", "config"),
+                None,
+            ),
         ],
         frozen=True,
     )
@@ -120,7 +124,9 @@ def run(argv: list[str], prog: str) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: {prog} NAME [options]   ({prog} NAME --help lists NAME's options)\n")
         print(_list(available, "experiments:"))
-        print(f"  {'all':<{max(map(len, available), default=3)}}  every experiment above, into results/<family>/<name>")
+        print(
+            f"  {'all':<{max(map(len, available), default=3)}}  every experiment above, into results/<family>/<name>"
+        )
         print("\n" + _OPTION_HELP)
         if not argv:
             raise CLIError(f"missing experiment NAME; choose from {', '.join(available)}, all")

@@ -23,11 +23,30 @@ from birth.io import atomic_write_json, check_writable
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", type=Path, metavar="CHECKPOINT", help="a step_*.pt file or a run directory")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/inspect/<checkpoint name>)")
-    p.add_argument("--batch-size", type=int, default=64, help="held-out sequences the scores average over (default: 64)")
-    p.add_argument("--index", type=int, default=None, help="which of those sequences the figures show (default: a typical one)")
-    p.add_argument("--positions", type=int, default=64, help="positions shown in the PNG heatmaps (default: 64; the HTML shows all)")
-    p.add_argument("--repeat-len", type=int, default=None, help="half length n of the repeated random sequences (default: T // 2)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="output directory (default: RUN_DIR/inspect/<checkpoint name>)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="held-out sequences the scores average over (default: 64)"
+    )
+    p.add_argument(
+        "--index",
+        type=int,
+        default=None,
+        help="which of those sequences the figures show (default: a typical one)",
+    )
+    p.add_argument(
+        "--positions",
+        type=int,
+        default=64,
+        help="positions shown in the PNG heatmaps (default: 64; the HTML shows all)",
+    )
+    p.add_argument(
+        "--repeat-len",
+        type=int,
+        default=None,
+        help="half length n of the repeated random sequences (default: T // 2)",
+    )
     p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
 
 
@@ -54,11 +73,16 @@ def format_scores(scores: dict) -> list[str]:
     """Terminal lines: the circuit's scores first (layer 1 previous token, last layer induction)."""
     lines = []
     n_layers = scores["n_layers"]
-    for name, title in (("triggered_bigram", "triggered-bigram sequences"),
-                        ("repeated_random", "repeated random tokens [x_1..x_n, x_1..x_n]")):
+    for name, title in (
+        ("triggered_bigram", "triggered-bigram sequences"),
+        ("repeated_random", "repeated random tokens [x_1..x_n, x_1..x_n]"),
+    ):
         part = scores[name]
-        extra = (f"in-context acc {_fmt(part['icl_acc'])}" if name == "triggered_bigram"
-                 else f"n={part['half_len']}, second-half acc {_fmt(part['repeat_acc'])}")
+        extra = (
+            f"in-context acc {_fmt(part['icl_acc'])}"
+            if name == "triggered_bigram"
+            else f"n={part['half_len']}, second-half acc {_fmt(part['repeat_acc'])}"
+        )
         lines.append(f"{title} ({part['n_sequences']} sequences; {extra}):")
         for layer in range(1, n_layers + 1):
             if f"layer{layer}" not in part:  # several heads per layer: `_head_lines` has them
@@ -95,8 +119,11 @@ def _head_lines(part: dict) -> list[str]:
             )
     for key, title in (("previous_token_head", "previous-token head"), ("induction_head", "induction head")):
         found = part[key]
-        where = "none" if found is None else (
-            f"layer {found['layer']} head {found['head']} (score {_fmt(found['score'])})")
+        where = (
+            "none"
+            if found is None
+            else (f"layer {found['layer']} head {found['head']} (score {_fmt(found['score'])})")
+        )
         lines.append(f"  {title}: {where}")
     return lines
 
@@ -149,7 +176,9 @@ def execute(args: argparse.Namespace) -> int:
             "step": step,
             "n_layers": config.model.n_layers,
             "triggered_bigram": triggered_bigram_scores(model, batch),
-            "repeated_random": repeated_sequence_scores(model, half_len, batch_size=32, seed=config.run.eval_seed),
+            "repeated_random": repeated_sequence_scores(
+                model, half_len, batch_size=32, seed=config.run.eval_seed
+            ),
         }
 
     index = typical_sequence(batch, args.positions) if args.index is None else args.index
@@ -160,7 +189,9 @@ def execute(args: argparse.Namespace) -> int:
     html = save_attention_html(model, stats, batch, out_dir / "attention.html", index=index)
     scores_path = atomic_write_json(out_dir / "scores.json", scores)  # NaN as null: strict JSON
 
-    print(f"checkpoint {ckpt_path} (step {scores['step']}, {config.model.n_layers} layer{'s' * (config.model.n_layers > 1)})")
+    print(
+        f"checkpoint {ckpt_path} (step {scores['step']}, {config.model.n_layers} layer{'s' * (config.model.n_layers > 1)})"
+    )
     for line in format_scores(scores):
         print(line)
     chosen = "--index" if args.index is not None else "typical: repeated triggers, none followed by itself"

@@ -33,9 +33,18 @@ class RunCurves:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories (with metrics.jsonl)")
-    p.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR/plots, or COMMON_PARENT/plots for several runs)")
-    p.add_argument("--threshold", type=float, default=0.9, help="probe level marked as 'learned' (default: 0.9)")
+    p.add_argument(
+        "run_dirs", type=Path, nargs="+", metavar="RUN_DIR", help="run directories (with metrics.jsonl)"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output directory (default: RUN_DIR/plots, or COMMON_PARENT/plots for several runs)",
+    )
+    p.add_argument(
+        "--threshold", type=float, default=0.9, help="probe level marked as 'learned' (default: 0.9)"
+    )
     p.add_argument("--name", default="learning_order", help="file name stem (default: learning_order)")
 
 
@@ -92,9 +101,7 @@ def default_out_dir(run_dirs: list[Path]) -> Path:
     return Path(os.path.commonpath([str(p.resolve()) for p in run_dirs])) / "plots"
 
 
-def plot_learning_order(
-    steps: np.ndarray, stacked: dict[str, np.ndarray], threshold: float, title: str
-):
+def plot_learning_order(steps: np.ndarray, stacked: dict[str, np.ndarray], threshold: float, title: str):
     """The figure (a matplotlib Figure, no pyplot state) and the crossing steps of every probe."""
     from matplotlib.figure import Figure
 
@@ -107,8 +114,14 @@ def plot_learning_order(
         name = key.removeprefix("probes/") if is_probe else "in-context accuracy"
         color = PROBE_COLORS.get(name, "black") if is_probe else "black"
         mean = np.nanmean(values, axis=0)
-        ax.plot(steps, mean, color=color, lw=2 if is_probe else 1.5, ls="-" if is_probe else "--",
-                label=f"$R$({name})" if is_probe else name)
+        ax.plot(
+            steps,
+            mean,
+            color=color,
+            lw=2 if is_probe else 1.5,
+            ls="-" if is_probe else "--",
+            label=f"$R$({name})" if is_probe else name,
+        )
         if n_runs > 1:
             std = np.nanstd(values, axis=0)
             ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, lw=0)
@@ -128,8 +141,16 @@ def plot_learning_order(
             ax.axvline(at, color=color, ls=":", lw=1.5)
             if len(reached) > 1:
                 ax.axvspan(min(reached), max(reached), color=color, alpha=0.08, lw=0)
-            ax.annotate(f"{name} ≥ {threshold:g}", xy=(at, 0.02), xycoords=("data", "axes fraction"),
-                        rotation=90, fontsize=7, color=color, ha="right", va="bottom")
+            ax.annotate(
+                f"{name} ≥ {threshold:g}",
+                xy=(at, 0.02),
+                xycoords=("data", "axes fraction"),
+                rotation=90,
+                fontsize=7,
+                color=color,
+                ha="right",
+                va="bottom",
+            )
     ax.axhline(threshold, color="grey", lw=0.6, ls="-", alpha=0.5)
     ax.set_xlabel("training step")
     ax.set_ylabel("memory recall / accuracy")
@@ -167,8 +188,11 @@ def execute(args: argparse.Namespace) -> int:
     check_writable(out_dir, "--out")
     steps, stacked = align(runs)
     n_runs = len(runs)
-    title = (f"Learning order: {runs[0].run_dir.name}" if n_runs == 1
-             else f"Learning order: mean ± std over {n_runs} runs")
+    title = (
+        f"Learning order: {runs[0].run_dir.name}"
+        if n_runs == 1
+        else f"Learning order: mean ± std over {n_runs} runs"
+    )
     fig, crossings = plot_learning_order(steps, stacked, args.threshold, title)
 
     data = {
@@ -181,8 +205,10 @@ def execute(args: argparse.Namespace) -> int:
     paths = save_figure(fig, out_dir, args.name, data, log=None)
 
     ordered = sorted(crossings.items(), key=lambda kv: math.inf if kv[1]["mean"] is None else kv[1]["mean"])
-    print(f"learning order (first step >= {args.threshold:g}), {n_runs} run(s): "
-          + "; ".join(_crossing_text(name, c, n_runs) for name, c in ordered))
+    print(
+        f"learning order (first step >= {args.threshold:g}), {n_runs} run(s): "
+        + "; ".join(_crossing_text(name, c, n_runs) for name, c in ordered)
+    )
     print("wrote:")
     for path in paths:
         print(f"  {path}")

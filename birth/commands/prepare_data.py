@@ -25,10 +25,27 @@ from tasks.shakespeare import (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", type=Path, help="local corpus file (e.g. ../shared/data/tinyshakespeare.txt)")
-    src.add_argument("--download", action="store_true", help="download the corpus from its canonical URL (cached by datasets)")
-    p.add_argument("--out", type=Path, default=None, help="where to write the statistics JSON (default: the package's shipped file for the canonical corpus, ./<TEXT name>_stats.json for any other text)")
-    p.add_argument("--force-shipped", action="store_true", help="replace the package's shipped statistics with those of a text that is not the canonical corpus (same 65 characters)")
-    p.add_argument("--allow-new-vocab", action="store_true", help="accept a text whose vocabulary differs from the shipped one (never into the shipped file)")
+    src.add_argument(
+        "--download",
+        action="store_true",
+        help="download the corpus from its canonical URL (cached by datasets)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the statistics JSON (default: the package's shipped file for the canonical corpus, ./<TEXT name>_stats.json for any other text)",
+    )
+    p.add_argument(
+        "--force-shipped",
+        action="store_true",
+        help="replace the package's shipped statistics with those of a text that is not the canonical corpus (same 65 characters)",
+    )
+    p.add_argument(
+        "--allow-new-vocab",
+        action="store_true",
+        help="accept a text whose vocabulary differs from the shipped one (never into the shipped file)",
+    )
 
 
 def run(argv: list[str], prog: str) -> int:
@@ -100,10 +117,14 @@ def execute(args: argparse.Namespace) -> int:
     unchanged = out.is_file() and _same_content(out, new)
     if not unchanged:
         save_stats(stats, out)
-    print(f"corpus: {stats.n_chars:,} characters, sha256 {stats.sha256}"
-          + (" (the canonical tiny Shakespeare)" if canonical else " (not the canonical tiny Shakespeare)"))
-    print(f"vocabulary: N = {stats.vocab_size}; bigram pairs: {int(stats.bigram_counts.sum()):,} "
-          f"({int((stats.bigram_counts > 0).sum()):,} distinct)")
+    print(
+        f"corpus: {stats.n_chars:,} characters, sha256 {stats.sha256}"
+        + (" (the canonical tiny Shakespeare)" if canonical else " (not the canonical tiny Shakespeare)")
+    )
+    print(
+        f"vocabulary: N = {stats.vocab_size}; bigram pairs: {int(stats.bigram_counts.sum()):,} "
+        f"({int((stats.bigram_counts > 0).sum()):,} distinct)"
+    )
     print(f"{out} is up to date" if unchanged else f"wrote {out}")
     return 0
 

@@ -26,10 +26,14 @@ WandbMode = Literal["off", "offline", "online"]
 class TrainCommand:
     config: TrainConfig = field(default_factory=TrainConfig)
     preset: PresetName = "quick"  # base config that the flags override
-    config_file: Annotated[Path | None, tyro.conf.arg(name="config")] = None  # a YAML config (e.g. from --print-config) that replaces the preset
+    config_file: Annotated[Path | None, tyro.conf.arg(name="config")] = (
+        None  # a YAML config (e.g. from --print-config) that replaces the preset
+    )
     print_config: bool = False  # print the resolved config as YAML and exit
     out: Path | None = None  # run directory (default: runs/<preset>-<layers>L-seed<seed>-<time>-<pid>)
-    resume: Path | None = None  # continue the run in this directory from its last checkpoint (--steps may extend it)
+    resume: Path | None = (
+        None  # continue the run in this directory from its last checkpoint (--steps may extend it)
+    )
     wandb: WandbMode = "offline"  # W&B logging (offline: files in RUN_DIR/wandb)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (default: torch's choice); recorded with the run

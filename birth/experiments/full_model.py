@@ -126,7 +126,11 @@ class GlobalVsIclResult(ExperimentResult):
 
 
 def _global_vs_icl(config, out_dir: Path, name: str, log, progress: bool) -> dict:
-    """Train the run, compute the floor on its evaluation batch and the crossing steps."""
+    """Train the run, compute the floor on its evaluation batch and the crossing steps.
+
+    The floor's batch is the evaluation batch drawn on the CPU (`eval_batch`): the loop's own when it
+    trains on the CPU; on CUDA the loop draws a different batch of the same law (the floor moves by
+    a few tenths of a percent between draws of 256 sequences)."""
     stats = load_stats()
     _, batch = eval_batch(config.train, stats)
     floor = bigram_floor(batch, stats.bigram_probs)

@@ -283,9 +283,8 @@ class VariantPlan:
     value_tokens: bool = True  # layer 2's value reads the token part only (else W_V² = I)
     restrict: tuple[str, ...] = tuple(PAPER_ORDER)  # memories stepped on their theorem block only
     symmetric: bool = True  # gradients averaged over the token relabelings that keep the law
-    step_norms: dict = field(
-        default_factory=lambda: dict(THEOREM_STEP_NORMS)
-    )  # update norms (grids: line search)
+    # the update norm of each step (a grid: line search on held-out sequences)
+    step_norms: dict = field(default_factory=lambda: dict(THEOREM_STEP_NORMS))
 
 
 VARIANT_PLANS: dict[str, VariantPlan] = {

@@ -60,7 +60,7 @@ def plot_toy(result: ToyResult, out_dir: Path) -> list[Path]:
     ax = axes[0][0]
     ax.errorbar([0], [result.mean], yerr=[result.std], fmt="o")
     ax.set_title("toy: mean ± std")
-    return save_figure(fig, out_dir, "toy", formats=("png",), log=None)
+    return save_figure(fig, out_dir, "toy", log=None)
 
 
 @register(
