@@ -127,9 +127,11 @@ def print_config(obj: Any) -> None:
 def read_yaml(path: str, option: str = "--config") -> Any:
     import yaml
 
+    from birth.config_io import load_yaml
+
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f) or {}
+            return load_yaml(f.read()) or {}
     except OSError as err:
         raise CLIError(f"{option} {path}: {err.strerror}") from None
     except yaml.YAMLError as err:

@@ -8,10 +8,13 @@ unknown names, instead of passing them on to fail deep inside a run.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+from typing import Any, Literal, TypeVar
+
+import yaml
 
 T = TypeVar("T")
 
@@ -26,20 +29,26 @@ def config_from_dict(cls: type[T], obj: Any, where: str = "config") -> T:
     unknown = sorted(set(obj) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown fields {unknown} (known: {', '.join(fields)})")
-    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in obj.items()}
+    kwargs = {name: coerce(value, hints[name], f"{where}.{name}") for name, value in obj.items()}
     return cls(**kwargs)
 
 
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = get_origin(tp)
-    if tp is Any:
+def coerce(value: Any, hint: Any, where: str) -> Any:
+    """`value` (from YAML) as the type `hint` of a config field, or a ValueError naming `where`.
+
+    bool, int, float (an int is accepted; a string is not: "40" in an edited config.json is an
+    error, and `load_yaml` reads 1e-3 as the number it is), str, Literal, tuples (from lists),
+    Path, nested dataclasses, and unions with None.
+    """
+
+    def wrong(expected: str) -> ValueError:
+        return ValueError(f"{where} must be {expected}, got {value!r}")
+
+    origin = typing.get_origin(hint)
+    if hint is Any:
         return value
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ValueError(f"{where} must be one of {get_args(tp)}, got {value!r}")
-        return value
-    if origin in (Union, types.UnionType):
-        options = get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
         errors = []
@@ -47,39 +56,71 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(option, value, where)
+                return coerce(value, option, where)
             except ValueError as err:
-                errors.append(str(err))
-        raise ValueError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of {tp}")
+                errors.append(str(err).removeprefix(f"{where} must be ").rsplit(", got", 1)[0])
+        raise wrong(" or ".join(errors + (["null"] if type(None) in options else [])))
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+            raise wrong(f"one of {', '.join(map(str, choices))}")
+        return value
     if origin is tuple:
-        args = get_args(tp)
+        args = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where} must be a list, got {value!r}")
+            raise wrong("a list")
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(value) != len(args):
-            raise ValueError(f"{where} must have {len(args)} entries, got {value!r}")
-        return tuple(_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-    if dataclasses.is_dataclass(tp):
-        return config_from_dict(tp, value, where)
-    if tp is bool:
+            raise wrong(f"a list of {len(args)} values")
+        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    if hint is bool:
         if not isinstance(value, bool):
-            raise ValueError(f"{where} must be true or false, got {value!r}")
+            raise wrong("true or false")
         return value
-    if tp is int:
+    if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{where} must be an integer, got {value!r}")
+            raise wrong("an integer")
         return value
-    if tp is float:
+    if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{where} must be a number, got {value!r}")
+            raise wrong("a number")
         return float(value)
-    if tp is str:
+    if hint is str:
         if not isinstance(value, str):
-            raise ValueError(f"{where} must be a string, got {value!r}")
+            raise wrong("a string")
         return value
-    if tp is Path:
+    if hint is Path:
         if not isinstance(value, str):
-            raise ValueError(f"{where} must be a path, got {value!r}")
+            raise wrong("a path (string)")
         return Path(value)
-    raise ValueError(f"{where}: unsupported field type {tp}")
+    if hint is type(None):
+        if value is not None:
+            raise wrong("null")
+        return None
+    if dataclasses.is_dataclass(hint):
+        return config_from_dict(hint, value, where)
+    raise ValueError(f"{where}: fields of type {hint} cannot be set from a file")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-3` as a string (its floats need a dot); read it as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML (a config file or a grid spec) with numbers such as 1e-3 read as floats."""
+    return yaml.load(text, Loader=_Loader)

@@ -10,6 +10,7 @@ from typing import Literal
 import pytest
 import yaml
 
+from birth.config_io import load_yaml
 from birth.experiments import grid
 from birth.experiments.toy import ToyConfig, toy_draws
 
@@ -175,7 +176,9 @@ def test_executor_parameters_are_checked_before_any_job(tmp_path):
 
 def test_coerce_and_point_names():
     assert grid.coerce(3, float, "x") == 3.0 and isinstance(grid.coerce(3, float, "x"), float)
-    assert grid.coerce("1e-3", float, "x") == 0.001  # YAML 1.1 reads 1e-3 as a string
+    assert load_yaml("lr: 1e-3")["lr"] == 0.001  # YAML 1.1 would read 1e-3 as a string
+    with pytest.raises(ValueError, match="x must be a number"):
+        grid.coerce("40", float, "x")  # a quoted number is a string, as in an edited config.json
     assert grid.coerce([1, 2], tuple[int, ...], "x") == (1, 2)
     assert grid.coerce([1, 2.5], tuple[int, float], "x") == (1, 2.5)
     assert grid.coerce(None, int | None, "x") is None

@@ -44,12 +44,13 @@ import re
 import sys
 import time
 import traceback
-import types
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from birth.config_io import coerce, load_yaml
 
 Cluster = Literal["local", "slurm", "debug"]
 Base = Literal["default", "full", "small"]
@@ -77,78 +78,6 @@ DEFAULT_TIMEOUT_MIN = 24 * 60  # submitit's local default (2 minutes) would kill
 
 # --------------------------------------------------------------------------------------------
 # values: YAML gives no types, the config fields have them
-
-
-def coerce(value: Any, hint: Any, where: str) -> Any:
-    """`value` (from YAML) as the type `hint` of a config field, or a ValueError naming `where`.
-
-    bool, int, float (an int is accepted; so is a string such as "1e-3", which YAML 1.1 reads as a
-    string), str, Literal, tuples (from lists), Path, and unions with None.
-    """
-
-    def wrong(expected: str) -> ValueError:
-        return ValueError(f"{where} must be {expected}, got {value!r}")
-
-    origin = typing.get_origin(hint)
-    if hint is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return coerce(value, option, where)
-            except ValueError as err:
-                errors.append(str(err).removeprefix(f"{where} must be ").rsplit(", got", 1)[0])
-        raise wrong(" or ".join(errors + (["null"] if type(None) in options else [])))
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
-            raise wrong(f"one of {', '.join(map(str, choices))}")
-        return value
-    if origin is tuple:
-        args = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise wrong("a list")
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-        if len(value) != len(args):
-            raise wrong(f"a list of {len(args)} values")
-        return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise wrong("true or false")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise wrong("an integer")
-        return value
-    if hint is float:
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise wrong("a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise wrong("a number")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise wrong("a string")
-        return value
-    if hint is Path:
-        if not isinstance(value, str):
-            raise wrong("a path (string)")
-        return Path(value)
-    if hint is type(None):
-        if value is not None:
-            raise wrong("null")
-        return None
-    raise ValueError(f"{where}: fields of type {hint} cannot be set from a grid spec")
 
 
 def field_hints(config_type: type) -> dict[str, Any]:
@@ -468,7 +397,7 @@ def load_spec(path: str | os.PathLike, **options: Any) -> GridSpec:
 
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise ValueError(f"{path}: {err.strerror}") from None
     except yaml.YAMLError as err:
