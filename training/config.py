@@ -184,7 +184,12 @@ FULL = TrainConfig(
     task=TaskConfig(seq_len=128),
     model=dataclasses.replace(FULL_MODEL, d_model=64),
     optim=OptimConfig(
-        optimizer="adamw", lr=0.01, betas=(0.9, 0.99), weight_decay=0.01, batch_size=64, steps=1500,
+        optimizer="adamw",
+        lr=0.01,
+        betas=(0.9, 0.99),
+        weight_decay=0.01,
+        batch_size=64,
+        steps=1500,
         loss_on="all",
     ),
     run=RunConfig(eval_every=25, eval_batch_size=256, checkpoint_every=500),

@@ -84,7 +84,9 @@ def learning_order(rows: list[dict], threshold: float = THRESHOLD) -> dict[str, 
 
     keys = [k for k in (rows[0] if rows else {}) if k.startswith("probes/") and k != f"probes/{FF_PROBE}"]
     steps = [r["step"] for r in rows]
-    return {k.removeprefix("probes/"): first_crossing(steps, [r.get(k) for r in rows], threshold) for k in keys}
+    return {
+        k.removeprefix("probes/"): first_crossing(steps, [r.get(k) for r in rows], threshold) for k in keys
+    }
 
 
 def format_order(order: dict[str, int | None]) -> str:
@@ -230,8 +232,11 @@ def _as_out_of_memory(
     if not oom:
         return None
     m, t, o = config.model, config.task, config.optim
-    sizes = f"--d-model {m.d_model}" if where == "building the model" else (
-        f"--d-model {m.d_model}, --seq-len {t.seq_len}, --batch-size {o.batch_size}")
+    sizes = (
+        f"--d-model {m.d_model}"
+        if where == "building the model"
+        else (f"--d-model {m.d_model}, --seq-len {t.seq_len}, --batch-size {o.batch_size}")
+    )
     asked, have = _requested(text), _available(device)
     needed = f": torch asked for {asked} in one allocation" if asked else ""
     machine = f" (this machine has {have})" if have else ""
@@ -327,8 +332,10 @@ def train(
             if config.optim.steps < start_step:
                 raise ValueError(f"--steps {config.optim.steps} is below the checkpoint's step {start_step}")
         else:
-            log(f"{run_dir} has no checkpoint (it stopped before its first one): "
-                "restarting it from step 0 with its config.json")
+            log(
+                f"{run_dir} has no checkpoint (it stopped before its first one): "
+                "restarting it from step 0 with its config.json"
+            )
     else:
         created = prepare_run_dir(run_dir, config)
 
@@ -435,9 +442,11 @@ def train(
                 loss = training_loss(model, batch, config)
                 if loss is not None and not torch.isfinite(loss):
                     status = "diverged"
-                    where = f"last good checkpoint: {checkpoint_path(run_dir, last_saved)}" if (
-                        last_saved is not None
-                    ) else "no checkpoint was written yet"
+                    where = (
+                        f"last good checkpoint: {checkpoint_path(run_dir, last_saved)}"
+                        if (last_saved is not None)
+                        else "no checkpoint was written yet"
+                    )
                     log(f"loss became {loss.item()} at step {step}; stopping ({where})")
                     if pending is not None:
                         log_row(pending)
@@ -541,9 +550,11 @@ def print_summary(result: RunResult, log: Callable[[str], None] = print) -> None
     speed = "no step trained" if result.seconds_per_step is None else f"{result.seconds_per_step:.3f} s/step"
     log(f"run {result.run_dir}: {result.status} at step {result.step} ({speed})")
     if f:
-        log(f"  in-context accuracy (counter >= 2): {f.get('eval/icl_acc', float('nan')):.4f}   "
+        log(
+            f"  in-context accuracy (counter >= 2): {f.get('eval/icl_acc', float('nan')):.4f}   "
             f"first-occurrence accuracy: {f.get('eval/first_acc', float('nan')):.4f}   "
-            f"bigram loss: {f.get('eval/bigram_loss', float('nan')):.4f}")
+            f"bigram loss: {f.get('eval/bigram_loss', float('nan')):.4f}"
+        )
         probes = {k.removeprefix("probes/"): v for k, v in f.items() if k.startswith("probes/")}
         if probes:
             log("  probes: " + "   ".join(f"{k} {v:.3f}" for k, v in probes.items()))
