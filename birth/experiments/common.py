@@ -15,9 +15,10 @@ from typing import Any, Literal, get_args
 
 from torch import nn
 
+from birth.validate import check_float, check_int
 from tasks.shakespeare import CorpusStats
 from tasks.triggered_bigram import Batch, TriggeredBigram
-from training.config import TrainConfig, check_int
+from training.config import TrainConfig
 
 RUNS = "runs"  # sub-directory of an experiment's out_dir with its training runs (re-created by --overwrite)
 
@@ -47,11 +48,7 @@ def check_device(device: Any) -> None:
 
 def check_positive(name: str, value: Any) -> None:
     """A finite number > 0 (nan and inf refused), the message naming the flag."""
-    ok = (
-        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
-    )
-    if not ok:
-        raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {value!r}")
+    check_float(name, value, 0.0, open_low=True)
 
 
 def run_seeds(train: TrainConfig, seeds: int) -> range:

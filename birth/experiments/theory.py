@@ -34,8 +34,9 @@ from birth.theory import (
     orthogonal_width,
     run_gradient_steps,
 )
+from birth.validate import check_int
 from tasks.shakespeare import load_stats
-from training.config import TrainConfig, check_int
+from training.config import TrainConfig
 
 PAPER_SEEDS = 5  # seeds of the full-size memories experiment
 

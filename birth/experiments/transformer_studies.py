@@ -44,9 +44,10 @@ from birth.experiments.common import (
 from birth.experiments.registry import ExperimentResult, register
 from birth.io import new_figure, save_figure
 from birth.metrics import evaluate, first_crossing
+from birth.validate import check_float, check_int
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import TriggeredBigram, output_split_range
-from training.config import PAPER, QUICK, TrainConfig, check_float, check_int
+from training.config import PAPER, QUICK, TrainConfig
 
 THRESHOLD = 0.9  # a memory "is learned" once its probe reaches this (as in `birth train`)
 ICL_LEVELS = (0.9, 0.99)  # in-context accuracy levels whose first step is reported
