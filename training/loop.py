@@ -151,14 +151,19 @@ def _same_run(a: dict, b: dict) -> bool:
     return without_steps(a) == without_steps(b)
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig) -> bool:
+def prepare_run_dir(run_dir: Path, config: TrainConfig) -> list[Path]:
     """Claim a fresh run directory and write its config; refuse one that already holds files.
 
     The claim is atomic across processes (`birth.io.claim_output_dir`): of two sweep agents given
-    the same --out, exactly one starts. Returns whether this call created the directory, so that a
-    start-up failure removes only what it created."""
+    the same --out, exactly one starts. Returns the directories this call created (the run
+    directory and any missing parents such as `runs/`, innermost first), so that a start-up failure
+    removes only what it created."""
     run_dir = Path(run_dir)
-    existed = run_dir.is_dir()
+    created = []
+    missing = run_dir
+    while not missing.exists():
+        created.append(missing)
+        missing = missing.parent
     try:
         claim_output_dir(run_dir, option="--out")
     except OutputError:
@@ -170,14 +175,21 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig) -> bool:
         raise
     atomic_write_json(run_dir / "config.json", config.to_dict())
     release_claim(run_dir)
-    return not existed
+    return created
 
 
-def _remove_new_run(run_dir: Path, created: bool) -> None:
-    """Undo a run that failed before its first step: a directory it created goes; one that existed
-    (it was empty when claimed, so everything in it is this run's) is emptied but kept."""
+def _remove_new_run(run_dir: Path, created: list[Path]) -> None:
+    """Undo a run that failed before its first step: a directory it created goes, and so do the
+    parents it created while they are empty (another run may have started in one meanwhile); a run
+    directory that existed (it was empty when claimed, so everything in it is this run's) is
+    emptied but kept."""
     if created:
         shutil.rmtree(run_dir, ignore_errors=True)
+        for parent in created[1:]:
+            try:
+                parent.rmdir()  # only if empty
+            except OSError:
+                break
         return
     for child in run_dir.iterdir():
         if child.is_dir() and not child.is_symlink():
@@ -319,7 +331,7 @@ def train(
 
     start_step = 0
     ckpt, ckpt_path = None, None
-    created: bool | None = None  # fresh run: whether this call created run_dir
+    created: list[Path] | None = None  # fresh run: the directories this call created
     if resume:
         saved = read_run_config(run_dir)
         if not _same_run(saved.to_dict(), config.to_dict()):
