@@ -23,12 +23,12 @@ __version__ = "0.2.0"
 
 # public name -> (module, attribute)
 _EXPORTS: dict[str, tuple[str, str]] = {
-    "ModelConfig": ("birth.model", "ModelConfig"),
-    "build_model": ("birth.model", "build_model"),
-    "fast_logits": ("birth.model", "fast_logits"),
-    "supports_fast_path": ("birth.model", "supports_fast_path"),
-    "FULL_MODEL": ("birth.model", "FULL_MODEL"),
-    "SIMPLIFIED_FFN": ("birth.model", "SIMPLIFIED_FFN"),
+    "ModelConfig": ("birth.models.transformer", "ModelConfig"),
+    "build_model": ("birth.models.transformer", "build_model"),
+    "fast_logits": ("birth.models.transformer", "fast_logits"),
+    "supports_fast_path": ("birth.models.transformer", "supports_fast_path"),
+    "FULL_MODEL": ("birth.models.transformer", "FULL_MODEL"),
+    "SIMPLIFIED_FFN": ("birth.models.transformer", "SIMPLIFIED_FFN"),
     "TaskConfig": ("tasks.triggered_bigram", "TaskConfig"),
     "TriggeredBigram": ("tasks.triggered_bigram", "TriggeredBigram"),
     "load_stats": ("tasks.shakespeare", "load_stats"),

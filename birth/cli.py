@@ -119,7 +119,7 @@ def print_config(obj: Any) -> None:
     """YAML of a config (a dataclass or a nested dict), as `--config FILE.yaml` reads it back."""
     import yaml
 
-    from birth.io import to_jsonable
+    from birth.base.io import to_jsonable
 
     print(yaml.safe_dump(to_jsonable(obj), sort_keys=False), end="")
 
@@ -127,7 +127,7 @@ def print_config(obj: Any) -> None:
 def read_yaml(path: str, option: str = "--config") -> Any:
     import yaml
 
-    from birth.config_io import load_yaml
+    from birth.base.config_io import load_yaml
 
     try:
         with open(path, encoding="utf-8") as f:

@@ -64,12 +64,12 @@ def bigram_floor(batch: Batch, bigram: torch.Tensor) -> float:
 
 
 def named_matrices(model: nn.Module) -> dict[str, nn.Parameter]:
-    """Every weight matrix of a `birth.model` transformer by its name (layers numbered from 1):
+    """Every weight matrix of a `birth.models.transformer` transformer by its name (layers numbered from 1):
     W_Q1, W_K1, W_V1, W_O1, ... per attention layer, W_in1, W_out1, ... per feed-forward layer
     (a linear W_F is W_out of its layer), and W_E, W_U, W_pos (absent with rotary positions).
 
     The names are those of `--schedule` and of the `norm/` and `grad_norm/` metrics."""
-    from birth.model import attn_linear, mlp_linear, model_config, native
+    from birth.models.transformer import attn_linear, mlp_linear, model_config, native
 
     config = model_config(model)
     out: dict[str, nn.Parameter] = {}
@@ -102,7 +102,7 @@ def trained_matrices(model: nn.Module) -> dict[str, nn.Parameter]:
 def _reads_raw_embeddings(model: nn.Module) -> bool:
     """One head per layer, no LayerNorm, additive positions: the margin and position readings
     (`probes.margins`) read the raw embeddings, as the simplified model's memories store them."""
-    from birth.model import model_config
+    from birth.models.transformer import model_config
 
     config = model_config(model)
     return config.n_heads == 1 and config.normalization == "none" and config.positions != "rotary"
@@ -141,10 +141,10 @@ def evaluate(
     `bigram` (the [N, N] table π_b): `probes/W_F_kl`, the W_F probe (`probes.recall.ff_bigram_kl`,
     over the tokens outside `probe_triggers`), when the last layer has a feed-forward layer.
 
-    `fast_path` applies to the architectures `birth.model.supports_fast_path` accepts; the others
+    `fast_path` applies to the architectures `birth.models.transformer.supports_fast_path` accepts; the others
     are evaluated through the TransformerLens forward.
     """
-    from birth.model import fast_logits, model_config, supports_fast_path
+    from birth.models.transformer import fast_logits, model_config, supports_fast_path
     from probes.recall import all_probes
 
     config = model_config(model)

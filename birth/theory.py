@@ -8,7 +8,7 @@ associative memories are, in the paper's column-vector notation,
     W_KQ² = Σ_{k∈Q} w_E(k) (W_OV¹ w_E(k))ᵀ          (induction head: query trigger, key "after q")
     W_OV² = Σ_k w_U(k) w_E(k)ᵀ                      (copy the attended token to the output)
 
-TransformerLens multiplies row vectors, so each is inserted transposed (see `birth.model`):
+TransformerLens multiplies row vectors, so each is inserted transposed (see `birth.models.transformer`):
 row-form QK of a simplified layer is `k.weight` (W_Q = I) and row-form OV is W_V W_O.
 
 Three gradient steps (paper, Theorem 3; seed talk: "we can recover the desired associative memories
@@ -62,8 +62,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birth.model import attn_linear
-from birth.seeds import THEORY_SELECT_STREAM, THEORY_STEP_STREAM, theory_batch_seed
+from birth.base.seeds import THEORY_SELECT_STREAM, THEORY_STEP_STREAM, theory_batch_seed
+from birth.models.transformer import attn_linear
 
 MEMORIES = ("W_OV2", "W_KQ2", "W_KQ1")
 # which nn.Linear of the simplified model stores each memory: (layer, name)
@@ -570,7 +570,7 @@ def orthogonal_embeddings(model: nn.Module) -> None:
     blocks onto the next two (W_V¹ = I, W_O¹ a partial isometry) and W_V² = I. Frozen weights only;
     the trainable matrices are untouched.
     """
-    from birth.model import native
+    from birth.models.transformer import native
 
     _require_two_layer_simplified(model)
     nm = native(model)
@@ -603,7 +603,7 @@ def induction_logits(
     """
     import torch.nn.functional as F
 
-    from birth.model import native
+    from birth.models.transformer import native
 
     nm = native(model)
     E, P, U = nm.tok_embed.weight, nm.pos.weight, nm.head.weight
@@ -737,7 +737,7 @@ def token_value(model: nn.Module) -> None:
     """The theorem's layer-2 value reads the token part only: W_V² = the projector on the token
     block of `orthogonal_embeddings` (frozen). With W_V² = I the value also carries layer 1's
     output, and the first step's W_O² then stores W_OV¹ w_E(k) → w_U(k) next to w_E(k) → w_U(k)."""
-    from birth.model import native
+    from birth.models.transformer import native
 
     nm = native(model)
     n, T = nm.tok_embed.weight.shape[0], nm.pos.weight.shape[0]

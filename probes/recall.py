@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformer_lens import FactoredMatrix
 
-from birth.model import apply_mlp, layer_norm, model_config
+from birth.models.transformer import apply_mlp, layer_norm, model_config
 
 Matrix = torch.Tensor | FactoredMatrix
 

@@ -3,12 +3,12 @@
 A step is what a run of the full preset does: sample a triggered-bigram batch, forward, the loss on
 all tokens, backward, AdamW. Two models of the same architecture and the same weights:
 
-- `tl`: `birth.model.build_model(FULL_MODEL)` called as `model(tokens)` (the TransformerBridge with its
+- `tl`: `birth.models.transformer.build_model(FULL_MODEL)` called as `model(tokens)` (the TransformerBridge with its
   hook points, nothing hooked);
 - `plain`: the same transformer written below in plain PyTorch (nn.Linear, nn.LayerNorm, explicit
   softmax attention, as the reference code), the TL weights copied in;
 - `plain-sdpa`: the plain model with fused scaled_dot_product_attention, the kernel the TL model's
-  attention runs when no hook reads its pattern (`birth.model`): the same computation.
+  attention runs when no hook reads its pattern (`birth.models.transformer`): the same computation.
 
 The script first checks that the models agree (logits and gradients), then alternates their steps
 on the same batches, so that all see the same machine load, and prints the median wall and CPU
@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birth.model import (
+from birth.base.seeds import step_seed
+from birth.models.transformer import (
     FULL_MODEL,
     attn_linear,
     build_model,
@@ -39,7 +40,6 @@ from birth.model import (
     native,
     trainable_parameters,
 )
-from birth.seeds import step_seed
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import TaskConfig, TriggeredBigram
 

@@ -7,7 +7,7 @@ errors agree before printing the times and the ratio.
 The reference is what a direct implementation does: a Python loop over trials, over d and over the
 three schemes, building the d × d matrix W = Σ_x q(x) u_{f*(x)} e_xᵀ at each d and multiplying
 u_yᵀ W e_x for all (x, y). The module groups stored tokens by output and accumulates coordinate
-blocks across d (see birth/memory.py), so it never forms W.
+blocks across d (see birth/memories/scaling_laws.py), so it never forms W.
 
     python scripts/bench_scaling.py                # the figure: 100 trials, N = 1000, 20 values of d (~15 s)
     python scripts/bench_scaling.py --trials 10    # quicker (fixed costs weigh more: a lower ratio)
@@ -24,7 +24,7 @@ import time
 import numpy as np
 import torch
 
-from birth.memory import draw_embeddings, memory_errors, q_threshold
+from birth.memories.scaling_laws import draw_embeddings, memory_errors, q_threshold
 from tasks.zipf import ZipfAssociations
 
 

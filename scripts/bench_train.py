@@ -5,7 +5,7 @@
 - `reference`: plain eager PyTorch as simple code writes it (every linear applied, explicit causal
   mask + softmax, logits at every position, loss on the counter >= 2 targets);
 - `transformer-lens`: the TransformerBridge forward (`model(tokens)`);
-- `fast`: `birth.model.fast_logits` as `birth train` uses it.
+- `fast`: `birth.models.transformer.fast_logits` as `birth train` uses it.
 Each step = sample a batch + forward + backward + SGD update. Ratios are against `reference`
 measured in the same run with the default allocator. The last two lines repeat `reference` and
 `fast` after `training.allocator.keep_freed_memory()`, which `birth train` applies on CPU (freed
@@ -22,8 +22,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from birth.model import fast_logits, native, trainable_parameters
-from birth.seeds import step_seed
+from birth.base.seeds import step_seed
+from birth.models.transformer import fast_logits, native, trainable_parameters
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import TriggeredBigram
 from training.allocator import keep_freed_memory

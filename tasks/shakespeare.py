@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from birth.io import atomic_write_text
+from birth.base.io import atomic_write_text
 
 # Canonical public location of the corpus (Karpathy's char-rnn repository).
 TINY_SHAKESPEARE_URL = (

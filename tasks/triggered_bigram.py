@@ -23,7 +23,7 @@ from typing import Literal, get_args
 import torch
 from einops import rearrange
 
-from birth.validate import check_int
+from birth.base.validate import check_int
 from tasks.shakespeare import CorpusStats, load_stats
 
 TriggerMode = Literal["fixed", "random"]

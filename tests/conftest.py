@@ -8,6 +8,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
+TIERS = ("unit", "integration", "cli")  # tests/<tier>/: each test carries its folder's marker
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its tier (`pytest -m unit`, `-m "not cli"`); `slow` is set per test."""
+    for item in items:
+        tier = Path(str(item.fspath)).parent.name
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(autouse=True)

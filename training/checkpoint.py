@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from birth.io import atomic_write
+from birth.base.io import atomic_write
 
 FORMAT_VERSION = 1
 _CKPT = re.compile(r"step_(\d{6,})\.pt$")
@@ -155,7 +155,7 @@ def load_trained_model(path: Path, device: str | torch.device = "cpu") -> tuple[
     """The model a training checkpoint holds, rebuilt from its config and in eval mode, with that
     config (a `training.config.TrainConfig`) and the step. Every failure is one CheckpointError."""
     # imported here: the model builder imports transformer_lens, which checkpoints alone need not
-    from birth.model import native
+    from birth.models.transformer import native
     from tasks.shakespeare import load_stats
     from training.config import TrainConfig
 

@@ -18,10 +18,10 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-from birth.config_io import config_from_dict
-from birth.model import FULL_MODEL, ModelConfig, build_model
-from birth.seeds import check_seed
-from birth.validate import check_float, check_int
+from birth.base.config_io import config_from_dict
+from birth.base.seeds import check_seed
+from birth.base.validate import check_float, check_int
+from birth.models.transformer import FULL_MODEL, ModelConfig, build_model
 from tasks.triggered_bigram import TaskConfig
 
 Optimizer = Literal["sgd", "adamw"]
@@ -176,7 +176,7 @@ QUICK = PAPER.replace(
     checkpoint_every=500,
 )
 
-# The reference full model (`birth.model.FULL_MODEL`: 2 layers, 4 heads, pre-LayerNorm, ReLU MLPs of
+# The reference full model (`birth.models.transformer.FULL_MODEL`: 2 layers, 4 heads, pre-LayerNorm, ReLU MLPs of
 # width 4d, trained embeddings) with its optimizer (AdamW lr 0.01, weight decay 0.01, betas
 # (0.9, 0.99), batch 64, loss on all tokens) at a CPU size: d = 64 (4 heads of width 16) and T = 128
 # instead of d = 128 and T = 256. docs/results.md has the sizes tried, what they reach and how fast.
@@ -196,7 +196,7 @@ FULL = TrainConfig(
 )
 
 # The simplified model of the quick preset plus a trainable linear W_F after the second attention
-# layer (`birth.model.SIMPLIFIED_FFN`), trained on all tokens: W_F can hold the global bigrams,
+# layer (`birth.models.transformer.SIMPLIFIED_FFN`), trained on all tokens: W_F can hold the global bigrams,
 # which the attention-only model has to squeeze into W_O² next to the induction head's copy. Fixed
 # triggers (the paper's): the W_F probe then leaves out the K triggers, whose next token is never a
 # bigram, as the reference's does.

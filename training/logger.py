@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from birth.io import atomic_write_text
+from birth.base.io import atomic_write_text
 
 WANDB_MODES = ("off", "offline", "online")
 

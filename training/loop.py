@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birth.io import OutputError, atomic_write_json, claim_output_dir, release_claim
+from birth.base.io import OutputError, atomic_write_json, claim_output_dir, release_claim
+from birth.base.seeds import step_seed
 from birth.metrics import evaluate, first_crossing, gradient_norms, loss_mask
-from birth.model import fast_logits, native, supports_fast_path, trainable_parameters
-from birth.seeds import step_seed
+from birth.models.transformer import fast_logits, native, supports_fast_path, trainable_parameters
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import Batch, TriggeredBigram
 from training.allocator import keep_freed_memory
@@ -154,7 +154,7 @@ def _same_run(a: dict, b: dict) -> bool:
 def prepare_run_dir(run_dir: Path, config: TrainConfig) -> list[Path]:
     """Claim a fresh run directory and write its config; refuse one that already holds files.
 
-    The claim is atomic across processes (`birth.io.claim_output_dir`): of two sweep agents given
+    The claim is atomic across processes (`birth.base.io.claim_output_dir`): of two sweep agents given
     the same --out, exactly one starts. Returns the directories this call created (the run
     directory and any missing parents such as `runs/`, innermost first), so that a start-up failure
     removes only what it created."""

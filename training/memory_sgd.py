@@ -12,7 +12,7 @@ batch-mean cross-entropy, so each trial's gradient is its own; SGD, sign-SGD and
 elementwise, so the trials stay independent. The error is the exact Σ_x p(x) 1{wrong}, at chosen
 steps. `approximate_q_dynamics` runs the decoupled update q ← q + γ (c_t(x)/b) / (1 + e^q / M) on
 the same samples (c_t(x): occurrences of x in the step-t batch of size b), which for b = 1 is the
-q_γ = F(n_x) scheme of birth.memory.
+q_γ = F(n_x) scheme of birth.memories.scaling_laws.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
 
-from birth.memory import draw_embeddings, errors_from_scores
+from birth.memories.scaling_laws import draw_embeddings, errors_from_scores
 from tasks.zipf import ZipfAssociations, trial_generator
 
 MemoryOptimizer = Literal["sgd", "adam", "sign"]
@@ -115,8 +115,8 @@ def train_memory(
 ) -> dict[str, torch.Tensor]:
     """Train W (and optionally E, U) for num_trials independent trials; returns error curves.
 
-    Embeddings are those of birth.memory.draw_embeddings(range(R), N, M, [dim], seed=seed), so the
-    q-scheme errors of birth.memory.memory_errors(..., dims=[dim], seed=seed) use the same ones.
+    Embeddings are those of birth.memories.scaling_laws.draw_embeddings(range(R), N, M, [dim], seed=seed), so the
+    q-scheme errors of birth.memories.scaling_laws.memory_errors(..., dims=[dim], seed=seed) use the same ones.
     `batches` (R, steps, b) overrides the sampled data (seeded by `seed` otherwise).
     Returns {"steps": (C,), "error": (R, C), "batches": (R, steps, b), "memory": the final W (R, d, d),
     "inputs": (R, N, d), "outputs": (R, M, d) (the final embeddings)}, and with
@@ -221,7 +221,7 @@ def approximate_q_dynamics(
     """q after each eval step under q ← q + γ (c_t(x)/b) / (1 + e^q / M), from q = 0.
 
     batches (R, steps, b) long. Returns q of shape (R, len(eval_steps), N), float64. For b = 1 this
-    equals birth.memory.q_sgd(counts, γ, M) with the counts of the first `step` samples.
+    equals birth.memories.scaling_laws.q_sgd(counts, γ, M) with the counts of the first `step` samples.
     """
     num_trials, num_steps, batch = batches.shape
     q = torch.zeros(num_trials, num_inputs, dtype=torch.float64)

@@ -185,7 +185,7 @@ def init_at_target(
     """
     if not names:
         return
-    from birth.model import attn_linear, native
+    from birth.models.transformer import attn_linear, native
     from birth.theory import target_memories
 
     try:

@@ -67,8 +67,8 @@ def _list(names: list[str], title: str) -> str:
 
 
 def _config_from_yaml(exp, path: str):
+    from birth.base.config_io import config_from_dict
     from birth.cli import CLIError, read_yaml
-    from birth.config_io import config_from_dict
 
     try:
         return config_from_dict(exp.config, read_yaml(path))
@@ -77,9 +77,9 @@ def _config_from_yaml(exp, path: str):
 
 
 def run_named(name: str, argv: list[str], prog: str) -> int:
+    from birth.base.io import check_writable
     from birth.cli import parse_dataclass, print_config
     from birth.experiments.registry import get, run_experiment
-    from birth.io import check_writable
 
     exp = get(name)
     pre = argparse.ArgumentParser(add_help=False)
@@ -135,7 +135,7 @@ def run(argv: list[str], prog: str) -> int:
     if name == "all":
         if argv_has_out(rest):
             raise CLIError("--out: `all` writes each experiment into its own results/<family>/<name>")
-        from birth.io import check_writable
+        from birth.base.io import check_writable
 
         for each in available:  # every output directory is usable before the first experiment runs
             check_writable(get(each).default_out_dir(), f"{prog} {each}: output directory")

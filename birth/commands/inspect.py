@@ -18,7 +18,7 @@ import argparse
 import math
 from pathlib import Path
 
-from birth.io import atomic_write_json, check_writable
+from birth.base.io import atomic_write_json, check_writable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from birth.io import check_writable, save_figure
+from birth.base.io import check_writable, save_figure
 from birth.metrics import first_crossing
 
 ICL_KEY = "eval/icl_acc"

@@ -59,7 +59,7 @@ def _is_shipped(path: Path) -> bool:
 
 
 def _check_out_file(out: Path) -> None:
-    from birth.io import check_writable
+    from birth.base.io import check_writable
 
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; give the statistics file's path")

@@ -83,8 +83,8 @@ def _changed_fields(old: TrainConfig, new: TrainConfig) -> list[str]:
 def run(argv: list[str], prog: str) -> int:
     import torch
 
+    from birth.base.io import check_writable
     from birth.cli import CLIError, print_config
-    from birth.io import check_writable
     from tasks.shakespeare import load_stats
     from training.loop import print_summary, read_run_config, resolve_device, train
 

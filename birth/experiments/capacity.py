@@ -1,10 +1,10 @@
-"""Capacity of linear and non-linear associative memories (birth/hopfield.py): recall against the
+"""Capacity of linear and non-linear associative memories (birth/memories/hopfield.py): recall against the
 number of stored associations, the capacity n*(d), and its growth against the theory d, d / log d,
 exp(c d) (family "capacity"; `birth capacity`).
 
 Writes capacity.png (recall curves) and capacity_summary.png (n*(d) with theory curves, and the
 cost side: parameters stored at capacity), with PDFs. The science (recall, capacity, growth fits
-with bootstrap intervals, theory exponents and costs) is in birth/hopfield.py.
+with bootstrap intervals, theory exponents and costs) is in birth/memories/hopfield.py.
 """
 
 from __future__ import annotations
@@ -15,9 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from birth.base.io import new_figure, save_figure
+from birth.base.runtime import resolve_device
+from birth.base.seeds import check_seed, generator
+from birth.base.validate import check_float, check_int, check_ints
 from birth.experiments.common import Device, check_device
 from birth.experiments.registry import ExperimentResult, register
-from birth.hopfield import (
+from birth.memories.hopfield import (
     MEMORIES,
     POLYNOMIAL,
     GrowthFit,
@@ -30,10 +34,6 @@ from birth.hopfield import (
     theory_capacity,
     theory_exponent,
 )
-from birth.io import new_figure, save_figure
-from birth.runtime import resolve_device
-from birth.seeds import check_seed, generator
-from birth.validate import check_float, check_int, check_ints
 
 
 @dataclass(frozen=True)

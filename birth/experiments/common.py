@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 
 from torch import nn
 
-from birth.validate import check_float, check_int
+from birth.base.validate import check_float, check_int
 from tasks.shakespeare import CorpusStats
 from tasks.triggered_bigram import Batch, TriggeredBigram
 from training.config import TrainConfig

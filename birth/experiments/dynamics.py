@@ -12,7 +12,7 @@ Experiments (family "dynamics"; `birth dynamics NAME`):
   - underparameterized: d < N, error against steps and its best early-stopping point;
   - transformer-wo2: the birth transformer with only W_O² trained at η in [20, 200] (per-token
     margins of the W_OV² memory), and every trained matrix at the same steps (loss spikes).
-The science is in birth/dynamics.py; this module sizes the runs, prints the numbers and draws.
+The science is in birth/memories/dynamics.py; this module sizes the runs, prints the numbers and draws.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from birth import dynamics as dyn
+from birth.base.io import new_figure, save_figure
+from birth.base.seeds import check_seed, generator, mixed_seed
+from birth.base.validate import check_float, check_floats, check_int, check_ints
 from birth.experiments.registry import ExperimentResult, register
-from birth.io import new_figure, save_figure
-from birth.seeds import check_seed, generator, mixed_seed
-from birth.validate import check_float, check_floats, check_int, check_ints
+from birth.memories import dynamics as dyn
 
 LOG2_3 = math.log2(3.0)  # Zipf exponent giving p = (0.75, 0.25) on two tokens (the reference's p)
 
@@ -1380,7 +1380,7 @@ def _median_log_slope(steps: torch.Tensor, margins: torch.Tensor, lo: int, hi: i
 
 
 def _arm_parameters(model, arm: Arm, all_matrices: AllMatrices) -> list:
-    from birth.model import attn_linear
+    from birth.models.transformer import attn_linear
 
     if arm == "wo2":
         return [attn_linear(model, 1, "o").weight]
@@ -1414,8 +1414,8 @@ def run_transformer_wo2(
 ) -> TransformerWo2Result:
     import time
 
-    from birth.model import ModelConfig, build_model
-    from birth.seeds import step_seed
+    from birth.base.seeds import step_seed
+    from birth.models.transformer import ModelConfig, build_model
     from tasks.triggered_bigram import TaskConfig, TriggeredBigram
 
     c = config

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from birth.base.io import new_figure, save_figure
 from birth.experiments.common import (
     Device,
     TrainedRun,
@@ -36,7 +37,6 @@ from birth.experiments.common import (
     train_run,
 )
 from birth.experiments.registry import ExperimentResult, register
-from birth.io import new_figure, save_figure
 from birth.metrics import bigram_floor, first_crossing, first_crossing_below, mean_std
 from probes.recall import FF_PROBE, PROBES
 from tasks.shakespeare import load_stats

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from birth.config_io import coerce, load_yaml
+from birth.base.config_io import coerce, load_yaml
 
 Cluster = Literal["local", "slurm", "debug"]
 Base = Literal["default", "full", "small"]
@@ -216,7 +216,7 @@ def point_name(values: dict[str, Any]) -> str:
 
 
 def canonical(obj: Any) -> str:
-    from birth.io import to_jsonable
+    from birth.base.io import to_jsonable
 
     return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
 
@@ -412,7 +412,7 @@ def load_spec(path: str | os.PathLike, **options: Any) -> GridSpec:
 def append_line(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line: one `write` of the whole line under an exclusive lock, so lines of
     grids sharing a file never interleave and a reader never sees half a line (but at a crash)."""
-    from birth.io import to_jsonable
+    from birth.base.io import to_jsonable
 
     data = (json.dumps(to_jsonable(row)) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -520,7 +520,7 @@ def _run_experiment(exp, config: Any, out: Path, job: PointJob) -> tuple[dict[st
 
 
 def _run_train(job: PointJob, config: Any) -> tuple[dict[str, Any], str, bool]:
-    from birth.io import to_jsonable
+    from birth.base.io import to_jsonable
     from training.loop import read_run_config, train
 
     run_dir = Path(job.out_dir)
@@ -554,7 +554,7 @@ def _wandb_summary(job: PointJob, data: dict[str, Any]) -> None:
     try:
         import wandb
 
-        from birth.io import to_jsonable
+        from birth.base.io import to_jsonable
 
         run = wandb.init(
             project=job.wandb_project,
@@ -629,7 +629,7 @@ def _job_log(job: Any) -> str | None:
 
 def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: float = 0.2) -> GridReport:
     """Run the points of `spec` not finished yet; one results line per point as it ends."""
-    from birth.io import check_writable
+    from birth.base.io import check_writable
 
     check_writable(spec.out, "out")
     done = finished_keys(read_results(spec.results))

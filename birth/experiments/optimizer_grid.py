@@ -10,7 +10,7 @@ a linear memory h = W z(x) read out by logits = Uᵀ h:
              φ(x)_x' = ReLU(k_x'ᵀ k_x − η) over the N stored keys k = e / ‖e‖, and W = V (d × N).
              V = Σ_x' q(x') u_{f*(x')} 1_x'ᵀ is the seed's u_yᵀ Σ_x' q(x') u_{f*(x')} ReLU(e_x'ᵀ e_x − η);
              the threshold removes the cross-talk of nearly orthogonal keys, so its capacity grows
-             exponentially with d (birth/hopfield.py measures it for the stored-scheme version).
+             exponentially with d (birth/memories/hopfield.py measures it for the stored-scheme version).
   with h → LayerNorm(h) (no affine) when `layer_norm`. W starts with N(0, 1/d) entries, as in the
   reference (from W = 0, LayerNorm's first gradient is amplified by 1/√eps and stalls training).
   Optimizers: SGD, and a real Adam (β = (0.9, 0.999)) whose step is lr / d on W (lr / √d on V and
@@ -41,12 +41,12 @@ import torch
 import torch.nn.functional as F
 from einops import einsum, rearrange
 
+from birth.base.io import new_figure, save_figure
+from birth.base.runtime import resolve_device, torch_threads
+from birth.base.seeds import check_seed, generator
+from birth.base.validate import check_choices, check_floats, check_int, check_ints
 from birth.experiments.registry import ExperimentResult, register
-from birth.io import new_figure, save_figure
-from birth.memory import draw_embeddings, errors_from_scores
-from birth.runtime import resolve_device, torch_threads
-from birth.seeds import check_seed, generator
-from birth.validate import check_choices, check_floats, check_int, check_ints
+from birth.memories.scaling_laws import draw_embeddings, errors_from_scores
 from tasks.zipf import ZipfAssociations
 
 Model = Literal["matrix", "learned", "relu"]
@@ -645,7 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where to write result.json and the figure (default: next to the first results file)",
     )
     args = parser.parse_args(argv)
-    from birth.io import atomic_write_json
+    from birth.base.io import atomic_write_json
 
     try:
         result = combine(args.results)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from birth.io import atomic_write_json, claim_output_dir, release_claim, to_jsonable
+from birth.base.io import atomic_write_json, claim_output_dir, release_claim, to_jsonable
 
 Family = Literal["transformer", "theory", "scaling", "capacity", "dynamics"]
 

@@ -11,7 +11,7 @@ Experiments (family "scaling"; `birth scaling NAME`):
   - memory-matrices: u_yᵀ W e_x and W in the (u, e) basis for each scheme and for SGD over training;
   - learned-embeddings: error vs d and vs M with learned E, U against random ones (Proposition 5);
   - per-token-q: the coefficient of u_{f*(x)} e_xᵀ in SGD-trained W against F(n_x), token by token.
-The science (schemes, exact errors, fits, theory) is in birth/memory.py and training/memory_sgd.py;
+The science (schemes, exact errors, fits, theory) is in birth/memories/scaling_laws.py and training/memory_sgd.py;
 this module sizes the runs, prints the numbers and draws the figures.
 """
 
@@ -26,10 +26,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from birth.base.io import new_figure, save_figure
+from birth.base.runtime import resolve_device, torch_threads
+from birth.base.seeds import check_seed
+from birth.base.validate import check_float, check_floats, check_int, check_ints
 from birth.experiments.common import Device, check_device
 from birth.experiments.registry import ExperimentResult, register
-from birth.io import new_figure, save_figure
-from birth.memory import (
+from birth.memories.scaling_laws import (
     PowerLawFit,
     TheoryConstant,
     coefficient_scores,
@@ -49,9 +52,6 @@ from birth.memory import (
     scheme_coefficients,
     sgd_scheme_table,
 )
-from birth.runtime import resolve_device, torch_threads
-from birth.seeds import check_seed
-from birth.validate import check_float, check_floats, check_int, check_ints
 from tasks.zipf import ZipfAssociations
 from training.memory_sgd import (
     OPTIMIZERS,

@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from birth.base.io import new_figure, save_figure
+from birth.base.seeds import check_seed
+from birth.base.validate import check_int
 from birth.experiments.common import check_positive, check_seeds, check_train, run_seeds
 from birth.experiments.registry import ExperimentResult, register
-from birth.io import new_figure, save_figure
 from birth.metrics import mean_std
-from birth.seeds import check_seed
 from birth.theory import (
     MEMORIES,
     ORTHOGONAL_STEP_NORMS,
@@ -34,7 +35,6 @@ from birth.theory import (
     orthogonal_width,
     run_gradient_steps,
 )
-from birth.validate import check_int
 from tasks.shakespeare import load_stats
 from training.config import TrainConfig
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import torch
 
+from birth.base.io import new_figure, save_figure
+from birth.base.seeds import check_seed, generator
 from birth.experiments.registry import ExperimentResult, register
-from birth.io import new_figure, save_figure
-from birth.seeds import check_seed, generator
 
 TOY_STREAM = 0x70E
 

@@ -13,6 +13,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from birth.base.io import new_figure, save_figure
 from birth.experiments.common import (
     Device,
     TrainedRun,
@@ -26,7 +27,6 @@ from birth.experiments.common import (
     trained_model,
 )
 from birth.experiments.registry import ExperimentResult, register
-from birth.io import new_figure, save_figure
 from birth.metrics import evaluate, first_crossing, mean_std
 from birth.theory import MEMORIES
 from probes.attention import attention_patterns, save_attention_heatmaps

@@ -29,6 +29,8 @@ from typing import Literal, get_args
 
 import torch
 
+from birth.base.io import new_figure, save_figure
+from birth.base.validate import check_float, check_int
 from birth.experiments.common import (
     Device,
     TrainedRun,
@@ -42,9 +44,7 @@ from birth.experiments.common import (
     train_run,
 )
 from birth.experiments.registry import ExperimentResult, register
-from birth.io import new_figure, save_figure
 from birth.metrics import evaluate, first_crossing
-from birth.validate import check_float, check_int
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import TriggeredBigram, output_split_range
 from training.config import PAPER, QUICK, TrainConfig
@@ -601,7 +601,7 @@ def _ov2_recall_over(model, ids: torch.Tensor) -> float:
 )
 def run_held_out(config: HeldOutConfig, out_dir: Path, *, log=print, progress: bool = True) -> HeldOutResult:
     from birth.experiments.common import RUNS
-    from birth.model import native
+    from birth.models.transformer import native
     from training.checkpoint import list_checkpoints, load_checkpoint, load_model_state
 
     stats = load_stats()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
 SHIPPED = REPO / "tasks" / "data" / "shakespeare_stats.json"
 BIRTH = [sys.executable, "-m", "birth.cli"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from birth.metrics import evaluate
-from birth.model import ModelConfig, attn_linear, build_model
+from birth.models.transformer import ModelConfig, attn_linear, build_model
 from birth.theory import (
     ORTHOGONAL_STEP_NORMS,
     PAPER_ORDER,

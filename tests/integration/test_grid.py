@@ -10,7 +10,7 @@ from typing import Literal
 import pytest
 import yaml
 
-from birth.config_io import load_yaml
+from birth.base.config_io import load_yaml
 from birth.experiments import grid
 from birth.experiments.toy import ToyConfig, toy_draws
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from birth.experiments.theory import ThreeStepsConfig
 from birth.metrics import loss_mask
-from birth.model import attn_linear
+from birth.models.transformer import attn_linear
 from birth.theory import (
     PAPER_ORDER,
     THEOREM_BLOCKS,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from birth.metrics import evaluate, gradient_norms, named_matrices, trained_matrices
-from birth.model import ModelConfig, attn_linear, build_model
+from birth.models.transformer import ModelConfig, attn_linear, build_model
 from probes.margins import (
     kq1_position_recall,
     margin_probes,

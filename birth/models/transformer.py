@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from birth.seeds import check_seed
+from birth.base.seeds import check_seed
 
 Variant = Literal["simplified", "full"]
 TrainableInit = Literal["random", "zero"]
@@ -228,7 +228,9 @@ def model_config(model: nn.Module) -> ModelConfig:
     """The ModelConfig a model was built from (`build_model` records it)."""
     config = getattr(model, "birth_config", None)
     if not isinstance(config, ModelConfig):
-        raise ValueError("this model was not built by birth.model.build_model (it has no birth_config)")
+        raise ValueError(
+            "this model was not built by birth.models.transformer.build_model (it has no birth_config)"
+        )
     return config
 
 

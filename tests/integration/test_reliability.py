@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from birth.base.io import OutputError
 from birth.cli import main as cli_main
-from birth.io import OutputError
 from training.checkpoint import CheckpointError, checkpoint_path, list_checkpoints, load_checkpoint
 from training.config import TrainConfig
 from training.logger import read_metrics
 from training.loop import OutOfMemory, prepare_run_dir, read_run_config, train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # sizes no machine can hold, refused by the allocator at once (unless it overcommits blindly)
 HUGE_D_MODEL = 2**32  # its 65 x 2^32 float32 embedding alone: 1.1 TB
 HUGE_BATCH = 2**34  # 2^34 sequences of 16 tokens: 2.2 TB

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from birth.metrics import evaluate
-from birth.model import ModelConfig, attn_linear, build_model, native
+from birth.models.transformer import ModelConfig, attn_linear, build_model, native
 from probes.attention import triggered_bigram_scores
 from tasks.triggered_bigram import TaskConfig, TriggeredBigram
 from training.checkpoint import load_checkpoint, load_model_state

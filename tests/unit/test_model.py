@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from birth.model import (
+from birth.models.transformer import (
     FULL_MODEL,
     NAMED_CONFIGS,
     SIMPLIFIED_FFN,

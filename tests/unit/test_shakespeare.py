@@ -25,7 +25,7 @@ from tasks.shakespeare import (
     shipped_stats_path,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CORPUS = REPO_ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 needs_corpus = pytest.mark.skipif(

@@ -11,12 +11,12 @@ import math
 import pytest
 import torch
 
-from birth.config_io import config_from_dict
+from birth.base.config_io import config_from_dict
+from birth.base.io import OutputError
 from birth.experiments.common import RUNS, experiment_train
 from birth.experiments.registry import get, names, run_experiment
 from birth.experiments.theory import GradientStepsConfig, LemmaConfig, MemoriesConfig
 from birth.experiments.transformer import LayersConfig, LossConfig, OrderConfig
-from birth.io import OutputError
 from training.config import PAPER, QUICK, TrainConfig
 
 TRAINING = ("layers", "triggers", "order", "loss", "ood")

@@ -13,7 +13,7 @@ import yaml
 from training.logger import read_metrics
 from training.loop import train
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SWEEPS = sorted((REPO / "scripts" / "sweeps").glob("*.yaml"))
 
 # The .wandb transaction log is LevelDB's log format behind a 7-byte header (":W&B", 0xBEE1,

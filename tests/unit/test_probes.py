@@ -9,7 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from birth.model import SIMPLIFIED_FFN, ModelConfig, attn_linear, build_model, layer_norm, mlp_linear, native
+from birth.models.transformer import (
+    SIMPLIFIED_FFN,
+    ModelConfig,
+    attn_linear,
+    build_model,
+    layer_norm,
+    mlp_linear,
+    native,
+)
 from probes.recall import (
     FF_PROBE,
     all_probes,

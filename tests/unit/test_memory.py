@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from birth.memory import (
+from birth.memories.scaling_laws import (
     _sparse_enough,
     coefficient_scores,
     draw_embeddings,
@@ -191,7 +191,7 @@ def test_storage_weights_dispatch():
 def test_all_computation_paths_agree_with_bruteforce():
     # truncated Gaussian: d-independent q (block prefix), sparse d-dependent q (block prefix over
     # all larger d), dense d-dependent q (one pass per d) must all equal the explicit W
-    from birth import memory
+    from birth.memories import scaling_laws as memory
 
     task = ZipfAssociations(40, 3, 1.0)
     probs, targets, dims = task.probs(), task.targets(), [4, 9, 17]
@@ -326,7 +326,7 @@ def test_memory_coefficients_are_exact_on_a_hand_built_memory():
 
 def test_errors_count_ties_and_non_finite_scores_as_wrong():
     """A diverged memory (NaN or inf scores) must not read as error 0."""
-    from birth.memory import errors_from_scores
+    from birth.memories.scaling_laws import errors_from_scores
 
     probs = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
     targets = torch.tensor([0, 1, 0, 1])

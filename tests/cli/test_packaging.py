@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LIBRARY_PACKAGES = {"birth", "tasks", "probes", "training"}  # the design card's library folders
 
 

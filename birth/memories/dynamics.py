@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from birth.seeds import generator
+from birth.base.seeds import generator
 
 # --------------------------------------------------------------------------------------------
 # problems: embeddings, input law, targets
@@ -661,7 +661,7 @@ def ov_margins(model: torch.nn.Module, layer: int = -1) -> torch.Tensor:
     Token k is stored when the unembedding ranks k first for the value-output image of its
     embedding, w_U(j)ᵀ W_O W_V w_E(k) (the paper's W_OV² probe): margin_k = score_k - max_{j≠k}
     score_j. Biases are left out, as in the probe (they are zero in the birth model)."""
-    from birth.model import attn_linear, native
+    from birth.models.transformer import attn_linear, native
 
     nm = native(model)
     index = layer % len(nm.layers)
@@ -705,9 +705,9 @@ def train_transformer_sgd(
     generators; every run of a comparison can share them). `eval_batch`: a fixed batch on which
     the recorded loss and accuracy are measured before every step (default: the step's own batch,
     whose batch-to-batch noise would hide the spikes of the dynamics). The model's other
-    parameters are frozen for the run (requires_grad is set here). Logits: birth.model.fast_logits.
+    parameters are frozen for the run (requires_grad is set here). Logits: birth.models.transformer.fast_logits.
     """
-    from birth.model import fast_logits
+    from birth.models.transformer import fast_logits
 
     chosen = {id(p) for p in trainable}
     for p in model.parameters():

@@ -1,4 +1,4 @@
-"""Gradient dynamics of associative memories (birth/dynamics.py) and its registered experiments."""
+"""Gradient dynamics of associative memories (birth/memories/dynamics.py) and its registered experiments."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from birth import dynamics as dyn
-from birth.seeds import generator
+from birth.base.seeds import generator
+from birth.memories import dynamics as dyn
 
 
 def _random_problem(n: int = 5, d: int = 3, m: int = 4, seed: int = 0) -> dyn.MemoryProblem:
@@ -296,7 +296,7 @@ def test_under_parameterized_cross_entropy_overshoots_its_best_error(one_thread)
 
 @pytest.fixture(scope="module")
 def tiny_birth():
-    from birth.model import ModelConfig, build_model
+    from birth.models.transformer import ModelConfig, build_model
     from tasks.triggered_bigram import TaskConfig, TriggeredBigram
 
     task = TriggeredBigram(TaskConfig(seq_len=16))
@@ -323,7 +323,7 @@ def test_ov_margins_match_the_transformer_lens_ov_circuit(tiny_birth):
 def test_transformer_sgd_moves_only_the_chosen_matrix_by_one_plain_step(tiny_birth):
     import torch.nn.functional as F
 
-    from birth.model import attn_linear, fast_logits
+    from birth.models.transformer import attn_linear, fast_logits
 
     make, batches = tiny_birth
     model, reference = make(), make()

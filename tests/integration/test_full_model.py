@@ -13,7 +13,7 @@ import torch
 from birth.cli import main as cli_main
 from birth.experiments.registry import get, names, run_experiment
 from birth.metrics import bigram_floor
-from birth.model import FULL_MODEL, supports_fast_path
+from birth.models.transformer import FULL_MODEL, supports_fast_path
 from probes.attention import (
     find_heads,
     head_scores,

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from birth.model import ModelConfig, attn_linear, build_model
+from birth.models.transformer import ModelConfig, attn_linear, build_model
 from probes.attention import (
     attended_token_agreement,
     attention_patterns,

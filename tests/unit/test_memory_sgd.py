@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from birth.memory import memory_errors, q_sgd
+from birth.memories.scaling_laws import memory_errors, q_sgd
 from tasks.zipf import ZipfAssociations
 from training.memory_sgd import (
     MemoryTrainConfig,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from birth.hopfield import (
+from birth.memories.hopfield import (
     RecallSetup,
     capacity_from_recall,
     hopfield_auto,

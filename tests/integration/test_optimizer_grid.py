@@ -15,13 +15,13 @@ import yaml
 from birth.experiments import grid
 from birth.experiments import optimizer_grid as og
 from birth.experiments.registry import REGISTRY
-from birth.memory import draw_embeddings
+from birth.memories.scaling_laws import draw_embeddings
 from tasks.zipf import ZipfAssociations
 from training.memory_sgd import MemoryTrainConfig, sample_batches, train_memory
 
 TASK = ZipfAssociations(100, 5, 2.0)
 MODULE_TARGET = "birth.experiments.optimizer_grid:optimizer-grid"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(("model", "layer_norm"), [("matrix", False), ("matrix", True), ("learned", False)])

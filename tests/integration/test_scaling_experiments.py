@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from birth.base.io import OutputError
 from birth.experiments import scaling
 from birth.experiments.registry import get, names, run_experiment
-from birth.io import OutputError
-from birth.memory import coefficient_scores, errors_from_scores
+from birth.memories.scaling_laws import coefficient_scores, errors_from_scores
 from tasks.zipf import ZipfAssociations
 from training.memory_sgd import MemoryTrainConfig, train_memory
 
@@ -98,7 +98,7 @@ def test_bad_configs_name_the_flag(name, change, flag):
 def test_cuda_asked_without_cuda_is_refused_at_run_time():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    from birth.runtime import resolve_device
+    from birth.base.runtime import resolve_device
 
     with pytest.raises(ValueError, match="CUDA"):
         resolve_device("cuda")

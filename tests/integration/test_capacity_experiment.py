@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
+from birth.base.io import OutputError
 from birth.experiments.capacity import CapacityConfig
 from birth.experiments.registry import run_experiment
-from birth.hopfield import fit_growth, fit_growth_with_ci, theory_exponent
-from birth.io import OutputError
+from birth.memories.hopfield import fit_growth, fit_growth_with_ci, theory_exponent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

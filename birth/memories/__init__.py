@@ -1,0 +1,1 @@
+"""Associative memories: storage schemes, capacity constructions, gradient dynamics."""

@@ -1,0 +1,1 @@
+"""Models: the transformer (TransformerLens bridge, fast path, reference architecture)."""
