@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
+__version__ = "0.2.0"  # the one copy: pyproject.toml reads it (setuptools dynamic version)
 
 # public name -> (module, attribute)
 _EXPORTS: dict[str, tuple[str, str]] = {
@@ -36,11 +36,11 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "QUICK": ("training.config", "QUICK"),
     "PAPER": ("training.config", "PAPER"),
     "PRESETS": ("training.config", "PRESETS"),
-    "train": ("training.loop", "train"),
+    "train": ("training.trainer", "train"),
     "load_model": ("training.checkpoint", "load_run_model"),
     "all_probes": ("probes.recall", "all_probes"),
     "memory_recall": ("probes.recall", "memory_recall"),
-    "evaluate": ("birth.metrics", "evaluate"),
+    "evaluate": ("training.evaluation", "evaluate"),
     "run_experiment": ("birth.experiments.registry", "run_experiment"),
     "get_experiment": ("birth.experiments.registry", "get"),
     "experiment_names": ("birth.experiments.registry", "names"),

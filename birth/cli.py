@@ -16,7 +16,16 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-# name -> (module, one-line help)
+import tyro
+import yaml
+
+from birth.base.config_io import load_yaml_file
+from birth.base.io import to_jsonable
+from birth.experiments.registry import command_help, commands
+
+EXPERIMENT_COMMAND = "birth.commands.experiment"  # runs the experiments of its families
+
+# name -> (module, one-line help); one experiment command per group of families (`registry.commands`)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": (
         "birth.commands.train",
@@ -24,16 +33,11 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     ),
     "inspect": ("birth.commands.inspect", "attention maps and induction scores of a checkpoint, per head"),
     "plot": ("birth.commands.plot", "learning-order figure (probes and accuracy vs step) of runs"),
-    "reproduce": (
-        "birth.commands.experiment",
-        "reproduce a claim of Birth of a Transformer (experiments, theory)",
-    ),
-    "scaling": ("birth.commands.experiment", "scaling-law experiments of associative memories"),
-    "capacity": ("birth.commands.experiment", "capacity of linear and non-linear associative memories"),
-    "dynamics": ("birth.commands.experiment", "gradient dynamics of associative memories (ICML 2024)"),
-    "experiments": ("birth.commands.experiment", "list every registered experiment"),
-    "grid": ("birth.experiments.grid", "run a grid of experiments or training runs through submitit"),
+    **{name: (EXPERIMENT_COMMAND, command_help(name)) for name in commands()},
+    "experiments": (EXPERIMENT_COMMAND, "list every registered experiment, by family"),
+    "grid": ("birth.commands.grid", "run a grid of experiments or training runs through submitit"),
     "prepare-data": ("birth.commands.prepare_data", "rebuild the Shakespeare statistics from a text"),
+    "dashboard": ("birth.commands.dashboard", "the W&B learning-order workspace of a project (wandb-workspaces)"),
 }
 
 
@@ -66,8 +70,6 @@ def parse_dataclass(cls: type[T], default: T, args: Sequence[str], prog: str, de
     """Parse `args` into a `cls` dataclass starting from `default`, with tyro: one flag per field
     (nested sections flattened), its type, choices, default and help comment in `--help`.
     A bad value becomes a CLIError with tyro's message on one line."""
-    import tyro
-
     buffer = io.StringIO()
     try:
         with contextlib.redirect_stderr(buffer):
@@ -117,25 +119,17 @@ def parse_args(
 
 def print_config(obj: Any) -> None:
     """YAML of a config (a dataclass or a nested dict), as `--config FILE.yaml` reads it back."""
-    import yaml
-
-    from birth.base.io import to_jsonable
-
     print(yaml.safe_dump(to_jsonable(obj), sort_keys=False), end="")
 
 
 def read_yaml(path: str, option: str = "--config") -> Any:
-    import yaml
-
-    from birth.base.config_io import load_yaml
-
+    """A YAML file given to `option` (an empty file is an empty mapping); a file that cannot be read
+    is one CLIError naming the option and the file with the reason (not UTF-8, not YAML, missing)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return load_yaml(f.read()) or {}
-    except OSError as err:
-        raise CLIError(f"{option} {path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise CLIError(f"{option} {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+        data = load_yaml_file(path, option)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    return {} if data is None else data
 
 
 def main(argv: list[str] | None = None) -> int:

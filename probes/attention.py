@@ -214,7 +214,7 @@ def attention_patterns(model: nn.Module, tokens: torch.Tensor) -> tuple[torch.Te
 
 
 # ---------------------------------------------------------------------------------------------
-# the reference code's attention probes, logged during training (`birth.metrics.evaluate`)
+# the reference code's attention probes, logged during training (`training.evaluation.CircuitProbes`)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -375,7 +375,8 @@ def find_heads(scores: dict[tuple[int, int], dict], n_layers: int) -> dict[str, 
 
 
 def _per_head_part(patterns, targets_valid, induction, inputs, predictions) -> dict:
-    """Per-layer scores (one head per layer: as before), every head's, and the chosen heads."""
+    """Per-layer scores (`layer{l}`, for a model with one head per layer), every head's, and the
+    chosen heads."""
     heads = head_scores(patterns, targets_valid, induction, inputs, predictions)
     out: dict = {}
     if patterns[0].shape[1] == 1:

@@ -35,14 +35,15 @@ PROBES = ("W_OV2", "W_KQ2", "W_KQ1")
 FF_PROBE = "W_F_kl"
 
 
+def apply_rows(W: Matrix, inputs: torch.Tensor) -> torch.Tensor:
+    """[n, d] the rows inputs @ W (a FactoredMatrix kept factored: never a d x d product formed)."""
+    return (inputs @ W.A) @ W.B if isinstance(W, FactoredMatrix) else inputs @ W
+
+
 @torch.no_grad()
 def recall_scores(W: Matrix, inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     """[n_in, n_out] scores u_i @ W @ v_jᵀ (inputs u_i as rows, candidate outputs v_j as rows)."""
-    if isinstance(W, FactoredMatrix):
-        left = (inputs @ W.A) @ W.B  # keep the factorization: never form a d x d product twice
-    else:
-        left = inputs @ W
-    return left @ outputs.T
+    return apply_rows(W, inputs) @ outputs.T
 
 
 @torch.no_grad()
@@ -118,7 +119,7 @@ def kq2_recalls(model: nn.Module, triggers: torch.Tensor | None = None) -> dict[
     tokens = torch.arange(W_E.shape[0], device=W_E.device) if triggers is None else triggers.to(W_E.device)
     first_in = _read(layer_norm(model, 0), W_E[tokens])
     ov1 = [model.OV[0, h1] for h1 in range(config.n_heads)]
-    written = [(first_in @ W.A) @ W.B for W in ov1]  # [K, d] per layer-0 head: W_OV¹ w_E(k)
+    written = [apply_rows(W, first_in) for W in ov1]  # [K, d] per layer-0 head: W_OV¹ w_E(k)
     targets = torch.arange(len(tokens), device=W_E.device)
     out = {}
     for layer in range(1, config.n_layers):
@@ -198,6 +199,153 @@ def ff_bigram_kl(model: nn.Module, bigram: torch.Tensor, triggers: torch.Tensor 
     return F.kl_div(log_q, p, reduction="batchmean").item()
 
 
+# ---------------------------------------------------------------------------------------------
+# layer readings of the full model (multi-head, LayerNorm): docs/model.md, "Probes of the full model"
+# ---------------------------------------------------------------------------------------------
+
+
+def _score_scale(model: nn.Module) -> float:
+    """The factor of the attention scores before the softmax (1/√d_head, or 1 unscaled)."""
+    config = model_config(model)
+    return config.d_head**-0.5 if config.attn_scale == "sqrt_d_head" else 1.0
+
+
+def _token_part(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """What of LN(x) depends on x: (x - mean(x)) ⊙ γ, up to the residual's scale (common to every
+    input of one argmax); the bias β, the same for every input, carries no memory."""
+    return _read_written(norm, x)
+
+
+@torch.no_grad()
+def mean_position_inputs(model: nn.Module) -> torch.Tensor:
+    """[T, d] x̄_t = the mean over the N tokens k of LN1_0(w_E(k) + p_t): what layer 0 reads at
+    position t, averaged over the token there. A score is bilinear in its query and key, so for
+    independent uniform tokens at the two positions its expectation is x̄_t' @ QK @ x̄_tᵀ exactly."""
+    norm = layer_norm(model, 0)
+    residuals = model.W_E.unsqueeze(0) + _positions(model).unsqueeze(1)  # [T, N, d]
+    return _read(norm, residuals).mean(dim=1)
+
+
+@torch.no_grad()
+def previous_token_scores(model: nn.Module) -> torch.Tensor:
+    """[H, T-1, T] scores of query t+1 on key s of each layer-0 head from the position-averaged
+    inputs (`mean_position_inputs`), -inf where s > t+1 (the causal mask: a key the query never
+    sees cannot win)."""
+    inputs = mean_position_inputs(model)
+    T = inputs.shape[0]
+    visible = torch.ones(T - 1, T, dtype=torch.bool, device=inputs.device).tril(diagonal=1)
+    scores = torch.stack([recall_scores(model.QK[0, h], inputs[1:], inputs) for h in range(_n_heads(model))])
+    return scores.masked_fill(~visible, float("-inf"))
+
+
+@torch.no_grad()
+def previous_token_weights(model: nn.Module) -> torch.Tensor:
+    """[H] the attention each layer-0 head puts from t+1 on t, averaged over t: the softmax of
+    `previous_token_scores` (scaled as the model scales them) at the key s = t."""
+    scores = previous_token_scores(model) * _score_scale(model)
+    t = torch.arange(scores.shape[1], device=scores.device)
+    return scores.softmax(dim=-1)[:, t, t].mean(dim=-1)
+
+
+@torch.no_grad()
+def kq1_layer_recall(model: nn.Module) -> float:
+    """W_KQ¹ of layer 0: the fraction of positions t at which some head's causal argmax from query
+    t+1 is the key t (`previous_token_scores`). Heads may share the positions out."""
+    scores = previous_token_scores(model)
+    t = torch.arange(scores.shape[1], device=scores.device)
+    return (scores.argmax(dim=-1) == t).any(dim=0).float().mean().item()
+
+
+@torch.no_grad()
+def previous_token_keys(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """[K, d] what layer 0 writes at the position after token k, as the last layer reads it: the
+    layer-0 heads' W_OV¹ LN1_0(w_E(k)), each weighted by its attention on the previous token
+    (`previous_token_weights`; a rotary model, without positions to weigh by: the head that gives
+    the best W_KQ² recall is taken by `kq2_layer_recalls`), through the last layer's LN1 (its
+    token part, `_token_part`)."""
+    inputs = _read(layer_norm(model, 0), model.W_E[tokens])
+    weights = previous_token_weights(model)
+    written = sum(w * apply_rows(model.OV[0, h], inputs) for h, w in enumerate(weights.tolist()))
+    return _token_part(layer_norm(model, model_config(model).n_layers - 1), written)
+
+
+def _stored_tokens(model: nn.Module, triggers: torch.Tensor | None) -> torch.Tensor:
+    W_E = model.W_E
+    return torch.arange(W_E.shape[0], device=W_E.device) if triggers is None else triggers.to(W_E.device)
+
+
+@torch.no_grad()
+def kq2_layer_recalls(model: nn.Module, triggers: torch.Tensor | None = None) -> dict[int, float]:
+    """W_KQ² of each head of the last layer: the query LN1(w_E(k)) picks, among the stored tokens'
+    keys (`previous_token_keys`), the one of k' = k (`triggers` None: the whole vocabulary)."""
+    config = model_config(model)
+    last = config.n_layers - 1
+    tokens = _stored_tokens(model, triggers)
+    queries = _read(layer_norm(model, last), model.W_E[tokens])
+    targets = torch.arange(len(tokens), device=tokens.device)
+    if config.positions == "rotary":
+        return {h: v for (layer, h), v in kq2_recalls(model, triggers).items() if layer == last}
+    keys = previous_token_keys(model, tokens)
+    return {h: memory_recall(model.QK[last, h], queries, keys, targets) for h in range(config.n_heads)}
+
+
+@torch.no_grad()
+def induction_weights(model: nn.Module, triggers: torch.Tensor | None = None) -> torch.Tensor:
+    """[H] the attention each head of the last layer puts, from a stored token's query, on that
+    token's key among the keys of all N tokens (`previous_token_keys`), averaged over the stored
+    tokens: how much of the head is an induction head. A 1-layer model: ones (its heads' sum)."""
+    config = model_config(model)
+    if config.n_layers < 2:
+        return torch.ones(config.n_heads)
+    last = config.n_layers - 1
+    tokens = _stored_tokens(model, triggers)
+    every = torch.arange(model.W_E.shape[0], device=tokens.device)
+    queries = _read(layer_norm(model, last), model.W_E[tokens])
+    if config.positions == "rotary":  # no positions to weigh the layer-0 heads by: all of them
+        inputs = _read(layer_norm(model, 0), model.W_E)
+        written = sum(apply_rows(model.OV[0, h], inputs) for h in range(config.n_heads))
+        keys = _token_part(layer_norm(model, last), written)
+    else:
+        keys = previous_token_keys(model, every)
+    weights = []
+    for h in range(config.n_heads):
+        attention = (recall_scores(model.QK[last, h], queries, keys) * _score_scale(model)).softmax(dim=-1)
+        weights.append(attention[torch.arange(len(tokens)), tokens].mean())
+    return torch.stack(weights).cpu()
+
+
+@torch.no_grad()
+def ov2_layer_recall(model: nn.Module, triggers: torch.Tensor | None = None) -> float:
+    """W_OV² of the last layer: Σ_h a_h W_OV[h] (a_h the `induction_weights`; a 1-layer model: the
+    plain sum) stores w_E(k) → w_U(k): argmax_j r_j · Σ_h a_h OV[h] u_k == k over all N tokens, with
+    u_k the token part of LN1(w_E(k)) and r_j the final LayerNorm's reading of w_U(j)."""
+    config = model_config(model)
+    last = config.n_layers - 1
+    inputs = _token_part(layer_norm(model, last), model.W_E)
+    weights = induction_weights(model, triggers).tolist()
+    written = sum(w * apply_rows(model.OV[last, h], inputs) for h, w in enumerate(weights))
+    targets = torch.arange(model.W_E.shape[0], device=model.W_E.device)
+    scores = written @ _readout(model).T
+    return (scores.argmax(dim=-1) == targets).float().mean().item()
+
+
+@torch.no_grad()
+def layer_probes(model: nn.Module, triggers: torch.Tensor | None = None) -> dict[str, float]:
+    """The memories of a multi-head or LayerNorm model read per layer: `W_OV2` (`ov2_layer_recall`;
+    a 1-layer model's `W_OV`), `W_KQ2` (the best head of `kq2_layer_recalls`) and `W_KQ1`
+    (`kq1_layer_recall`, additive positions only)."""
+    config = model_config(model)
+    if config.n_layers < 2:
+        return {"W_OV": ov2_layer_recall(model)}
+    out = {
+        "W_OV2": ov2_layer_recall(model, triggers),
+        "W_KQ2": max(kq2_layer_recalls(model, triggers).values()),
+    }
+    if config.positions != "rotary":
+        out["W_KQ1"] = kq1_layer_recall(model)
+    return out
+
+
 def _per_head(name: str, values: dict[tuple[int, int], float], out: dict[str, float]) -> None:
     out[name] = _best(values)
     if len(values) > 1:
@@ -205,31 +353,48 @@ def _per_head(name: str, values: dict[tuple[int, int], float], out: dict[str, fl
             out[f"{name}/l{layer}h{head}"] = value
 
 
+def reads_per_head(model: nn.Module) -> bool:
+    """Whether the model is read head by head as the paper reads it (one head per layer, no
+    LayerNorm: the simplified model); every other model gets the layer readings (`layer_probes`)."""
+    config = model_config(model)
+    return config.n_heads == 1 and config.normalization == "none"
+
+
 @torch.no_grad()
-def all_probes(
-    model: nn.Module, triggers: torch.Tensor | None = None, bigram: torch.Tensor | None = None
-) -> dict[str, float]:
-    """The three probes of a model with 2+ layers (a 1-layer model has only its W_OV, in W_OV2's
-    role), each the best head's value, then every head's as "W_OV2/l1h0" when there are several;
-    W_KQ1 only with additive positional embeddings; "W_F_kl" (`ff_bigram_kl`) when `bigram` is given
-    and the last layer has a feed-forward layer."""
+def head_probes(model: nn.Module, triggers: torch.Tensor | None = None) -> dict[str, float]:
+    """The per-head readings: each memory's best head (`W_OV2`, `W_KQ2`, `W_KQ1`; a 1-layer model's
+    `W_OV`), then, with several heads, every head's as "W_OV2/l1h0". W_KQ1 only with additive
+    positional embeddings. For the simplified model these are the probes (`all_probes`)."""
     config = model_config(model)
     out: dict[str, float] = {}
     if config.n_layers < 2:
         _per_head("W_OV", ov2_recalls(model), out)
+        return out
+    heads: dict[str, dict[tuple[int, int], float]] = {
+        "W_OV2": ov2_recalls(model),
+        "W_KQ2": kq2_recalls(model, triggers),
+    }
+    if config.positions != "rotary":
+        heads["W_KQ1"] = kq1_recalls(model)
+    out.update({name: _best(values) for name, values in heads.items()})  # the best heads first
+    for name, values in heads.items():
+        _per_head(name, values, out)
+    return out
+
+
+@torch.no_grad()
+def all_probes(
+    model: nn.Module, triggers: torch.Tensor | None = None, bigram: torch.Tensor | None = None
+) -> dict[str, float]:
+    """The memory-recall probes W_OV2, W_KQ2, W_KQ1 of a model with 2+ layers (a 1-layer model has
+    only its W_OV, in W_OV2's role): the paper's per-head reading for the simplified model
+    (`head_probes`, with one head per layer exactly the old dict), the layer readings of
+    `layer_probes` for every other model; W_KQ1 only with additive positional embeddings; "W_F_kl"
+    (`ff_bigram_kl`) when `bigram` is given and the last layer has a feed-forward layer."""
+    if reads_per_head(model):
+        out = head_probes(model, triggers)
     else:
-        best: dict[str, float] = {}
-        heads: dict[str, dict[tuple[int, int], float]] = {
-            "W_OV2": ov2_recalls(model),
-            "W_KQ2": kq2_recalls(model, triggers),
-        }
-        if config.positions != "rotary":
-            heads["W_KQ1"] = kq1_recalls(model)
-        for name, values in heads.items():
-            best[name] = _best(values)
-        out.update(best)  # the best heads first, under the names of the 1-head model
-        for name, values in heads.items():
-            _per_head(name, values, out)
-    if bigram is not None and config.has_final_ffn:
+        out = layer_probes(model, triggers)
+    if bigram is not None and model_config(model).has_final_ffn:
         out[FF_PROBE] = ff_bigram_kl(model, bigram, triggers)
     return out

@@ -9,7 +9,7 @@ three schemes, building the d × d matrix W = Σ_x q(x) u_{f*(x)} e_xᵀ at each
 u_yᵀ W e_x for all (x, y). The module groups stored tokens by output and accumulates coordinate
 blocks across d (see birth/memories/scaling_laws.py), so it never forms W.
 
-    python scripts/bench_scaling.py                # the figure: 100 trials, N = 1000, 20 values of d (~15 s)
+    python scripts/bench_scaling.py                # the figure: 100 trials, N = 1000, 20 values of d
     python scripts/bench_scaling.py --trials 10    # quicker (fixed costs weigh more: a lower ratio)
 
 Timings on a shared machine vary with its load (the reference's large d × d products suffer most

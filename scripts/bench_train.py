@@ -28,7 +28,7 @@ from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import TriggeredBigram
 from training.allocator import keep_freed_memory
 from training.config import PRESETS
-from training.loop import make_optimizer, training_loss
+from training.trainer import make_optimizer, training_loss
 
 REFERENCE_CODE_SECONDS = (13.0, 15.0)
 
@@ -107,8 +107,8 @@ def main() -> None:
         )
     final = times.get("fast + kept memory", times["fast"])  # what `birth train` runs on CPU
     if args.preset == "paper":
-        # not measured here: the reference code needs CUDA as written; issue 3 quotes its time on
-        # this kind of 2-core machine
+        # not measured here: the reference code needs CUDA as written; REFERENCE_CODE_SECONDS is its
+        # time as quoted for this kind of 2-core machine
         lo, hi = REFERENCE_CODE_SECONDS
         print(
             f"  the reference code (albietz/transformer-birth, quoted {lo:g}-{hi:g} s/step on a 2-core "

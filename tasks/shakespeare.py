@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from birth.base.io import atomic_write_text
+from birth.base.io import atomic_write_text, not_utf8
 
 # Canonical public location of the corpus (Karpathy's char-rnn repository).
 TINY_SHAKESPEARE_URL = (
@@ -106,6 +106,11 @@ def compute_stats(text: str) -> CorpusStats:
     """Sorted character vocabulary, unigram counts and bigram counts over the whole text."""
     if not text:
         raise DataError("the corpus is empty")
+    if len(text) < 2:
+        # the task draws every next character from a bigram row: one character has none at all
+        raise DataError(
+            f"the corpus has a single character ({text!r}): no bigram (pair of adjacent characters)"
+        )
     vocab = "".join(sorted(set(text)))
     index = {c: i for i, c in enumerate(vocab)}
     ids = torch.tensor([index[c] for c in text], dtype=torch.long)
@@ -126,10 +131,13 @@ def read_corpus(path: str | os.PathLike | None = None, *, download: bool = False
         raise DataError("give a corpus path (--text PATH) or ask for the download (--download)")
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise DataError(f"corpus {p} is a directory, not a text file")
         if not p.is_file():
             raise DataError(f"corpus file not found: {p}")
         if p.stat().st_size == 0:
             raise DataError(f"corpus file is empty: {p}")
+        _check_utf8(p)
         source = str(p)
     else:
         source = TINY_SHAKESPEARE_URL
@@ -150,6 +158,18 @@ def read_corpus(path: str | os.PathLike | None = None, *, download: bool = False
     if not text:
         raise DataError(f"corpus is empty: {source}")
     return text
+
+
+def _check_utf8(path: Path) -> None:
+    """A corpus is text: a file that is not UTF-8 is refused with the first bad byte and its offset."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"corpus {path}: {err.strerror}") from None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DataError(f"corpus {path} {not_utf8(data, err)}") from None
 
 
 def load_stats(path: str | os.PathLike | None = None) -> CorpusStats:

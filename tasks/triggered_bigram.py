@@ -17,13 +17,17 @@ sequence's triggers redirected to their outputs), no Python loop over sequences.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, get_args
+from types import MappingProxyType
+from typing import Annotated, Literal, get_args
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
-from birth.base.validate import check_int
+from birth.base.validate import Int, Validated
+from tasks.protocol import LossOn, MemoryTargets, TokenBatch
 from tasks.shakespeare import CorpusStats, load_stats
 
 TriggerMode = Literal["fixed", "random"]
@@ -32,6 +36,21 @@ OutputSplit = Literal["all", "train", "test"]
 TRIGGER_MODES: tuple[str, ...] = get_args(TriggerMode)
 OUTPUT_MODES: tuple[str, ...] = get_args(OutputMode)
 OUTPUT_SPLITS: tuple[str, ...] = get_args(OutputSplit)
+
+# held-out metrics (paper Fig. 3), by the counter of their targets
+ICL_ACC = "eval/icl_acc"  # accuracy after a repeated trigger (counter >= 2): the induction head
+FIRST_ACC = "eval/first_acc"  # after a trigger's first occurrence (counter == 1): not predictable
+TRIGGER_ACC = "eval/trigger_acc"  # after any trigger occurrence (counter >= 1)
+BIGRAM_LOSS = "eval/bigram_loss"  # cross-entropy on the bigram transitions (counter == 0)
+BIGRAM_ACC = "eval/bigram_acc"  # accuracy on the bigram transitions
+BIGRAM_FLOOR = "eval/bigram_floor"  # the Bayes loss BIGRAM_LOSS approaches (`bigram_floor`)
+HEADLINE: Mapping[str, str] = MappingProxyType(
+    {
+        ICL_ACC: "in-context accuracy (counter >= 2)",
+        FIRST_ACC: "first-occurrence accuracy",
+        BIGRAM_LOSS: "bigram loss",
+    }
+)
 TRAIN_OUTPUT_FRACTION = 0.75  # --output-split train: the first int(0.75 N) token ids (the reference's)
 LATENT = -1  # counter value of the positions that show the latents (--show-latents)
 
@@ -43,32 +62,24 @@ def output_split_range(split: OutputSplit, vocab_size: int) -> tuple[int, int]:
 
 
 @dataclass(frozen=True)
-class TaskConfig:
+class TaskConfig(Validated):
     """Triggered-bigram task (paper defaults: K=5 fixed triggers, T=256, uniform outputs)."""
 
-    seq_len: int = 256  # T: inputs are z_1..z_T, targets z_2..z_{T+1}
-    n_triggers: int = 5  # K, the number of trigger tokens
+    seq_len: Annotated[int, Int(2)] = 256  # T: inputs are z_1..z_T, targets z_2..z_{T+1}
+    n_triggers: Annotated[int, Int(0)] = 5  # K, the number of trigger tokens
     trigger_mode: TriggerMode = "fixed"  # fixed: the K most frequent characters; random: K per sequence
-    trigger_offset: int = 0  # fixed triggers: skip this many of the most frequent characters
+    trigger_offset: Annotated[int, Int(0)] = (
+        0  # fixed triggers: skip this many of the most frequent characters
+    )
     output_mode: OutputMode = "uniform"  # o_k uniform, uniform but != q_k (no_repeat), or ~ pi_b(.|q_k)
     output_split: OutputSplit = "all"  # o_k among all tokens, the first 75% of ids (train) or the rest (test)
     show_latents: bool = False  # the K triggers open the sequence (z_1..z_K), then the chain starts afresh
 
     def __post_init__(self) -> None:
-        check_int("seq_len", self.seq_len, 2)
-        check_int("n_triggers", self.n_triggers, 0)
-        check_int("trigger_offset", self.trigger_offset, 0)
-        if self.trigger_mode not in TRIGGER_MODES:
-            raise ValueError(f"--trigger-mode must be one of {TRIGGER_MODES}, got {self.trigger_mode!r}")
-        if self.output_mode not in OUTPUT_MODES:
-            raise ValueError(f"--output-mode must be one of {OUTPUT_MODES}, got {self.output_mode!r}")
-        if self.output_split not in OUTPUT_SPLITS:
-            raise ValueError(f"--output-split must be one of {OUTPUT_SPLITS}, got {self.output_split!r}")
+        super().__post_init__()
         if self.output_split != "all" and self.output_mode == "bigram":
             # pi_b(.|q) restricted to a quarter of the tokens can be empty (the reference refuses it too)
             raise ValueError("--output-split train/test needs --output-mode uniform or no_repeat, got bigram")
-        if not isinstance(self.show_latents, bool):
-            raise ValueError(f"--show-latents must be true or false, got {self.show_latents!r}")
         if self.show_latents and self.n_triggers >= self.seq_len:
             raise ValueError(
                 f"--show-latents needs --n-triggers < --seq-len (the K triggers take K of the T inputs), "
@@ -94,20 +105,56 @@ class TaskConfig:
 
 
 @dataclass
-class Batch:
-    tokens: torch.Tensor  # [B, T+1] long
+class Batch(TokenBatch):
+    """A triggered-bigram batch: `tokens` [B, T+1] and what each sequence's triggers did."""
+
     counter: torch.Tensor  # [B, T]: n if target t follows the n-th occurrence of its trigger, else 0
     # (-1 at the K positions that show the latents, --show-latents: neither bigram nor output targets)
     triggers: torch.Tensor  # [B, K]
     outputs: torch.Tensor  # [B, K]
 
-    @property
-    def inputs(self) -> torch.Tensor:
-        return self.tokens[:, :-1]
 
-    @property
-    def targets(self) -> torch.Tensor:
-        return self.tokens[:, 1:]
+def loss_mask(batch: Batch, loss_on: LossOn) -> torch.Tensor:
+    """Targets the loss is taken on: counter >= 2 (outputs after a repeated trigger) or all."""
+    if loss_on == "outputs":
+        return batch.counter >= 2
+    return torch.ones_like(batch.counter, dtype=torch.bool)
+
+
+@torch.no_grad()
+def heldout_metrics(logits: torch.Tensor, batch: Batch) -> dict[str, float]:
+    """In-context accuracy (counter >= 2), first-occurrence accuracy (counter == 1), accuracy after
+    any trigger (counter >= 1), bigram loss and accuracy (counter == 0) of `logits` [B, T, N]."""
+    targets, counter = batch.targets, batch.counter
+    correct = logits.argmax(dim=-1) == targets
+
+    def acc(mask: torch.Tensor) -> float:
+        return correct[mask].float().mean().item() if mask.any() else float("nan")
+
+    def ce(mask: torch.Tensor) -> float:
+        return F.cross_entropy(logits[mask], targets[mask]).item() if mask.any() else float("nan")
+
+    return {
+        ICL_ACC: acc(counter >= 2),
+        FIRST_ACC: acc(counter == 1),
+        TRIGGER_ACC: acc(counter >= 1),
+        BIGRAM_LOSS: ce(counter == 0),
+        BIGRAM_ACC: acc(counter == 0),
+    }
+
+
+@torch.no_grad()
+def bigram_floor(batch: Batch, bigram: torch.Tensor) -> float:
+    """The Bayes loss of the bigram targets (counter == 0): the mean entropy H(π_b(·|z_t)) in nats
+    over the batch's counter-0 positions t, `bigram` [N, N] the rows π_b(·|k) (NaN without such a
+    position). There the next token is drawn from π_b(·|z_t) whatever came before, so no model's
+    expected cross-entropy on those targets (`BIGRAM_LOSS`) is below it."""
+    mask = batch.counter == 0
+    if not mask.any():
+        return float("nan")
+    rows = bigram.to(device=batch.inputs.device, dtype=torch.float64)
+    entropy = -torch.special.xlogy(rows, rows).sum(dim=-1)  # [N]; 0 log 0 = 0
+    return entropy[batch.inputs[mask]].mean().item()
 
 
 def occurrence_counter(inputs: torch.Tensor, triggers: torch.Tensor) -> torch.Tensor:
@@ -120,7 +167,9 @@ def occurrence_counter(inputs: torch.Tensor, triggers: torch.Tensor) -> torch.Te
 
 
 class TriggeredBigram:
-    """Sampler for the triggered-bigram task on one device."""
+    """Sampler for the triggered-bigram task on one device (a `tasks.protocol.MemoryTask`)."""
+
+    headline = HEADLINE
 
     def __init__(
         self,
@@ -158,8 +207,24 @@ class TriggeredBigram:
         ranking = self.stats.frequency_ranking().to(self.device)
         self.fixed_triggers = ranking[c.trigger_offset : c.trigger_offset + c.n_triggers]
 
+    @property
+    def seq_len(self) -> int:
+        return self.config.seq_len
+
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
+
+    def loss_mask(self, batch: Batch, loss_on: LossOn) -> torch.Tensor:
+        return loss_mask(batch, loss_on)
+
+    def metrics(self, logits: torch.Tensor, batch: Batch) -> dict[str, float]:
+        """`heldout_metrics` and the floor of the bigram loss on this batch (`bigram_floor`)."""
+        return {**heldout_metrics(logits, batch), BIGRAM_FLOOR: bigram_floor(batch, self.stats.bigram_probs)}
+
+    def memory_targets(self) -> MemoryTargets:
+        """The K fixed triggers (every token with random triggers) and the corpus bigram table."""
+        triggers = self.fixed_triggers if self.config.trigger_mode == "fixed" else None
+        return MemoryTargets(triggers=triggers, bigram=self.stats.bigram_probs)
 
     def sample_triggers(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
         k = self.config.n_triggers

@@ -8,32 +8,45 @@ T-sweeps use *nested* sample sets: for each trial one stream of T_max samples is
 for every T in the sweep are the counts of its first T samples, as in the papers (the error curves in
 T are then monotone per trial up to the storage scheme, instead of noisy across independent draws).
 
-Every random draw comes from a `torch.Generator` seeded from (seed, trial), so a trial's numbers do
-not depend on how many trials are drawn at once.
+Every random draw comes from a `torch.Generator` seeded from (seed, trial) (`birth.base.seeds.generator`),
+so a trial's numbers do not depend on how many trials are drawn at once.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 
-MAPPINGS = ("mod", "random")
+from birth.base.seeds import generator
+
+Mapping = Literal["mod", "random"]
+MAPPINGS: tuple[str, ...] = get_args(Mapping)
+MAPPING_STREAM = 0x5EED  # the random f* of mapping seed s is drawn from generator(s, MAPPING_STREAM)
 
 
-def trial_generator(seed: int, *stream: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A generator whose state depends only on (seed, *stream) — e.g. (seed, trial index).
+def zipf_probs(
+    num_inputs: int, alpha: float, offset: float = 0.0, dtype: torch.dtype = torch.float64
+) -> torch.Tensor:
+    """p(x) ∝ (x + 1 + offset)^-alpha for x = 0..N-1 (alpha 0 is uniform), shape (N,), sums to 1."""
+    if num_inputs < 1:
+        raise ValueError(f"num_inputs (N) must be >= 1, got {num_inputs}")
+    ranks = torch.arange(1, num_inputs + 1, dtype=torch.float64) + offset
+    weights = ranks.pow(-float(alpha))
+    return (weights / weights.sum()).to(dtype)
 
-    `numpy.random.SeedSequence` mixes the integers into a well-spread 63-bit seed, so neighbouring
-    seeds and trials give unrelated streams (seeding with seed + trial would make trial 1 of seed 0
-    the same as trial 0 of seed 1).
-    """
-    mixed = int(np.random.SeedSequence([int(seed), *map(int, stream)]).generate_state(2, np.uint64)[0])
-    gen = torch.Generator(device=device)
-    gen.manual_seed(mixed & 0x7FFF_FFFF_FFFF_FFFF)
-    return gen
+
+def sample_inputs(probs: torch.Tensor, num_samples: int, gen: torch.Generator) -> torch.Tensor:
+    """num_samples i.i.d. draws x ~ p (probs (N,)), by inverse-CDF sampling: (num_samples,) long."""
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+    cdf = torch.cumsum(probs.to(torch.float64), 0)
+    uniforms = torch.rand(num_samples, generator=gen, dtype=torch.float64)
+    # clamp: rounding can leave cdf[-1] a hair below 1
+    return torch.searchsorted(cdf, uniforms, right=True).clamp_(max=len(probs) - 1)
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,7 @@ class ZipfAssociations:
     num_outputs: int  # M
     alpha: float  # α >= 0 (α = 0 is uniform)
     offset: float = 0.0  # c in p(x) ∝ (x + 1 + c)^-α
-    mapping: str = "mod"  # "mod": f*(x) = x mod M; "random": f*(x) uniform in [M], drawn once
+    mapping: Mapping = "mod"  # "mod": f*(x) = x mod M; "random": f*(x) uniform in [M], drawn once
     mapping_seed: int = 0
 
     def __post_init__(self) -> None:
@@ -61,25 +74,18 @@ class ZipfAssociations:
 
     def probs(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """p(x) for x = 0..N-1, shape (N,), sums to 1."""
-        ranks = torch.arange(1, self.num_inputs + 1, dtype=torch.float64) + self.offset
-        weights = ranks.pow(-self.alpha)
-        return (weights / weights.sum()).to(dtype)
+        return zipf_probs(self.num_inputs, self.alpha, self.offset, dtype)
 
     def targets(self) -> torch.Tensor:
         """f*(x) for x = 0..N-1, shape (N,), long."""
         if self.mapping == "mod":
             return torch.arange(self.num_inputs) % self.num_outputs
-        gen = trial_generator(self.mapping_seed, 0x5EED)
+        gen = generator(self.mapping_seed, MAPPING_STREAM)
         return torch.randint(0, self.num_outputs, (self.num_inputs,), generator=gen)
 
-    def sample(self, num_samples: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, num_samples: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """num_samples i.i.d. pairs (x_t, f*(x_t)), by inverse-CDF sampling."""
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        cdf = torch.cumsum(self.probs(), 0)
-        uniforms = torch.rand(num_samples, generator=generator, dtype=torch.float64)
-        # clamp: rounding can leave cdf[-1] a hair below 1
-        inputs = torch.searchsorted(cdf, uniforms, right=True).clamp_(max=self.num_inputs - 1)
+        inputs = sample_inputs(self.probs(), num_samples, gen)
         return inputs, self.targets()[inputs]
 
     def nested_counts(self, sample_sizes: Sequence[int], num_trials: int, seed: int) -> torch.Tensor:
@@ -98,7 +104,7 @@ class ZipfAssociations:
         order = np.argsort(sizes, kind="stable")
         counts = torch.zeros(num_trials, len(sizes), self.num_inputs, dtype=torch.float64)
         for trial in range(num_trials):
-            stream, _ = self.sample(max(sizes), trial_generator(seed, trial))
+            stream, _ = self.sample(max(sizes), generator(seed, trial))
             running = torch.zeros(self.num_inputs, dtype=torch.float64)
             previous = 0
             # counts of a longer prefix = counts of the shorter one + counts of the new samples

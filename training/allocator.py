@@ -3,8 +3,8 @@
 glibc's malloc serves every block above 32 MB (its largest dynamic mmap threshold) with a fresh
 mmap and returns it with munmap on free. A training step at the paper preset allocates and frees
 dozens of 30-130 MB activations and gradients, so each step touches them as new pages, and the
-kernel zeroes every page on first touch: measured, about half of the step time on a 2-core CPU
-(`python scripts/bench_train.py`: plain eager 3.6 s/step with the default, 1.8 s without mmap).
+kernel zeroes every page on first touch, a large part of a step's time on CPU
+(`python scripts/bench_train.py` measures it; docs/tuning.md has the numbers).
 `keep_freed_memory` makes malloc take every block from the heap and never trim it, so freed
 activations are reused as they are. The process keeps its peak memory until it exits, which is
 what a training run does anyway. A no-op where glibc's `mallopt` is not available.

@@ -96,26 +96,27 @@ def _short_reason(err: Exception) -> str:
 
 def load_latest_checkpoint(run_dir: Path, map_location: str | torch.device = "cpu") -> tuple[Path, dict]:
     """The latest checkpoint of a run and its path. A corrupted one (a write cut short by a crash or
-    a full disk) is never skipped silently: the error names the last intact checkpoint instead."""
+    a full disk) or one holding pickled code is never skipped silently: the error gives the reason,
+    as `birth inspect` does (the unpickler's, for code), and names the last intact checkpoint."""
     found = list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"no checkpoint in {Path(run_dir) / 'checkpoints'}")
     latest = found[-1][1]
     try:
         return latest, load_checkpoint(latest, map_location)
-    except CheckpointError:
+    except CheckpointError as err:
+        why = str(err)
         for _, earlier in reversed(found[:-1]):
             try:
                 load_checkpoint(earlier, "cpu")
             except CheckpointError:
                 continue
             raise CheckpointError(
-                f"{latest} is corrupted; the last intact checkpoint is {earlier.name} "
+                f"{why}; the last intact checkpoint is {earlier.name} "
                 "(remove the corrupted file to resume from it)"
             ) from None
         raise CheckpointError(
-            f"{latest} is corrupted and no earlier checkpoint is intact "
-            "(remove the checkpoints to restart the run from step 0)"
+            f"{why}; no earlier checkpoint is intact (remove the checkpoints to restart the run from step 0)"
         ) from None
 
 
@@ -156,17 +157,15 @@ def load_trained_model(path: Path, device: str | torch.device = "cpu") -> tuple[
     config (a `training.config.TrainConfig`) and the step. Every failure is one CheckpointError."""
     # imported here: the model builder imports transformer_lens, which checkpoints alone need not
     from birth.models.transformer import native
-    from tasks.shakespeare import load_stats
     from training.config import TrainConfig
 
     ckpt = load_checkpoint(path, map_location=device)
     try:
         config = TrainConfig.from_dict(ckpt["config"], source=str(path))
-        stats = load_stats()
-        config.validate(stats.vocab_size)
+        task = config.build_task()  # the vocabulary is the task's
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path} holds an invalid run config: {err}") from None
-    model = config.build_model(stats.vocab_size, device=device)
+    model = config.build_model(task.vocab_size, device=device)
     load_model_state(native(model), ckpt["model"], path)
     model.eval()
     return model, config, int(ckpt["step"])

@@ -5,7 +5,8 @@
 Field names are unique across the sections, so the command line flattens them (`--seq-len`,
 `--d-model`, `--lr`, `--seed`) and `TrainConfig.replace(lr=0.1, d_model=64)` takes them flat too.
 Every section validates itself in `__post_init__` with a message naming the flag; the checks that
-need the vocabulary size are in `TrainConfig.validate(vocab_size)`.
+need the vocabulary size run when the task is built (`TrainConfig.build_task`, `validate`).
+The task section is the config of any registered task (`tasks.registry`).
 """
 
 from __future__ import annotations
@@ -13,87 +14,80 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 import torch
 from torch import nn
 
 from birth.base.config_io import config_from_dict
 from birth.base.seeds import check_seed
-from birth.base.validate import check_float, check_int
+from birth.base.validate import Float, Floats, Int, Validated
 from birth.models.transformer import FULL_MODEL, ModelConfig, build_model
+from tasks.protocol import LossOn, Task
+from tasks.registry import DEFAULT_TASK, build_task, get_task, task_of_config
 from tasks.triggered_bigram import TaskConfig
+from training.schedule import parse_schedule, parse_targets
 
 Optimizer = Literal["sgd", "adamw"]
-LossOn = Literal["outputs", "all"]
-OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
-LOSS_ON: tuple[str, ...] = get_args(LossOn)
 
 
 @dataclass(frozen=True)
-class OptimConfig:
+class OptimConfig(Validated):
     """What is trained and how."""
 
     optimizer: Optimizer = "sgd"  # SGD with momentum, or AdamW
-    lr: float = 0.03  # learning rate
-    momentum: float = 0.9  # SGD momentum (AdamW uses --betas)
-    betas: tuple[float, float] = (0.9, 0.99)  # AdamW betas (the reference full model's)
-    weight_decay: float = 1e-4  # decoupled for AdamW, L2 for SGD
-    batch_size: int = 512  # sequences per step (fresh data every step)
-    steps: int = 1000  # optimizer steps
+    lr: Annotated[float, Float(0.0, open_low=True)] = 0.03  # learning rate
+    momentum: Annotated[float, Float(0.0, 1.0, open_high=True)] = 0.9  # SGD momentum (AdamW uses --betas)
+    betas: Annotated[tuple[float, float], Floats(0.0, 1.0, open_high=True)] = (0.9, 0.99)  # AdamW betas
+    weight_decay: Annotated[float, Float(0.0)] = 1e-4  # decoupled for AdamW, L2 for SGD
+    batch_size: Annotated[int, Int(1)] = 512  # sequences per step (fresh data every step)
+    steps: Annotated[int, Int(0)] = 1000  # optimizer steps
     loss_on: LossOn = "outputs"  # outputs: targets with counter >= 2 (paper Fig. 3); all: every target
     schedule: str = ""  # when each matrix trains: "W_K1:300,W_O2:0-500,W_K2:off" (unnamed ones: always)
     init_at_target: str = ""  # matrices (W_O2, W_K2, W_K1) that start at their hand-built target memory
-    target_scale: float = 30.0  # --init-at-target: logit (W_O2) or attention score (W_K) of a stored pair
+    # --init-at-target: logit (W_O2) or attention score (W_K) of a stored pair
+    target_scale: Annotated[float, Float(0.0, open_low=True)] = 30.0
 
     def __post_init__(self) -> None:
-        from training.schedule import parse_schedule, parse_targets
-
         parse_schedule(self.schedule)
         parse_targets(self.init_at_target)
-        check_float("target_scale", self.target_scale, 0.0, open_low=True)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"--optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.loss_on not in LOSS_ON:
-            raise ValueError(f"--loss-on must be one of {LOSS_ON}, got {self.loss_on!r}")
-        check_float("lr", self.lr, 0.0, open_low=True)
-        check_float("momentum", self.momentum, 0.0, 1.0, open_high=True)
-        check_float("weight_decay", self.weight_decay, 0.0)
+        super().__post_init__()
         if len(self.betas) != 2:
             raise ValueError(f"--betas takes two numbers, got {self.betas!r}")
-        for beta in self.betas:
-            check_float("betas", beta, 0.0, 1.0, open_high=True)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("steps", self.steps, 0)
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(Validated):
     """Seeds, evaluation and checkpoints."""
 
     seed: int = 0  # model init; the batch of step t is drawn from a generator seeded by (seed, t)
     eval_seed: int = 1_000_003  # seed of the fixed held-out batch
-    eval_every: int = 10  # evaluate (metrics and probes) every this many steps, and at the end
-    eval_batch_size: int = 512  # held-out sequences
-    checkpoint_every: int = 100  # checkpoint every this many steps, and at the end
-    heatmap_every: int = 0  # W&B attention heatmaps every this many steps (0: never)
+    # evaluate (metrics and probes) every this many steps, and at the end
+    eval_every: Annotated[int, Int(1)] = 10
+    eval_batch_size: Annotated[int, Int(1)] = 512  # held-out sequences
+    checkpoint_every: Annotated[int, Int(1)] = 100  # checkpoint every this many steps, and at the end
+    heatmap_every: Annotated[int, Int(0)] = 0  # W&B attention heatmaps every this many steps (0: never)
     fast_path: bool = True  # fused forward (tested equal to the TransformerLens forward)
     attention_probes: bool = True  # evaluations: score_acc, score2_acc, ... (TransformerLens forward, hooks)
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "--seed")
         check_seed(self.eval_seed, "--eval-seed")
-        for name in ("eval_every", "eval_batch_size", "checkpoint_every"):
-            check_int(name, getattr(self, name), 1)
-        check_int("heatmap_every", self.heatmap_every, 0)
+        super().__post_init__()
 
 
 SECTIONS = ("task", "model", "optim", "run")
 
 
+TASK_NAME = "task_name"  # the key of `to_dict` naming the task (absent in older run configs: the default)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training run of the triggered-bigram transformer."""
+    """One training run: a task, a transformer, an optimizer and the run's seeds and cadences.
+
+    `task` is the config of any registered task (`tasks.registry`); its type says which task. The
+    annotation names the default task's config, whose flags `birth train` shows flat."""
 
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -101,20 +95,40 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
     def __post_init__(self) -> None:
-        if self.optim.loss_on == "outputs" and self.task.n_triggers == 0:
+        task_of_config(self.task)  # a config no task registered is refused here
+        if (
+            self.optim.loss_on == "outputs"
+            and isinstance(self.task, TaskConfig)
+            and self.task.n_triggers == 0
+        ):
             raise ValueError(
                 "--n-triggers 0 leaves no target for --loss-on outputs (targets after a trigger); "
                 "use --loss-on all to train on the bigrams alone"
             )
 
-    def validate(self, vocab_size: int) -> None:
-        """The checks that need the vocabulary size (the others ran at construction)."""
-        self.task.validate(vocab_size)
+    @property
+    def task_name(self) -> str:
+        """The registered name of the run's task (`birth train --task NAME`)."""
+        return task_of_config(self.task).name
 
-    def build_model(self, vocab_size: int = 65, device: str | torch.device = "cpu") -> nn.Module:
-        """The run's model: its architecture, T positions, seeded by the run's seed."""
+    def build_task(self, device: str | torch.device = "cpu") -> Task:
+        """The run's task on `device`; the checks that need its vocabulary run here."""
+        return build_task(self.task, device)
+
+    def validate(self, vocab_size: int | None = None) -> None:
+        """The checks that need the vocabulary size N (the others ran at construction): building
+        the task, or for the triggered-bigram task checking against a given N."""
+        if vocab_size is not None and isinstance(self.task, TaskConfig):
+            self.task.validate(vocab_size)
+        else:
+            self.build_task()
+
+    def build_model(self, vocab_size: int | None = None, device: str | torch.device = "cpu") -> nn.Module:
+        """The run's model: its architecture, T positions, the task's N tokens (`vocab_size`
+        overrides it), seeded by the run's seed."""
+        n = self.build_task().vocab_size if vocab_size is None else vocab_size
         return build_model(
-            self.model, n_ctx=self.task.seq_len, vocab_size=vocab_size, seed=self.run.seed, device=device
+            self.model, n_ctx=self.task.seq_len, vocab_size=n, seed=self.run.seed, device=device
         )
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -136,13 +150,36 @@ class TrainConfig:
             new[name] = dataclasses.replace(current, **fields) if fields else current
         return TrainConfig(**new)
 
-    def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {name: _section_dict(getattr(self, name)) for name in SECTIONS}
+    def to_dict(self) -> dict[str, Any]:
+        """{"task_name": NAME, "task": {...}, "model": {...}, "optim": {...}, "run": {...}}."""
+        return {TASK_NAME: self.task_name, **{name: _section_dict(getattr(self, name)) for name in SECTIONS}}
 
     @classmethod
     def from_dict(cls, obj: Any, source: str = "config") -> TrainConfig:
-        """Parse a nested dict (as written by to_dict), checking names and types."""
-        return config_from_dict(cls, obj, source)
+        """Parse a nested dict (as written by to_dict), checking names and types; the task section
+        is read as the config of the task `task_name` names (default: triggered-bigram)."""
+        if not isinstance(obj, dict):
+            raise ValueError(f"{source}: expected a mapping, got {type(obj).__name__}")
+        name = obj.get(TASK_NAME, DEFAULT_TASK)
+        if not isinstance(name, str):
+            raise ValueError(f"{source}.{TASK_NAME} must be a string, got {name!r}")
+        try:
+            spec = get_task(name)
+        except ValueError as err:
+            raise ValueError(f"{source}.{TASK_NAME}: {err}") from None
+        sections = {k: v for k, v in obj.items() if k != TASK_NAME}
+        task = config_from_dict(spec.config, sections.pop("task", {}), f"{source}.task")
+        rest = config_from_dict(_WithoutTask, sections, source)
+        return cls(task=task, model=rest.model, optim=rest.optim, run=rest.run)
+
+
+@dataclass(frozen=True)
+class _WithoutTask:
+    """The sections of a TrainConfig other than its task (what `from_dict` reads with their types)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
 
 def _field_names(section: Any) -> set[str]:
@@ -161,7 +198,7 @@ def _section_dict(section: Any) -> dict[str, Any]:
 # positional embeddings N(0, 1) per coordinate, which its SGD learning rate of 0.03 assumes.
 PAPER = TrainConfig(model=ModelConfig(unit_embeddings=True))
 
-# CPU-friendly (about a minute on 2 cores): the paper preset's optimizer, embedding scale and loss at
+# CPU-friendly: the paper preset's optimizer, embedding scale and loss at
 # d=128, T=64, batch 128, zero-initialized W_K¹, W_K², W_O², random triggers (for which the W_KQ2
 # probe ranks all 65 tokens). docs/tuning.md has the settings tried and what they gave.
 QUICK = PAPER.replace(

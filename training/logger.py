@@ -8,38 +8,121 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from birth.base.io import atomic_write_text
+from birth.base.io import atomic_write, atomic_write_text
+from birth.base.runtime import WANDB_MODES
 
-WANDB_MODES = ("off", "offline", "online")
+BAD_SUFFIX = ".bad"  # metrics.jsonl.bad: the unreadable lines a resume kept aside
+SHOWN_SKIPPED = 20  # skipped lines reported one by one; past this, one line counts the rest
 
 
-def read_metrics(path: Path) -> list[dict]:
+@dataclass(frozen=True)
+class SkippedLine:
+    """A line of a metrics file that is not an intact row: where it is, why, and its bytes."""
+
+    path: Path
+    number: int  # 1-based line number
+    reason: str  # in words: "not JSON (...)", "not UTF-8 text (byte 0xff at offset 12)", ...
+    raw: bytes
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _row_or_reason(raw: bytes, offset: int) -> dict | str:
+    """An intact row (a JSON object with an integer step), or why the line is not one."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {offset + err.start})"
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as err:
+        return f"not JSON ({err.msg} at column {err.colno})"
+    except RecursionError:
+        return "not JSON (nested too deeply)"
+    if not isinstance(row, dict):
+        return f"not a row (a JSON {type(row).__name__}, not an object)"
+    step = row.get("step")
+    if isinstance(step, bool) or not isinstance(step, int):
+        return f"not a row (its step is {step!r}, not an integer)"
+    return row
+
+
+def scan_metrics(path: Path) -> tuple[list[dict], list[SkippedLine]]:
+    """The intact rows of a metrics file and the lines that are not (a line cut by a crash, an
+    edit, bytes that are not text), each with its line number and the reason. No file: no rows."""
     path = Path(path)
     if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break  # a line cut by a crash: keep everything before it
+        return [], []
+    rows: list[dict] = []
+    skipped: list[SkippedLine] = []
+    offset = 0
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if raw.strip():
+            found = _row_or_reason(raw, offset)
+            if isinstance(found, dict):
+                rows.append(found)
+            else:
+                skipped.append(SkippedLine(path, number, found, raw))
+        offset += len(raw) + 1
+    return rows, skipped
+
+
+def report_skipped(skipped: list[SkippedLine], warn: Callable[[str], None] = _stderr) -> None:
+    """One warning per skipped line, with its file and line number (the first SHOWN_SKIPPED of
+    them; then one line for the rest)."""
+    for line in skipped[:SHOWN_SKIPPED]:
+        warn(f"warning: {line.path}:{line.number}: line skipped, {line.reason}")
+    rest = skipped[SHOWN_SKIPPED:]
+    if rest:
+        warn(
+            f"warning: {rest[0].path}: {len(rest)} more lines skipped "
+            f"(lines {rest[0].number} to {rest[-1].number})"
+        )
+
+
+def read_metrics(path: Path, warn: Callable[[str], None] | None = _stderr) -> list[dict]:
+    """The intact rows of a metrics file; every skipped line is reported through `warn`."""
+    rows, skipped = scan_metrics(path)
+    if warn is not None:
+        report_skipped(skipped, warn)
     return rows
 
 
 class MetricsFile:
-    """Append-only JSONL; on resume, rows at or after the resume step are dropped first."""
+    """Append-only JSONL. On resume, rows at or after the resume step are dropped first (the resumed
+    run writes them again); every other intact row is kept, and unreadable lines are moved to
+    METRICS.jsonl.bad, named in a warning: the file never loses an intact row it had."""
 
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
+    def __init__(
+        self, path: Path, resume_step: int | None = None, warn: Callable[[str], None] = _stderr
+    ) -> None:
         self.path = Path(path)
         if resume_step is not None:
-            kept = [r for r in read_metrics(self.path) if r.get("step", -1) < resume_step]
-            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            rows, skipped = scan_metrics(self.path)
+            kept = [r for r in rows if r["step"] < resume_step]
+            if skipped:
+                self._keep_aside(skipped, warn)
+            if skipped or len(kept) < len(rows):
+                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         self._f = open(self.path, "a")
+
+    def _keep_aside(self, skipped: list[SkippedLine], warn: Callable[[str], None]) -> None:
+        bad = self.path.with_name(self.path.name + BAD_SUFFIX)
+        before = bad.read_bytes() if bad.is_file() else b""
+        atomic_write(bad, lambda f: f.write(before + b"".join(line.raw + b"\n" for line in skipped)))
+        numbers = ", ".join(str(line.number) for line in skipped[:SHOWN_SKIPPED])
+        more = f" and {len(skipped) - SHOWN_SKIPPED} more" if len(skipped) > SHOWN_SKIPPED else ""
+        warn(
+            f"warning: {self.path}: {len(skipped)} unreadable line(s) (line {numbers}{more}: "
+            f"{skipped[0].reason}) moved to {bad}; every intact row is kept"
+        )
 
     def write(self, row: dict[str, Any]) -> None:
         self._f.write(json.dumps(row) + "\n")

@@ -7,7 +7,7 @@ the steps during which each trains, comma-separated:
     W_O2:0-500          W_O2 trains during steps [0, 500), then stays where it is
     W_K2:off            W_K2 never trains (held at its initialization)
 
-Matrices are named as in `birth.metrics.named_matrices` (W_K1, W_K2, W_O2, ... layers from 1); the
+Matrices are named as in `training.matrices.named_matrices` (W_K1, W_K2, W_O2, ... layers from 1); the
 memory names W_KQ1, W_KQ2, W_OV2 are accepted for W_K1, W_K2, W_O2 (with W_Q = I and a frozen
 W_V those are the matrices that store them). A trainable matrix the schedule does not name trains
 throughout.
@@ -20,9 +20,9 @@ matrix whose window opens later starts with fresh optimizer state; one whose win
 its (unused) state.
 
 `--init-at-target` names memories (W_O2, W_K2, W_K1) that start at their hand-built target
-(`birth.theory.target_memories`), scaled so that a stored pair gets a score of `--target-scale`:
+(`birth.models.targets.target_memories`), scaled so that a stored pair gets a score of `--target-scale`:
 the logit of the stored output through W_OV² (W_V² is then set to the identity, as
-`birth.theory.insert_memories` does, so that W_O² is the memory itself), or the attention score
+`birth.models.targets.insert_memories` does, so that W_O² is the memory itself), or the attention score
 x_t W_KQ x_sᵀ / √d of a stored (query, key) pair.
 """
 
@@ -33,6 +33,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from birth.models.targets import target_memories
+from birth.models.transformer import attn_linear, native
+from tasks.protocol import Task, memory_targets
+from training.matrices import trained_matrices
 
 ALIASES = {"W_KQ": "W_K", "W_OV": "W_O"}  # memory name prefix -> the matrix that stores it
 _NAME = re.compile(r"^W_(Q|K|V|O|KQ|OV|in|out)(\d+)$|^W_(E|U|pos)$")
@@ -139,8 +144,6 @@ class Schedule:
         """The schedule `text` on `model`'s trainable matrices (ValueError naming --schedule if it
         names a matrix the model does not have or does not train). Call it before the schedule
         first changes `requires_grad`, i.e. before training."""
-        from birth.metrics import trained_matrices
-
         windows = parse_schedule(text)
         trained = trained_matrices(model)
         for w in windows:
@@ -185,9 +188,6 @@ def init_at_target(
     """
     if not names:
         return
-    from birth.models.transformer import attn_linear, native
-    from birth.theory import target_memories
-
     try:
         memories = target_memories(model, triggers)
     except ValueError as err:
@@ -217,10 +217,12 @@ def init_at_target(
             attn_linear(model, layer, "k").weight.copy_(float(native(model).layers[layer].attn.scale) * M)
 
 
-def prepare_schedule(model: nn.Module, config, task) -> Schedule:
-    """Set up a run's matrices: write the --init-at-target memories (the fixed triggers of `task`,
-    or every token with random triggers) and bind --schedule to the model. `config`: a TrainConfig.
-    Call it before building the optimizer."""
-    triggers = task.fixed_triggers if config.task.trigger_mode == "fixed" else None
-    init_at_target(model, parse_targets(config.optim.init_at_target), triggers, config.optim.target_scale)
-    return Schedule.for_model(config.optim.schedule, model)
+def prepare_schedule(
+    model: nn.Module, schedule: str, init_at: str, target_scale: float, task: Task
+) -> Schedule:
+    """Set up a run's matrices: write the --init-at-target memories `init_at` (the trigger set of
+    `task`'s memories, or every token: `tasks.protocol.memory_targets`) and bind the --schedule
+    `schedule` to the model. Call it before building the optimizer."""
+    triggers = memory_targets(task).triggers
+    init_at_target(model, parse_targets(init_at), triggers, target_scale)
+    return Schedule.for_model(schedule, model)

@@ -8,6 +8,7 @@ unknown names, instead of passing them on to fail deep inside a run.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -16,21 +17,29 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from birth.base.io import read_user_text
+
 T = TypeVar("T")
 
 
 def config_from_dict(cls: type[T], obj: Any, where: str = "config") -> T:
     """`cls(**obj)` with every value checked against the field's type (nested dataclasses too);
     missing fields keep their defaults. Raises ValueError naming the field."""
+    at = f"{where}: " if where else ""
     if not isinstance(obj, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(obj).__name__}")
+        raise ValueError(f"{at}expected a mapping, got {type(obj).__name__}")
     hints = typing.get_type_hints(cls, include_extras=False)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = sorted(set(obj) - set(fields))
+    unknown = sorted(set(obj) - set(fields), key=str)  # YAML keys may be numbers or null
     if unknown:
-        raise ValueError(f"{where}: unknown fields {unknown} (known: {', '.join(fields)})")
-    kwargs = {name: coerce(value, hints[name], f"{where}.{name}") for name, value in obj.items()}
+        raise ValueError(f"{at}unknown key {unknown[0]!r} (known: {', '.join(fields)})")
+    kwargs = {name: coerce(value, hints[name], _key(where, name)) for name, value in obj.items()}
     return cls(**kwargs)
+
+
+def _key(where: str, name: Any) -> str:
+    """The path of key `name` of the mapping at `where` ("" for the top of a file)."""
+    return f"{where}.{name}" if where else str(name)
 
 
 def coerce(value: Any, hint: Any, where: str) -> Any:
@@ -38,7 +47,7 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
 
     bool, int, float (an int is accepted; a string is not: "40" in an edited config.json is an
     error, and `load_yaml` reads 1e-3 as the number it is), str, Literal, tuples (from lists),
-    Path, nested dataclasses, and unions with None.
+    mappings, Path, nested dataclasses, and unions with None.
     """
 
     def wrong(expected: str) -> ValueError:
@@ -98,6 +107,11 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
         if value is not None:
             raise wrong("null")
         return None
+    if origin is dict:  # a mapping passed on as given (e.g. a scheduler's own parameters)
+        key_hint, value_hint = typing.get_args(hint) or (str, Any)
+        if not isinstance(value, dict):
+            raise wrong("a mapping")
+        return {coerce(k, key_hint, where): coerce(v, value_hint, _key(where, k)) for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         return config_from_dict(hint, value, where)
     raise ValueError(f"{where}: fields of type {hint} cannot be set from a file")
@@ -124,3 +138,25 @@ _Loader.add_implicit_resolver(
 def load_yaml(text: str) -> Any:
     """Parse YAML (a config file or a grid spec) with numbers such as 1e-3 read as floats."""
     return yaml.load(text, Loader=_Loader)
+
+
+def load_yaml_file(path: str | os.PathLike, option: str | None = None) -> Any:
+    """A YAML file the user handed in (a `--config`, a grid spec), parsed; an empty file is None.
+
+    Every failure is one ValueError naming the option and the file with the reason in words: not
+    found, a directory, not UTF-8 text (the byte and its offset), not valid YAML (line and column).
+    """
+    label = f"{option} {path}" if option else str(path)
+    text = read_user_text(path, option)
+    try:
+        return load_yaml(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = err.problem or err.context or type(err).__name__
+        raise ValueError(f"{label} is not valid YAML ({where}{problem})") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{label} is not valid YAML ({str(err).splitlines()[0]})") from None
+    except (ValueError, TypeError, RecursionError) as err:  # a scalar the constructors reject
+        first = (str(err).splitlines() or [""])[0]
+        raise ValueError(f"{label} is not valid YAML ({type(err).__name__}: {first})") from None

@@ -25,6 +25,30 @@ class OutputError(ValueError):
     """An output path that cannot be used (exists, not a directory, not writable)."""
 
 
+class InputError(ValueError):
+    """A file the user handed in that cannot be read: missing, a directory, not UTF-8 text."""
+
+
+def not_utf8(data: bytes, err: UnicodeDecodeError) -> str:
+    """The reason, in words, that `data` is not UTF-8 text: the first bad byte and its offset."""
+    return f"is not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start})"
+
+
+def read_user_text(path: str | os.PathLike, option: str | None = None) -> str:
+    """The text of a file the user handed in (a config, a grid spec, a corpus), or an InputError
+    naming the option and the file with the reason: "--config x.yaml is not UTF-8 text (byte 0xff
+    at offset 12)", "--config x: Is a directory", "--config x: No such file or directory"."""
+    label = f"{option} {path}" if option else str(path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise InputError(f"{label}: {err.strerror or type(err).__name__}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise InputError(f"{label} {not_utf8(data, err)}") from None
+
+
 def _umask_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -148,9 +172,73 @@ def claim_output_dir(
     return path
 
 
+def missing_dirs(path: str | os.PathLike) -> list[Path]:
+    """The directories of `path` that do not exist yet (itself first, then its missing parents):
+    what a command creates, so that a failure removes exactly that."""
+    missing, probe = [], Path(path)
+    while not probe.exists() and probe != probe.parent:
+        missing.append(probe)
+        probe = probe.parent
+    return missing
+
+
+def remove_new_output(path: str | os.PathLike, created: list[Path], kept: Iterable[str] = ()) -> None:
+    """Undo the outputs of a command that failed: the directories it `created` (`missing_dirs`,
+    taken before) go, parents only while empty; in a directory that existed, only the entries not
+    named in `kept` (those that were there before) and the claim marker go."""
+    path = Path(path)
+    if created:
+        shutil.rmtree(path, ignore_errors=True)
+        for parent in created[1:]:
+            try:
+                parent.rmdir()  # only if empty: another command may have started in it meanwhile
+            except OSError:
+                break
+        return
+    if not path.is_dir():
+        return
+    keep = set(kept) - {LOCK_NAME}
+    for child in path.iterdir():
+        if child.name in keep:
+            continue
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def release_claim(path: str | os.PathLike) -> None:
     """Remove the claim marker once real files are in the directory."""
     (Path(path) / LOCK_NAME).unlink(missing_ok=True)
+
+
+def refuse_replacing(
+    out_dir: str | os.PathLike,
+    names: Iterable[str],
+    *,
+    overwrite: bool,
+    option: str = "--out",
+    derived: bool = False,
+    log: Callable[[str], None] | None = print,
+) -> list[Path]:
+    """Before writing the files `names` into `out_dir`: refuse when some exist, unless `overwrite`
+    or the directory is `derived` (a run's own folder, e.g. RUN/plots, re-made from the run: then
+    say which files are replaced). Returns the existing files that will be replaced."""
+    out_dir = Path(out_dir)
+    existing = [out_dir / name for name in names if (out_dir / name).exists()]
+    if not existing:
+        return []
+    shown = ", ".join(p.name for p in existing[:4]) + (
+        f" and {len(existing) - 4} more" if len(existing) > 4 else ""
+    )
+    if not (overwrite or derived):
+        raise OutputError(
+            f"{option} {out_dir} already holds {shown}; pass --overwrite to replace them or choose another {option}"
+        )
+    if log is not None:
+        why = "--overwrite" if overwrite else "re-made from the run"
+        log(f"replacing {shown} in {out_dir} ({why})")
+    return existing
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.0, 4.0)):

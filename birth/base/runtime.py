@@ -5,8 +5,17 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
+from typing import Literal, get_args
 
 import torch
+
+# Where a config's computation runs (auto: CUDA when present). `birth train --device` also takes
+# cuda:N (a string checked by `resolve_device`); configs take one of these.
+Device = Literal["auto", "cpu", "cuda"]
+DEVICES: tuple[Device, ...] = get_args(Device)
+# W&B logging: off, offline (files in the run directory) or online.
+WandbMode = Literal["off", "offline", "online"]
+WANDB_MODES: tuple[WandbMode, ...] = get_args(WandbMode)
 
 
 def resolve_device(device: str) -> torch.device:

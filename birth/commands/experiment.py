@@ -3,7 +3,8 @@
 Every experiment is a config dataclass, a `run` and a `plot` in `birth.experiments`; this command
 exposes the config's fields as flags (`birth reproduce layers --help` lists them with types,
 choices, defaults and help), runs it into `--out` (default results/<family>/<name>) and prints the
-headline. `--full` starts from the papers' sizes instead of the CPU-sized defaults.
+headline. `--full` starts from the papers' sizes instead of the CPU-sized defaults. Which families
+each command runs is `birth.experiments.registry.commands()`.
 """
 
 from __future__ import annotations
@@ -11,65 +12,90 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NamedTuple
 
 import tyro
 
-# command -> the experiment families it runs
-FAMILIES = {
-    "reproduce": ("transformer", "theory"),
-    "scaling": ("scaling",),
-    "capacity": ("capacity",),
-    "dynamics": ("dynamics",),
-}
+from birth.base.config_io import config_from_dict
+from birth.base.io import check_writable
+from birth.cli import CLIError, parse_dataclass, print_config, read_yaml
+from birth.experiments.registry import (
+    FAMILIES,
+    FAMILY_ABOUT,
+    Experiment,
+    commands,
+    get,
+    names,
+    run_experiment,
+)
+
+ALL = "all"  # the NAME that runs every experiment of the command
 
 
-def _option(tp, help_: str, name: str | None = None):
-    return Annotated[tp, tyro.conf.arg(help=help_, name=name)]
+class Option(NamedTuple):
+    """An option every experiment command has, beside the config's own fields."""
+
+    field: str  # the field of the command dataclass
+    type: Any
+    default: Any
+    help: str
+    flag: str  # as written on the command line (and in the common-options help)
 
 
-def _command_class(config_type: type, default_config) -> type:
+OPTIONS = (
+    Option(
+        "full", bool, False, "start from the papers' sizes (GPU-sized) instead of the CPU defaults", "--full"
+    ),
+    Option(
+        "out",
+        Path | None,
+        None,
+        "output directory (default: results/<family>/<name>; never overwritten silently)",
+        "--out DIR",
+    ),
+    Option(
+        "overwrite",
+        bool,
+        False,
+        "write into a non-empty --out (its files and runs/ are replaced)",
+        "--overwrite",
+    ),
+    Option("progress", bool, True, "progress bars (on unless --no-progress)", "--no-progress"),
+    Option("print_config", bool, False, "print the resolved config as YAML and exit", "--print-config"),
+    Option(
+        "config_file",
+        Path | None,
+        None,
+        "start from a YAML config (as --print-config writes it)",
+        "--config FILE",
+    ),
+)
+
+
+def _command_class(config_type: type, default_config: Any) -> type:
     """A dataclass of the config plus the options every experiment command has."""
-    return dataclasses.make_dataclass(
-        f"{config_type.__name__}Command",
-        [
-            ("config", config_type, dataclasses.field(default=default_config)),
-            ("full", _option(bool, "start from the papers' sizes instead of the CPU-sized defaults"), False),
-            ("out", _option(Path | None, "output directory (default: results/<family>/<name>)"), None),
-            ("overwrite", _option(bool, "write into a non-empty --out (its runs/ are re-created)"), False),
-            ("progress", _option(bool, "progress bars"), True),
-            ("print_config", _option(bool, "print the resolved config as YAML and exit"), False),
-            (
-                "config_file",
-                _option(Path | None, "start from a YAML config (as --print-config writes it)", "config"),
-                None,
-            ),
-        ],
-        frozen=True,
-    )
+    fields: list[tuple[str, Any, Any]] = [("config", config_type, dataclasses.field(default=default_config))]
+    for option in OPTIONS:
+        name = option.flag.split()[0].removeprefix("--").removeprefix("no-")
+        # tyro names a flag after its field; `config_file` is --config (the config itself is flattened)
+        arg = tyro.conf.arg(help=option.help, name=name if name != option.field.replace("_", "-") else None)
+        fields.append((option.field, Annotated[option.type, arg], option.default))
+    return dataclasses.make_dataclass(f"{config_type.__name__}Command", fields, frozen=True)
 
 
-_OPTION_HELP = """common options:
-  --full            start from the papers' sizes (GPU-sized) instead of the CPU defaults
-  --out DIR         output directory (default results/<family>/<name>; never overwritten silently)
-  --overwrite       write into a non-empty --out (replaces the experiment's files and runs/)
-  --no-progress     no progress bars
-  --print-config    print the resolved config as YAML and exit
-  --config FILE     start from a YAML config (as --print-config writes it)"""
+def options_help() -> str:
+    """The common options, as `birth reproduce --help` lists them."""
+    width = max(len(option.flag) for option in OPTIONS)
+    return "common options:\n" + "\n".join(f"  {o.flag:<{width}}  {o.help}" for o in OPTIONS)
 
 
-def _list(names: list[str], title: str) -> str:
-    from birth.experiments.registry import get
-
-    width = max(map(len, names), default=0)
-    lines = [title] + [f"  {n:<{width}}  {get(n).summary}" for n in names]
+def _list(found: list[str], title: str) -> str:
+    width = max(map(len, found), default=0)
+    lines = [title] + [f"  {n:<{width}}  {get(n).summary}" for n in found]
     return "\n".join(lines)
 
 
-def _config_from_yaml(exp, path: str):
-    from birth.base.config_io import config_from_dict
-    from birth.cli import CLIError, read_yaml
-
+def _config_from_yaml(exp: Experiment, path: str) -> Any:
     try:
         return config_from_dict(exp.config, read_yaml(path))
     except (TypeError, ValueError) as err:
@@ -77,10 +103,6 @@ def _config_from_yaml(exp, path: str):
 
 
 def run_named(name: str, argv: list[str], prog: str) -> int:
-    from birth.base.io import check_writable
-    from birth.cli import parse_dataclass, print_config
-    from birth.experiments.registry import get, run_experiment
-
     exp = get(name)
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--full", action="store_true")
@@ -102,41 +124,40 @@ def argv_has_out(argv: list[str]) -> bool:
     return any(a == "--out" or a.startswith("--out=") for a in argv)
 
 
-def run(argv: list[str], prog: str) -> int:
-    from birth.cli import CLIError
-    from birth.experiments.registry import get, names
+def _list_every_family(argv: list[str], prog: str) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"usage: {prog}\n\nlist every registered experiment, by family")
+        return 0
+    if argv:
+        raise CLIError(f"unrecognized arguments: {' '.join(argv)} (`{prog}` takes none)")
+    for family in FAMILIES:
+        found = names(family)
+        if found:
+            print(_list(found, f"{family} ({FAMILY_ABOUT[family]}):"))
+    return 0
 
+
+def run(argv: list[str], prog: str) -> int:
     command = prog.split()[-1]
     if command == "experiments":
-        if argv and argv[0] in ("-h", "--help"):
-            print(f"usage: {prog}\n\nlist every registered experiment, by family")
-            return 0
-        if argv:
-            raise CLIError(f"unrecognized arguments: {' '.join(argv)} (`{prog}` takes none)")
-        for family in ("transformer", "theory", "scaling", "capacity", "dynamics"):
-            found = names(family)
-            if found:
-                print(_list(found, f"{family}:"))
-        return 0
-    available = names(*FAMILIES[command])
-    if command == "capacity" and (not argv or argv[0].startswith("-")) and available == ["capacity"]:
-        return run_named("capacity", argv, prog)  # one experiment: no NAME needed
+        return _list_every_family(argv, prog)
+    available = names(*commands()[command])
+    if len(available) == 1 and (not argv or argv[0].startswith("-")):
+        return run_named(available[0], argv, prog)  # one experiment: no NAME needed
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: {prog} NAME [options]   ({prog} NAME --help lists NAME's options)\n")
         print(_list(available, "experiments:"))
         print(
-            f"  {'all':<{max(map(len, available), default=3)}}  every experiment above, into results/<family>/<name>"
+            f"  {ALL:<{max(map(len, available), default=3)}}  every experiment above, into results/<family>/<name>"
         )
-        print("\n" + _OPTION_HELP)
+        print("\n" + options_help())
         if not argv:
-            raise CLIError(f"missing experiment NAME; choose from {', '.join(available)}, all")
+            raise CLIError(f"missing experiment NAME; choose from {', '.join(available)}, {ALL}")
         return 0
     name, rest = argv[0], argv[1:]
-    if name == "all":
+    if name == ALL:
         if argv_has_out(rest):
-            raise CLIError("--out: `all` writes each experiment into its own results/<family>/<name>")
-        from birth.base.io import check_writable
-
+            raise CLIError(f"--out: `{ALL}` writes each experiment into its own results/<family>/<name>")
         for each in available:  # every output directory is usable before the first experiment runs
             check_writable(get(each).default_out_dir(), f"{prog} {each}: output directory")
         for each in available:
@@ -144,6 +165,5 @@ def run(argv: list[str], prog: str) -> int:
             run_named(each, rest, f"{prog} {each}")
         return 0
     if name not in available:
-        raise CLIError(f"unknown experiment {name!r} for `{prog}`; choose from {', '.join(available)}, all")
-    get(name)
+        raise CLIError(f"unknown experiment {name!r} for `{prog}`; choose from {', '.join(available)}, {ALL}")
     return run_named(name, rest, f"{prog} {name}")

@@ -8,6 +8,9 @@ CHECKPOINT is a `step_*.pt` file or a run directory (its latest checkpoint is us
     scores.json                the scores printed on the terminal: previous-token and induction
                                scores of every head, and the previous-token and induction heads found
 
+Files of an earlier inspection in a --out you name are kept unless --overwrite; the default folder
+is the run's own and is re-made (the files replaced are named).
+
 The figures show a typical sequence (`probes.attention.typical_sequence`: several repeated trigger
 occurrences, no trigger whose output is itself) unless --index picks one.
 """
@@ -18,7 +21,7 @@ import argparse
 import math
 from pathlib import Path
 
-from birth.base.io import atomic_write_json, check_writable
+from birth.base.io import atomic_write_json, check_writable, refuse_replacing
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,6 +51,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="half length n of the repeated random sequences (default: T // 2)",
     )
     p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files of an earlier inspection in --out (the default folder is re-made)",
+    )
 
 
 def resolve_checkpoint(path: Path) -> Path:
@@ -57,6 +65,19 @@ def resolve_checkpoint(path: Path) -> Path:
     if path.is_dir():
         return latest_checkpoint(path)
     return path
+
+
+def written_names(n_layers: int, n_heads: int) -> list[str]:
+    """The files an inspection writes (`probes.attention.save_attention_heatmaps` names the PNGs)."""
+    if n_heads == 1:
+        pngs = [f"attention_layer{layer}.png" for layer in range(1, n_layers + 1)]
+    else:
+        pngs = [
+            f"attention_layer{layer}_head{head}.png"
+            for layer in range(1, n_layers + 1)
+            for head in range(n_heads)
+        ]
+    return [*pngs, "attention.html", "scores.json"]
 
 
 def default_out_dir(ckpt_path: Path) -> Path:
@@ -137,6 +158,7 @@ def run(argv: list[str], prog: str) -> int:
 def execute(args: argparse.Namespace) -> int:
     import torch
 
+    from birth.base.runtime import resolve_device
     from probes.attention import (
         repeated_sequence_scores,
         save_attention_heatmaps,
@@ -147,7 +169,6 @@ def execute(args: argparse.Namespace) -> int:
     from tasks.shakespeare import load_stats
     from tasks.triggered_bigram import TriggeredBigram
     from training.checkpoint import load_trained_model
-    from training.loop import resolve_device
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -166,8 +187,19 @@ def execute(args: argparse.Namespace) -> int:
     half_len = args.repeat_len if args.repeat_len is not None else config.task.seq_len // 2
     if not 1 <= half_len <= config.task.seq_len // 2:
         raise ValueError(f"--repeat-len must be in [1, T/2 = {config.task.seq_len // 2}], got {half_len}")
+    # a folder the user named keeps its files unless --overwrite; the default one is the run's own
+    refuse_replacing(
+        out_dir,
+        written_names(config.model.n_layers, config.model.n_heads),
+        overwrite=args.overwrite,
+        derived=args.out is None,
+    )
 
-    task = TriggeredBigram(config.task, stats, device=device)
+    task = config.build_task(device)
+    if not isinstance(task, TriggeredBigram):  # the figures mark triggers and decode characters
+        raise ValueError(
+            f"birth inspect reads triggered-bigram runs; {ckpt_path} trained on {config.task_name!r}"
+        )
     # the run's own held-out batch (same seed as evaluation during training)
     batch = task.sample(args.batch_size, task.generator(config.run.eval_seed))
     with torch.no_grad():

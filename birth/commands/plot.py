@@ -4,7 +4,9 @@ The memory-recall probes and the in-context accuracy against the training step, 
 with a vertical mark where each probe first reaches the threshold (0.9). Several run directories
 (e.g. seeds) are averaged: mean ± std bands, crossing marks at the mean crossing step.
 Writes learning_order.png, learning_order.pdf and learning_order.json into --out
-(default: RUN_DIR/plots for one run, the runs' common parent /plots for several).
+(default: RUN_DIR/plots for one run, the runs' common parent /plots for several). An earlier figure
+is replaced only with --overwrite, except in one run's own RUN_DIR/plots (re-made, and said so).
+Malformed lines of a metrics.jsonl are skipped, each named on stderr with its file and line number.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from birth.base.io import check_writable, save_figure
-from birth.metrics import first_crossing
+from birth.base.curves import first_crossing
+from birth.base.io import check_writable, refuse_replacing, save_figure
+from tasks.triggered_bigram import ICL_ACC
+from training.logger import report_skipped, scan_metrics
 
-ICL_KEY = "eval/icl_acc"
+ICL_KEY = ICL_ACC
 # colours of the paper's Fig. 3 order of appearance; W_OV is the 1-layer model's only probe
 PROBE_COLORS = {"W_OV2": "tab:blue", "W_KQ2": "tab:orange", "W_KQ1": "tab:green", "W_OV": "tab:blue"}
 
@@ -46,15 +50,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--threshold", type=float, default=0.9, help="probe level marked as 'learned' (default: 0.9)"
     )
     p.add_argument("--name", default="learning_order", help="file name stem (default: learning_order)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier figure in --out (a single run's default RUN_DIR/plots is re-made)",
+    )
 
 
 def read_run(run_dir: Path) -> RunCurves:
-    from training.logger import read_metrics
-
+    """A run's evaluation rows; each malformed line is named on stderr (file and line number), and
+    a file with no readable row is refused with the reason of its first line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory (no metrics.jsonl)")
-    rows = [r for r in read_metrics(path) if "step" in r and ICL_KEY in r]
+    intact, skipped = scan_metrics(path)
+    if not intact and skipped:
+        first = skipped[0]
+        if first.reason.startswith("not UTF-8 text"):
+            raise ValueError(f"{path} is {first.reason}")
+        raise ValueError(f"{path} holds no readable row (line {first.number}: {first.reason})")
+    report_skipped(skipped)
+    rows = [r for r in intact if ICL_KEY in r]
     if not rows:
         raise ValueError(f"{path} holds no evaluation rows")
     rows.sort(key=lambda r: r["step"])
@@ -187,6 +203,14 @@ def execute(args: argparse.Namespace) -> int:
     runs = [read_run(d) for d in args.run_dirs]  # bad input fails here, before anything is written
     check_writable(out_dir, "--out")
     steps, stacked = align(runs)
+    # a folder the user named (or several runs' common parent) keeps its files unless --overwrite;
+    # one run's RUN_DIR/plots is the run's own
+    refuse_replacing(
+        out_dir,
+        [f"{args.name}.{ext}" for ext in ("png", "pdf", "json")],
+        overwrite=args.overwrite,
+        derived=args.out is None and len(args.run_dirs) == 1,
+    )
     n_runs = len(runs)
     title = (
         f"Learning order: {runs[0].run_dir.name}"

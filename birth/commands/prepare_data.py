@@ -3,7 +3,7 @@
 The package's shipped statistics (tasks/data/shakespeare_stats.json) are rebuilt only from the
 canonical corpus, recognized by its sha256, or with --force-shipped. The statistics of any other
 text go to --out, by default ./<TEXT name>_stats.json in the current directory, which is never
-replaced unless named with --out.
+replaced; an existing --out file holding other statistics is replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from tasks.shakespeare import (
     CANONICAL_SHA256,
+    DataError,
     check_same_vocab,
     compute_stats,
     load_stats,
@@ -40,6 +41,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--force-shipped",
         action="store_true",
         help="replace the package's shipped statistics with those of a text that is not the canonical corpus (same 65 characters)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out file that holds other statistics (never the shipped file: see --force-shipped)",
     )
     p.add_argument(
         "--allow-new-vocab",
@@ -80,8 +86,13 @@ def execute(args: argparse.Namespace) -> int:
     if args.out is not None:
         _check_out_file(args.out)  # before the corpus is read
 
-    text = read_corpus(args.text, download=args.download)
-    stats = compute_stats(text)
+    try:
+        text = read_corpus(args.text, download=args.download)
+        stats = compute_stats(text)
+    except DataError as err:
+        # the corpus the user handed in, named with the reason
+        given = "--text" if args.text is None or str(args.text) in str(err) else f"--text {args.text}"
+        raise CLIError(f"{given}: {err}" if args.text is not None else str(err)) from None
     canonical = stats.sha256 == CANONICAL_SHA256
     source = str(args.text) if args.text is not None else "the downloaded corpus"
     if args.out is not None:
@@ -115,6 +126,8 @@ def execute(args: argparse.Namespace) -> int:
 
     new = stats.to_json()
     unchanged = out.is_file() and _same_content(out, new)
+    if out.exists() and not unchanged and not _is_shipped(out) and not args.overwrite:
+        raise CLIError(f"--out {out} exists and holds other statistics; pass --overwrite to replace it")
     if not unchanged:
         save_stats(stats, out)
     print(

@@ -1,8 +1,10 @@
-"""`birth train`: train a transformer on the triggered-bigram task and watch its memories form.
+"""`birth train`: train a transformer on a task (the triggered-bigram one by default) and watch its memories form.
 
 Every field of the run's config is a flag (`--lr 0.1`, `--d-model 64`, `--trigger-mode random`)
-that overrides the preset (or the `--config FILE.yaml`). `--print-config` prints the resolved
-config as YAML and exits; `--resume RUN_DIR` continues a run (only `--steps` may change).
+that overrides the preset (or the `--config FILE.yaml`). `--task NAME` trains on another registered
+task (`tasks.registry`; its config's fields are the task flags, from its defaults). `--print-config`
+prints the resolved config as YAML and exits; `--resume RUN_DIR` continues a run (only `--steps`
+may change).
 """
 
 from __future__ import annotations
@@ -13,18 +15,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import tyro
 
-from training.config import PRESETS, PresetName, TrainConfig
-
-WandbMode = Literal["off", "offline", "online"]
+from birth.base.runtime import WandbMode
+from tasks.registry import DEFAULT_TASK, get_task
+from tasks.triggered_bigram import TaskConfig
+from training.config import PRESETS, TASK_NAME, PresetName, TrainConfig
+from training.run_dir import read_run_config
 
 
 @dataclass(frozen=True)
 class TrainCommand:
     config: TrainConfig = field(default_factory=TrainConfig)
+    task: str = DEFAULT_TASK  # the registered task to train on (tasks.registry)
     preset: PresetName = "quick"  # base config that the flags override
     config_file: Annotated[Path | None, tyro.conf.arg(name="config")] = (
         None  # a YAML config (e.g. from --print-config) that replaces the preset
@@ -43,12 +48,12 @@ class TrainCommand:
 def _base_config(argv: list[str]) -> TrainConfig:
     """The config the flags override: --resume's saved config, --config FILE or --preset."""
     from birth.cli import CLIError, read_yaml
-    from training.loop import read_run_config
 
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="quick")
     pre.add_argument("--config", default=None)
     pre.add_argument("--resume", default=None)
+    pre.add_argument("--task", default=None)
     known, _ = pre.parse_known_args(argv)
     if known.resume is not None:
         for option, given in (("--config FILE", known.config), ("--preset", preset_given(argv))):
@@ -56,12 +61,50 @@ def _base_config(argv: list[str]) -> TrainConfig:
                 raise CLIError(
                     f"give either --resume RUN_DIR or {option}, not both (a resumed run keeps its config)"
                 )
-        return read_run_config(Path(known.resume))
+        saved = read_run_config(Path(known.resume))
+        if known.task is not None and known.task != saved.task_name:
+            raise CLIError(
+                f"--resume continues {known.resume} with its own config; these flags would change the run: "
+                "--task (only --steps may extend it)"
+            )
+        return saved
     if known.config is not None:
-        return TrainConfig.from_dict(read_yaml(known.config), source=f"--config {known.config}")
-    if known.preset not in PRESETS:
+        base = TrainConfig.from_dict(read_yaml(known.config), source=f"--config {known.config}")
+    elif known.preset not in PRESETS:
         raise CLIError(f"--preset must be one of {', '.join(PRESETS)}, got {known.preset!r}")
-    return PRESETS[known.preset]
+    else:
+        base = PRESETS[known.preset]
+    if known.task is None or known.task == base.task_name:
+        return base
+    try:
+        spec = get_task(known.task)
+    except ValueError as err:
+        raise CLIError(str(err)) from None
+    return base.replace(task=spec.config())  # another task: its own defaults
+
+
+def _default_command(config: TrainConfig) -> TrainCommand:
+    """The command the flags override: TrainCommand, or for another task a subclass whose task
+    section is typed as that task's config (tyro reads the flags from the types)."""
+    if isinstance(config.task, TaskConfig):
+        return TrainCommand(config=config, task=config.task_name)
+    task_type = type(config.task)
+    train_type = dataclasses.make_dataclass(
+        "TaskTrainConfig",
+        [("task", task_type, field(default_factory=task_type))],
+        bases=(TrainConfig,),
+        frozen=True,
+    )
+    command_type = dataclasses.make_dataclass(
+        "TaskTrainCommand",
+        [("config", train_type, field(default_factory=train_type))],
+        bases=(TrainCommand,),
+        frozen=True,
+    )
+    c = config
+    return command_type(
+        config=train_type(task=c.task, model=c.model, optim=c.optim, run=c.run), task=c.task_name
+    )
 
 
 def preset_given(argv: list[str]) -> bool:
@@ -72,21 +115,28 @@ def parse(argv: list[str], prog: str = "birth train") -> TrainCommand:
     from birth.cli import parse_dataclass
 
     base = _base_config(argv)
-    return parse_dataclass(TrainCommand, TrainCommand(config=base), argv, prog, __doc__.split("\n\n")[0])
+    default = _default_command(base)
+    cmd = parse_dataclass(type(default), default, argv, prog, __doc__.split("\n\n")[0])
+    c = cmd.config  # back to a plain TrainConfig (another task's was parsed through a subclass)
+    return dataclasses.replace(cmd, config=TrainConfig(task=c.task, model=c.model, optim=c.optim, run=c.run))
 
 
 def _changed_fields(old: TrainConfig, new: TrainConfig) -> list[str]:
     a, b = old.to_dict(), new.to_dict()
-    return [f"--{k.replace('_', '-')}" for s in a for k in a[s] if a[s][k] != b[s][k]]
+    task = ["--task"] if a.pop(TASK_NAME) != b.pop(TASK_NAME) else []
+    return task + [f"--{k.replace('_', '-')}" for s in a for k in a[s] if k in b[s] and a[s][k] != b[s][k]]
 
 
 def run(argv: list[str], prog: str) -> int:
     import torch
 
     from birth.base.io import check_writable
+    from birth.base.runtime import resolve_device
     from birth.cli import CLIError, print_config
-    from tasks.shakespeare import load_stats
-    from training.loop import print_summary, read_run_config, resolve_device, train
+
+    # imported once a run starts: the trainer's imports (probes, tqdm) take seconds that
+    # --print-config and a bad flag need not wait for
+    from training.trainer import print_summary, train
 
     cmd = parse(argv, prog)
     config = cmd.config
@@ -118,7 +168,7 @@ def run(argv: list[str], prog: str) -> int:
         )
         check_writable(run_dir, "--out")
     # report a bad flag before announcing the run
-    config.validate(load_stats().vocab_size)
+    config.validate()
     resolve_device(cmd.device)
     if cmd.threads is not None:
         torch.set_num_threads(cmd.threads)

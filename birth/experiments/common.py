@@ -11,44 +11,54 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any
 
 from torch import nn
 
-from birth.base.validate import check_float, check_int
+from birth.base.runtime import Device
+from birth.base.seeds import check_seed
+from birth.base.validate import Constraint, Float, Int, flag
 from tasks.shakespeare import CorpusStats
 from tasks.triggered_bigram import Batch, TriggeredBigram
+from training.checkpoint import load_run_model
 from training.config import TrainConfig
+from training.logger import read_metrics
+from training.trainer import train
 
 RUNS = "runs"  # sub-directory of an experiment's out_dir with its training runs (re-created by --overwrite)
 
-Device = Literal["auto", "cpu", "cuda"]
-DEVICES: tuple[str, ...] = get_args(Device)
+
+@dataclass(frozen=True)
+class IsInstance(Constraint):
+    """The field holds an instance of `cls` (a nested config: tyro and the config files build one,
+    Python callers could pass anything)."""
+
+    cls: type
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, self.cls):
+            raise ValueError(f"{flag(name)} must be a {self.cls.__name__}, got {type(value).__name__}")
+
+
+@dataclass(frozen=True)
+class IsSeed(Constraint):
+    """A seed: an integer in [0, 2^63) (`birth.base.seeds.check_seed`)."""
+
+    def check(self, name: str, value: Any) -> None:
+        check_seed(value, flag(name))
+
+
+# Field types of the experiment configs (`Validated` reads their bounds)
+Train = Annotated[TrainConfig, IsInstance(TrainConfig)]  # a training config
+Seeds = Annotated[int, Int(1)]  # a number of runs, seeds --seed, --seed + 1, ...
+Seed = Annotated[int, IsSeed()]
+Positive = Annotated[float, Float(0.0, open_low=True)]  # a finite number > 0
 
 
 def experiment_train(preset: TrainConfig) -> TrainConfig:
     """The base training config of an experiment: `preset` with only the final checkpoint written
     (an experiment's runs are disposable; it reads the final model, never an intermediate one)."""
     return preset.replace(checkpoint_every=10**9)
-
-
-def check_train(train: Any, option: str = "train") -> None:
-    if not isinstance(train, TrainConfig):
-        raise ValueError(f"--{option} must be a TrainConfig, got {type(train).__name__}")
-
-
-def check_seeds(seeds: Any) -> None:
-    check_int("seeds", seeds, 1)
-
-
-def check_device(device: Any) -> None:
-    if device not in DEVICES:
-        raise ValueError(f"--device must be one of {DEVICES}, got {device!r}")
-
-
-def check_positive(name: str, value: Any) -> None:
-    """A finite number > 0 (nan and inf refused), the message naming the flag."""
-    check_float(name, value, 0.0, open_low=True)
 
 
 def run_seeds(train: TrainConfig, seeds: int) -> range:
@@ -96,13 +106,12 @@ def train_run(
     log: Callable[[str], None] = print,
 ) -> TrainedRun:
     """Train one run into `out_dir/runs/NAME` and return its final metrics, order and every row."""
-    from training.logger import read_metrics
-    from training.loop import train
-
     run_dir = Path(out_dir) / RUNS / name
     result = train(config, run_dir, device=device, progress=progress, log=log)
+    if result.status == "interrupted":
+        raise KeyboardInterrupt  # Ctrl-C in one of its runs stops the experiment: one line, exit 130
     if result.status != "completed":
-        raise RuntimeError(f"run {run_dir} ended as {result.status} at step {result.step}")
+        raise ValueError(f"run {run_dir} {result.status} at step {result.step} (its loss was not finite)")
     return TrainedRun(
         name=name,
         seed=config.run.seed,
@@ -115,6 +124,4 @@ def train_run(
 
 def trained_model(out_dir: Path, name: str) -> nn.Module:
     """The final model of run `name` of an experiment (on the CPU, in eval mode)."""
-    from training.checkpoint import load_run_model
-
     return load_run_model(Path(out_dir) / RUNS / name)

@@ -23,8 +23,9 @@ For `experiment: train` the points are `birth train` runs: `preset:` (quick | pa
 `base:`, the overrides are the flat config fields (`lr`, `d_model`, `seed`, ...) and `device:`
 picks the device.
 
-Every point's config is built and validated before the first job starts (unknown experiment, unknown
-field, wrong type or a value the config refuses: one error naming the key). Each finished point
+The spec is read by the loader of `--config` files (`birth.base.config_io.config_from_dict` into
+`SpecFile`), and every point's config is built and validated before the first job starts (unknown
+experiment, unknown field, wrong type or a value the config refuses: one error naming the key). Each finished point
 appends one JSON line to the results file, written by this (parent) process only, under a file
 lock, one `write` per line: the point, "ok" or "failed" with a one-line error, the result's
 `to_dict()` and the wall time. A re-run skips the points whose latest line says "ok" (same
@@ -33,47 +34,39 @@ experiment, base and overrides) and runs the others again; a failed point never 
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
 import importlib
 import json
+import math
 import os
 import re
 import sys
 import time
 import traceback
 import typing
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from birth.base.config_io import coerce, load_yaml
+from birth.base.config_io import coerce, config_from_dict, load_yaml_file
+from birth.base.io import check_writable, to_jsonable
+from birth.base.runtime import WandbMode
+from birth.base.validate import Constraint, Float, Int, Validated
+from birth.experiments import registry
+from tasks.triggered_bigram import ICL_ACC
 
 Cluster = Literal["local", "slurm", "debug"]
 Base = Literal["default", "full", "small"]
-WandbMode = Literal["off", "offline", "online"]
-CLUSTERS: tuple[str, ...] = typing.get_args(Cluster)
-BASES: tuple[str, ...] = typing.get_args(Base)
-WANDB_MODES: tuple[str, ...] = typing.get_args(WandbMode)
-
-SPEC_KEYS = ("experiment", "base", "preset", "device", "fixed", "grid", "out", "results", "executor", "wandb")
-EXECUTOR_KEYS = (
-    "cluster",
-    "parallel",
-    "threads",
-    "timeout_min",
-    "mem_gb",
-    "cpus_per_task",
-    "gpus_per_node",
-    "name",
-    "slurm",
-)
-WANDB_KEYS = ("mode", "group", "project")
+CLUSTERS: tuple[Cluster, ...] = typing.get_args(Cluster)
 TRAIN = "train"
 DEFAULT_TIMEOUT_MIN = 24 * 60  # submitit's local default (2 minutes) would kill most points
+
+# training.config and tasks import torch and transformer_lens (seconds): they are imported when a
+# spec names `experiment: train`, not with this module (`birth grid --help`).
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,10 +93,8 @@ class Target:
     def is_train(self) -> bool:
         return self.spec == TRAIN
 
-    def experiment(self):
+    def experiment(self) -> registry.Experiment:
         """The registered Experiment (importing only its module for "module:name")."""
-        from birth.experiments import registry
-
         if ":" in self.spec:
             module, _, name = self.spec.partition(":")
             try:
@@ -117,12 +108,12 @@ class Target:
             return registry.get(self.spec)
         except ValueError as err:
             raise ValueError(f"experiment: {err}") from None
-        except ImportError as err:  # a module of registry.MODULES is broken or missing
+        except ImportError as err:  # a module of an experiment family is broken or missing
             raise ValueError(f"experiment: cannot load the experiment registry: {err}") from None
 
     def hints(self) -> dict[str, Any]:
         if self.is_train:
-            from training.config import SECTIONS, TrainConfig
+            from training.config import SECTIONS, TrainConfig  # seconds: see the note above
 
             defaults = TrainConfig()
             out: dict[str, Any] = {}
@@ -133,7 +124,7 @@ class Target:
 
     def base_config(self, base: str, preset: str | None) -> Any:
         if self.is_train:
-            from training.config import PRESETS
+            from training.config import PRESETS  # seconds: see the note above
 
             return PRESETS[preset or "quick"]
         exp = self.experiment()
@@ -149,7 +140,7 @@ class Target:
         """The config of one point; the config's own validation runs here."""
         config = self.base_config(base, preset)
         if self.is_train:
-            from tasks.shakespeare import load_stats
+            from tasks.shakespeare import load_stats  # seconds: see the note above
 
             config = config.replace(**overrides)
             config.validate(load_stats().vocab_size)
@@ -158,7 +149,97 @@ class Target:
 
 
 # --------------------------------------------------------------------------------------------
-# the spec
+# the spec file: typed sections, read by the same loader as `--config` (`config_from_dict`)
+
+
+@dataclass(frozen=True)
+class OrNone(Constraint):
+    """None, or a value `inner` accepts."""
+
+    inner: Constraint
+
+    def check(self, name: str, value: Any) -> None:
+        if value is not None:
+            self.inner.check(name, value)
+
+
+@dataclass(frozen=True)
+class ExecutorSpec(Validated):
+    """Where the points run (submitit)."""
+
+    cluster: Cluster = "local"  # local, slurm or debug (in-process, one after the other)
+    parallel: Annotated[int, Int(1)] = 1  # jobs at once (Slurm: the job array's parallelism)
+    threads: Annotated[int | None, OrNone(Int(1))] = None  # torch threads per job (default: cores / parallel)
+    timeout_min: Annotated[int, Int(1)] = DEFAULT_TIMEOUT_MIN
+    mem_gb: Annotated[float | None, OrNone(Float(0.0, open_low=True))] = None
+    cpus_per_task: Annotated[int | None, OrNone(Int(1))] = None
+    gpus_per_node: Annotated[int | None, OrNone(Int(1))] = None
+    name: str | None = None  # the jobs' name
+    slurm: dict[str, Any] = field(default_factory=dict)  # passed to submitit as slurm_<key>
+
+    def params(self) -> dict[str, Any]:
+        """submitit's generic parameters (those set) and the Slurm ones, prefixed."""
+        generic = ("timeout_min", "mem_gb", "cpus_per_task", "gpus_per_node", "name")
+        params = {key: getattr(self, key) for key in generic if getattr(self, key) is not None}
+        return params | {f"slurm_{key}": value for key, value in self.slurm.items()}
+
+
+@dataclass(frozen=True)
+class WandbSpec(Validated):
+    """W&B logging of the points: one run per point, in one group."""
+
+    mode: WandbMode = "off"
+    group: str | None = None  # default: the spec file's name
+    project: str = "birth"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for key in ("group", "project"):
+            value = getattr(self, key)
+            if value is not None and not value:
+                raise ValueError(f"wandb.{key} must be a non-empty string, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SpecFile(Validated):
+    """A grid spec as written (see the module's docstring); `GridSpec` is what it expands to."""
+
+    experiment: str = ""  # a registered name, "package.module:name", or "train"
+    base: Base | None = None  # experiments: the config the points start from (default: default)
+    preset: str | None = None  # train: the preset the points start from (default: quick)
+    device: str | None = None  # train: the device (auto, cpu, cuda, cuda:N; default: auto)
+    fixed: dict[str, Any] | None = None  # overrides for every point (typed by the target's fields)
+    grid: Any = None  # a mapping of lists (a cartesian product), or a list of such mappings
+    out: str | None = None  # default: results/grids/<spec name>
+    results: str = "results.jsonl"  # a relative path is under `out`
+    executor: ExecutorSpec = field(default_factory=ExecutorSpec)
+    wandb: WandbSpec = field(default_factory=WandbSpec)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.experiment:
+            raise ValueError("experiment must name a registered experiment, 'module:name' or 'train'")
+        if not self.results:
+            raise ValueError(f"results must be a file name or path, got {self.results!r}")
+        if self.experiment == TRAIN:
+            if self.base is not None:
+                raise ValueError("base is for experiments; a train grid starts from a preset:")
+        else:
+            for key in ("preset", "device"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} is for train grids (experiment: train)")
+
+
+def read_spec_file(raw: Any) -> SpecFile:
+    """The spec's sections, typed and checked (errors name the key, without the file)."""
+    wandb = raw.get("wandb") if isinstance(raw, dict) else None
+    if isinstance(wandb, dict) and wandb.get("mode") is False:  # YAML 1.1 reads a bare `off` as false
+        raw = {**raw, "wandb": {**wandb, "mode": "off"}}
+    return config_from_dict(SpecFile, {} if raw is None else raw, where="")
+
+
+# --------------------------------------------------------------------------------------------
+# the spec, expanded
 
 
 @dataclass(frozen=True)
@@ -216,63 +297,32 @@ def point_name(values: dict[str, Any]) -> str:
 
 
 def canonical(obj: Any) -> str:
-    from birth.base.io import to_jsonable
-
     return json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
 
 
-def _mapping(value: Any, where: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError(f"{where} must be a mapping, got {value!r}")
-    return value
+def _preset_name(spec: SpecFile) -> str | None:
+    """A train grid's preset (checked against the presets), None for an experiment grid."""
+    if spec.experiment != TRAIN:
+        return None
+    from training.config import PRESETS  # seconds: see the note above
+
+    preset = "quick" if spec.preset is None else spec.preset
+    if preset not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+    return preset
 
 
-def _positive_int(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{where} must be an integer >= 1, got {value!r}")
-    return value
-
-
-def parse_spec(
-    raw: Any,
-    *,
-    source: str = "spec",
-    out: Path | None = None,
-    cluster: str | None = None,
-    parallel: int | None = None,
-    stem: str = "grid",
-) -> GridSpec:
-    """Validate a spec (the parsed YAML) and expand its points; every error names its key."""
-    raw = _mapping(raw, source)
-    unknown = sorted(set(raw) - set(SPEC_KEYS))
-    if unknown:
-        raise ValueError(f"{source}: unknown key {unknown[0]!r} (known: {', '.join(SPEC_KEYS)})")
-    experiment = raw.get("experiment")
-    if not isinstance(experiment, str) or not experiment:
-        raise ValueError(f"{source}: experiment must name a registered experiment, 'module:name' or 'train'")
-    target = Target(experiment)
-
-    base = raw.get("base", "default")
-    if base not in BASES:
-        raise ValueError(f"{source}: base must be one of {', '.join(BASES)}, got {base!r}")
-    preset, device = raw.get("preset"), raw.get("device", "auto")
-    if target.is_train:
-        from training.config import PRESETS
-
-        preset = "quick" if preset is None else preset
-        if preset not in PRESETS:
-            raise ValueError(f"{source}: preset must be one of {', '.join(PRESETS)}, got {preset!r}")
-        if "base" in raw:
-            raise ValueError(f"{source}: base is for experiments; a train grid starts from a preset:")
-        if not isinstance(device, str):
-            raise ValueError(f"{source}: device must be a string (auto, cpu, cuda), got {device!r}")
-    else:
-        for key in ("preset", "device"):
-            if key in raw:
-                raise ValueError(f"{source}: {key} is for train grids (experiment: train)")
-
+def expand_points(
+    target: Target,
+    base: str,
+    preset: str | None,
+    fixed_raw: dict[str, Any],
+    grid_raw: Any,
+    source: str,
+    on_point: Callable[[], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, list[Any]], list[Point]]:
+    """(fixed, the grid's axes, the points): values typed by the target's fields, every point's
+    config built (and so validated; `on_point()` after each, for a progress bar); errors name the key."""
     try:
         hints = target.hints()
     except ValueError as err:
@@ -280,22 +330,24 @@ def parse_spec(
 
     def check_name(name: Any, where: str) -> None:
         if not isinstance(name, str) or name not in hints:
-            raise ValueError(f"{where}: unknown field {name!r} of {experiment} (fields: {', '.join(hints)})")
+            raise ValueError(f"{where}: unknown field {name!r} of {target.spec} (fields: {', '.join(hints)})")
 
     fixed = {}
-    for name, value in _mapping(raw.get("fixed"), f"{source}: fixed").items():
+    for name, value in fixed_raw.items():
         check_name(name, f"{source}: fixed.{name}")
         fixed[name] = coerce(value, hints[name], f"{source}: fixed.{name}")
 
     # `grid` is one mapping (a cartesian product) or a list of them (the union of their products)
-    products = raw.get("grid") or {}
+    products = grid_raw or {}
     products = products if isinstance(products, list) else [products]
     axes: dict[str, list[Any]] = {}
     points: list[Point] = []
     for k, product in enumerate(products):
         where = f"{source}: grid" + (f"[{k}]" if len(products) > 1 else "")
+        if not isinstance(product, dict):
+            raise ValueError(f"{where} must be a mapping, got {product!r}")
         product_axes: dict[str, list[Any]] = {}
-        for name, values in _mapping(product, where).items():
+        for name, values in product.items():
             check_name(name, f"{where}.{name}")
             if not isinstance(values, list) or not values:
                 raise ValueError(f"{where}.{name} must be a non-empty list of values, got {values!r}")
@@ -317,92 +369,80 @@ def parse_spec(
                 label = ", ".join(f"{k}={_format_value(v)}" for k, v in values.items()) or "the only point"
                 raise ValueError(f"{source}: point {label}: {str(err).splitlines()[0]}") from None
             points.append(Point(point_name(values), values, overrides))
+            if on_point is not None:
+                on_point()
     keys = [canonical(p.overrides) for p in points]
     names = [p.name for p in points]
     if len(set(keys)) != len(keys) or len(set(names)) != len(names):
         raise ValueError(f"{source}: grid has repeated points (a value is listed twice)")
+    return fixed, axes, points
 
-    out_dir = Path(out) if out is not None else Path(raw.get("out") or f"results/grids/{stem}")
-    results = raw.get("results", "results.jsonl")
-    if not isinstance(results, str) or not results:
-        raise ValueError(f"{source}: results must be a file name or path, got {results!r}")
-    results_path = out_dir / results  # an absolute `results` stays absolute
 
-    executor = dict(_mapping(raw.get("executor"), f"{source}: executor"))
-    unknown = sorted(set(executor) - set(EXECUTOR_KEYS))
-    if unknown:
-        raise ValueError(f"{source}: unknown key executor.{unknown[0]} (known: {', '.join(EXECUTOR_KEYS)})")
-    cluster = cluster or executor.pop("cluster", "local")
-    executor.pop("cluster", None)
-    if cluster not in CLUSTERS:
-        raise ValueError(f"{source}: executor.cluster must be one of {', '.join(CLUSTERS)}, got {cluster!r}")
-    parallel = _positive_int(
-        parallel if parallel is not None else executor.pop("parallel", 1), f"{source}: executor.parallel"
-    )
-    executor.pop("parallel", None)
-    threads = executor.pop("threads", None)
-    if threads is not None:
-        threads = _positive_int(threads, f"{source}: executor.threads")
-    params: dict[str, Any] = {"timeout_min": DEFAULT_TIMEOUT_MIN}
-    for key, value in executor.items():
-        if key == "slurm":
-            for skey, svalue in _mapping(value, f"{source}: executor.slurm").items():
-                params[f"slurm_{skey}"] = svalue
-        elif key in ("timeout_min", "cpus_per_task", "gpus_per_node"):
-            params[key] = _positive_int(value, f"{source}: executor.{key}")
-        elif key == "mem_gb":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{source}: executor.mem_gb must be a number > 0, got {value!r}")
-            params[key] = value
-        else:  # name
-            if not isinstance(value, str):
-                raise ValueError(f"{source}: executor.{key} must be a string, got {value!r}")
-            params[key] = value
-
-    wandb = dict(_mapping(raw.get("wandb"), f"{source}: wandb"))
-    unknown = sorted(set(wandb) - set(WANDB_KEYS))
-    if unknown:
-        raise ValueError(f"{source}: unknown key wandb.{unknown[0]} (known: {', '.join(WANDB_KEYS)})")
-    mode = wandb.get("mode", "off")
-    if mode is False:  # YAML 1.1 reads a bare `off` as false
-        mode = "off"
-    if mode not in WANDB_MODES:
-        raise ValueError(f"{source}: wandb.mode must be one of {', '.join(WANDB_MODES)}, got {mode!r}")
-    for key in ("group", "project"):
-        if key in wandb and not (isinstance(wandb[key], str) and wandb[key]):
-            raise ValueError(f"{source}: wandb.{key} must be a non-empty string, got {wandb[key]!r}")
-
+def parse_spec(
+    raw: Any,
+    *,
+    source: str = "spec",
+    out: Path | None = None,
+    cluster: str | None = None,
+    parallel: int | None = None,
+    stem: str = "grid",
+    on_point: Callable[[], None] | None = None,
+) -> GridSpec:
+    """Validate a spec (the parsed YAML) and expand its points; every error names its key.
+    `out`, `cluster` and `parallel` override the spec's (the command line's --out, --cluster,
+    --parallel)."""
+    try:
+        spec = read_spec_file(raw)
+        executor = spec.executor
+        if cluster is not None or parallel is not None:
+            executor = dataclasses.replace(
+                executor,
+                cluster=executor.cluster if cluster is None else cluster,
+                parallel=executor.parallel if parallel is None else parallel,
+            )
+        preset = _preset_name(spec)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{source}: {str(err).splitlines()[0]}") from None
+    base = spec.base or "default"
+    target = Target(spec.experiment)
+    fixed, axes, points = expand_points(target, base, preset, spec.fixed or {}, spec.grid, source, on_point)
+    out_dir = Path(out) if out is not None else Path(spec.out or f"results/grids/{stem}")
     return GridSpec(
-        experiment=experiment,
+        experiment=spec.experiment,
         base=base,
         preset=preset,
-        device=device,
+        device=spec.device or "auto",
         fixed=fixed,
         grid=axes,
         out=out_dir,
-        results=results_path,
-        cluster=cluster,
-        parallel=parallel,
-        threads=threads,
-        executor_params=params,
-        wandb_mode=mode,
-        wandb_group=wandb.get("group", stem),
-        wandb_project=wandb.get("project", "birth"),
+        results=out_dir / spec.results,  # an absolute `results` stays absolute
+        cluster=executor.cluster,
+        parallel=executor.parallel,
+        threads=executor.threads,
+        executor_params=executor.params(),
+        wandb_mode=spec.wandb.mode,
+        wandb_group=spec.wandb.group or stem,
+        wandb_project=spec.wandb.project,
         points=tuple(points),
     )
 
 
 def load_spec(path: str | os.PathLike, **options: Any) -> GridSpec:
-    import yaml
-
     path = Path(path)
-    try:
-        raw = load_yaml(path.read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ValueError(f"{path}: {err.strerror}") from None
-    except yaml.YAMLError as err:
-        raise ValueError(f"{path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    return parse_spec(raw, source=str(path), stem=path.stem, **options)
+    return parse_spec(load_yaml_file(path), source=str(path), stem=path.stem, **options)
+
+
+def count_points(raw: Any) -> int:
+    """How many points a spec (the parsed YAML) asks for, counted from its lists before any point
+    is built: a grid is refused or announced before it is expanded (0 for a spec too malformed to
+    count; its validation says why)."""
+    products = raw.get("grid") if isinstance(raw, dict) else None
+    products = products if isinstance(products, list) else [products or {}]
+    total = 0
+    for product in products:
+        if isinstance(product, dict):
+            total += math.prod(len(v) if isinstance(v, list) else 1 for v in product.values())
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -412,8 +452,6 @@ def load_spec(path: str | os.PathLike, **options: Any) -> GridSpec:
 def append_line(path: Path, row: dict[str, Any]) -> None:
     """Append one JSON line: one `write` of the whole line under an exclusive lock, so lines of
     grids sharing a file never interleave and a reader never sees half a line (but at a crash)."""
-    from birth.base.io import to_jsonable
-
     data = (json.dumps(to_jsonable(row)) + "\n").encode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
@@ -473,6 +511,10 @@ class PointJob:
     wandb_mode: str
     wandb_group: str
     wandb_project: str
+    # the debug executor runs points in this process: a failure's traceback goes to this file (the
+    # terminal gets one line), and Ctrl-C stops the grid instead of only the point's run
+    log: str | None = None
+    in_process: bool = False
 
 
 def one_line(err: BaseException) -> str:
@@ -498,7 +540,11 @@ def run_point(job: PointJob) -> dict[str, Any]:
             result, headline = _run_experiment(target.experiment(), config, Path(job.out_dir), job)
             ok = True
     except Exception as err:  # noqa: BLE001 - a failed point is reported, the grid goes on
-        traceback.print_exc()  # the whole traceback goes to the job's log
+        if job.log is None:
+            traceback.print_exc()  # the whole traceback goes to the job's log
+        else:
+            Path(job.log).parent.mkdir(parents=True, exist_ok=True)
+            Path(job.log).write_text(traceback.format_exc())
         return {"status": "failed", "error": one_line(err), "seconds": time.perf_counter() - started}
     return {
         "status": "ok" if ok else "failed",
@@ -510,18 +556,16 @@ def run_point(job: PointJob) -> dict[str, Any]:
 
 
 def _run_experiment(exp, config: Any, out: Path, job: PointJob) -> tuple[dict[str, Any], str]:
-    from birth.experiments.registry import run_experiment
-
     # a point is only run again when it did not finish: its old files are replaced
-    result = run_experiment(exp, config, out, overwrite=True, progress=False)
+    result = registry.run_experiment(exp, config, out, overwrite=True, progress=False)
     data = result.to_dict()
     _wandb_summary(job, data)
     return data, result.headline()
 
 
 def _run_train(job: PointJob, config: Any) -> tuple[dict[str, Any], str, bool]:
-    from birth.base.io import to_jsonable
-    from training.loop import read_run_config, train
+    from training.run_dir import read_run_config  # seconds: see the note at the top
+    from training.trainer import train
 
     run_dir = Path(job.out_dir)
     resume = False
@@ -537,8 +581,10 @@ def _run_train(job: PointJob, config: Any) -> tuple[dict[str, Any], str, bool]:
     result = train(
         config, run_dir, resume=resume, device=job.device, wandb_mode=job.wandb_mode, progress=False
     )
+    if result.status == "interrupted" and job.in_process:
+        raise KeyboardInterrupt  # Ctrl-C stopped the run: it stops the grid too
     data = to_jsonable(result)
-    acc = result.final.get("eval/icl_acc")
+    acc = result.final.get(ICL_ACC)
     headline = f"{result.status} at step {result.step}" + (
         f", in-context accuracy {acc:.4f}" if acc is not None else ""
     )
@@ -553,8 +599,6 @@ def _wandb_summary(job: PointJob, data: dict[str, Any]) -> None:
         return
     try:
         import wandb
-
-        from birth.base.io import to_jsonable
 
         run = wandb.init(
             project=job.wandb_project,
@@ -620,20 +664,39 @@ def _job_threads(spec: GridSpec) -> int | None:
     return max(1, (os.cpu_count() or 1) // spec.parallel)
 
 
-def _job_log(job: Any) -> str | None:
+def _job_log(job: Any, point: PointJob) -> str | None:
+    if point.log is not None:  # the debug executor's, written by `run_point`
+        return point.log
     try:
         return str(job.paths.stderr)
     except Exception:  # noqa: BLE001 - debug jobs have no log file
         return None
 
 
+@contextlib.contextmanager
+def _stderr_into(path: Path) -> Iterator[None]:
+    """This process's stderr (fd 2) into `path` while a local job starts: its submitit controller
+    inherits it, so what the controller prints when Ctrl-C stops it (a KeyboardInterrupt
+    traceback) goes to that log instead of the terminal."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)
+    try:
+        os.dup2(fd, 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(fd)
+
+
 def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: float = 0.2) -> GridReport:
     """Run the points of `spec` not finished yet; one results line per point as it ends."""
-    from birth.base.io import check_writable
-
     check_writable(spec.out, "out")
     done = finished_keys(read_results(spec.results))
-    todo = [p for p in spec.points if point_key(spec.experiment, _base_of(spec), p.overrides) not in done]
+    todo = [p for p in spec.points if point_key(spec.experiment, base_of(spec), p.overrides) not in done]
     report = GridReport(total=len(spec.points), skipped=len(spec.points) - len(todo))
     log(
         f"grid {spec.wandb_group}: {report.total} points, {report.skipped} already done, {len(todo)} to run "
@@ -646,7 +709,7 @@ def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: floa
     jobs = {
         p.name: PointJob(
             experiment=spec.experiment,
-            base=_base_of(spec),
+            base=base_of(spec),
             preset=spec.preset,
             device=spec.device,
             name=p.name,
@@ -656,6 +719,8 @@ def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: floa
             wandb_mode=spec.wandb_mode,
             wandb_group=spec.wandb_group,
             wandb_project=spec.wandb_project,
+            log=str(spec.out / ".submitit" / "debug" / f"{p.name}.log") if spec.cluster == "debug" else None,
+            in_process=spec.cluster == "debug",
         )
         for p in todo
     }
@@ -667,7 +732,7 @@ def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: floa
         row = {
             "name": name,
             "experiment": spec.experiment,
-            "base": _base_of(spec),
+            "base": base_of(spec),
             "point": point.values,
             "overrides": point.overrides,
             "status": status,
@@ -679,7 +744,7 @@ def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: floa
             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         if status != "ok":
-            row["log"] = _job_log(job)
+            row["log"] = _job_log(job, jobs[name])
         append_line(spec.results, row)
         index = len(report.ok) + len(report.failed) + 1
         if status == "ok":
@@ -720,7 +785,8 @@ def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: floa
                 pending = []
             while pending and len(running) < spec.parallel:
                 name = pending.pop(0)
-                running[name] = (executor.submit(run_point, jobs[name]), time.perf_counter())
+                with _stderr_into(spec.out / ".submitit" / "controllers.log"):
+                    running[name] = (executor.submit(run_point, jobs[name]), time.perf_counter())
             for name in [n for n, (job, _) in running.items() if job.done()]:
                 job, started = running.pop(name)
                 record(name, collect(job), job, started)
@@ -734,57 +800,5 @@ def run_grid(spec: GridSpec, *, log: Callable[[str], None] = print, poll_s: floa
     return report
 
 
-def _base_of(spec: GridSpec) -> str:
+def base_of(spec: GridSpec) -> str:
     return f"preset:{spec.preset}" if spec.experiment == TRAIN else spec.base
-
-
-# --------------------------------------------------------------------------------------------
-# command line
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", type=Path, help="grid spec (YAML): see docs/grid.md and scripts/grids/")
-    parser.add_argument("--out", type=Path, default=None, help="output directory (default: the spec's `out`)")
-    parser.add_argument("--cluster", choices=CLUSTERS, default=None, help="override executor.cluster")
-    parser.add_argument(
-        "--parallel", type=int, default=None, help="override executor.parallel (jobs at once)"
-    )
-    parser.add_argument("--dry-run", action="store_true", help="validate the spec, list the points and exit")
-
-
-def run_args(args: argparse.Namespace) -> int:
-    if args.parallel is not None and args.parallel < 1:
-        raise ValueError(f"--parallel must be >= 1, got {args.parallel}")
-    spec = load_spec(args.spec, out=args.out, cluster=args.cluster, parallel=args.parallel)
-    if args.dry_run:
-        done = finished_keys(read_results(spec.results))
-        for p in spec.points:
-            state = "done" if point_key(spec.experiment, _base_of(spec), p.overrides) in done else "to run"
-            print(f"{state:6}  {spec.out / p.name}")
-        print(f"{len(spec.points)} points ({spec.experiment}); results in {spec.results}")
-        return 0
-    report = run_grid(spec)
-    print(
-        f"grid done: {len(report.ok)} ok, {len(report.failed)} failed, {report.skipped} skipped "
-        f"(already done); results in {spec.results}"
-    )
-    for name, error in report.failed:
-        print(f"  failed: {name}: {error}")
-    return report.exit_code
-
-
-def run(argv: Sequence[str] | argparse.Namespace, prog: str = "birth grid") -> int:
-    """Entry point of `birth grid` (birth.cli calls `run(argv, prog)`)."""
-    if isinstance(argv, argparse.Namespace):
-        return run_args(argv)
-    from birth.cli import parse_args
-
-    return run_args(parse_args(add_arguments, list(argv), prog, __doc__))
-
-
-def main_grid(argv: Sequence[str] | None = None) -> int:
-    return run(sys.argv[1:] if argv is None else argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main_grid())

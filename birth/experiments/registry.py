@@ -14,34 +14,70 @@ An experiment is registered once, with
 the headline and where everything went. The command line (`birth reproduce`, `birth scaling`,
 `birth capacity`, `birth dynamics`, `birth grid`) is a front end over this registry, and every
 experiment is callable from Python with no argument parser.
+
+Each family is a sub-package of `birth.experiments` (`birth/experiments/<family>/`) holding one
+module per experiment and its shared pieces; the registry imports a family's modules on first use
+(`pkgutil.walk_packages`), so a new experiment is a new module in its family's folder, nothing else.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import pkgutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, get_args
 
-from birth.base.io import atomic_write_json, claim_output_dir, release_claim, to_jsonable
+from birth.base.io import (
+    atomic_write_json,
+    claim_output_dir,
+    missing_dirs,
+    release_claim,
+    remove_new_output,
+    to_jsonable,
+)
+from birth.base.memory_errors import as_out_of_memory, largest_sizes
 
 Family = Literal["transformer", "theory", "scaling", "capacity", "dynamics"]
+FAMILIES: tuple[Family, ...] = get_args(Family)
+PACKAGE = "birth.experiments"  # each family is its sub-package PACKAGE.<family>
 
-# Modules that register experiments, imported on first use of the registry (each imports torch,
-# some transformer_lens: `birth --help` must not pay for that).
-MODULES = (
-    "birth.experiments.transformer",
-    "birth.experiments.transformer_studies",
-    "birth.experiments.full_model",
-    "birth.experiments.theory",
-    "birth.experiments.scaling",
-    "birth.experiments.capacity",
-    "birth.experiments.dynamics",
-    "birth.experiments.optimizer_grid",
-)
+# What each family is about (`birth experiments`, --help), and the `birth` command that runs its
+# experiments: the command of a family is its name unless this says otherwise.
+FAMILY_ABOUT: dict[Family, str] = {
+    "transformer": "Birth of a Transformer: its training claims and studies",
+    "theory": "Birth of a Transformer: its theory (hand-built memories, gradient steps, lemmas)",
+    "scaling": "scaling laws of associative memories",
+    "capacity": "capacity of linear and non-linear associative memories",
+    "dynamics": "gradient dynamics of associative memories (ICML 2024)",
+}
+SHARED_COMMAND: dict[Family, str] = {"transformer": "reproduce", "theory": "reproduce"}
+
+
+def command_of(family: Family) -> str:
+    """The `birth` sub-command that runs the experiments of `family`."""
+    return SHARED_COMMAND.get(family, family)
+
+
+def commands() -> dict[str, tuple[Family, ...]]:
+    """Experiment sub-command -> the families it runs, in the order of `Family`."""
+    out: dict[str, tuple[Family, ...]] = {}
+    for family in FAMILIES:
+        out[command_of(family)] = out.get(command_of(family), ()) + (family,)
+    return out
+
+
+def command_help(command: str) -> str:
+    """One line for `birth --help`: what the families of `command` are about (a subject they share,
+    "X: ...", said once)."""
+    abouts = [FAMILY_ABOUT[f] for f in commands()[command]]
+    subjects = {about.partition(": ")[0] for about in abouts}
+    if len(abouts) > 1 and len(subjects) == 1 and all(": " in about for about in abouts):
+        return f"{subjects.pop()}: " + "; ".join(about.partition(": ")[2] for about in abouts)
+    return "; ".join(abouts)
 
 
 class Result(Protocol):
@@ -111,23 +147,38 @@ def register(
     return decorate
 
 
-def load_all() -> dict[str, Experiment]:
-    for module in MODULES:
-        importlib.import_module(module)
+def family_modules(family: Family) -> list[str]:
+    """The modules of a family's sub-package (every level), found on disk, in name order."""
+    package = importlib.import_module(f"{PACKAGE}.{family}")
+    if not hasattr(package, "__path__"):  # a family still kept in one module
+        return [package.__name__]
+    found = pkgutil.walk_packages(package.__path__, f"{package.__name__}.")
+    return sorted(info.name for info in found if not info.ispkg)
+
+
+def load(*families: Family) -> dict[str, Experiment]:
+    """Import the modules of `families` (all when none is named): each registers its experiments.
+    Imported on first use, not with the registry (they import torch, some transformer_lens:
+    `birth --help` must not pay for that)."""
+    for family in families or FAMILIES:
+        for module in family_modules(family):
+            importlib.import_module(module)
     return REGISTRY
 
 
 def get(name: str) -> Experiment:
-    load_all()
+    load()
     if name not in REGISTRY:
         raise ValueError(f"unknown experiment {name!r}; choose from {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 
 def names(*families: Family) -> list[str]:
-    """Registered experiment names (of the given families), in registration order."""
-    load_all()
-    return [n for n, e in REGISTRY.items() if not families or e.family in families]
+    """Registered experiment names (of the given families; only their modules are imported), in
+    the order of `Family`, then of the modules' names, then of registration within a module."""
+    load(*families)
+    wanted = families or FAMILIES
+    return [n for family in wanted for n, e in REGISTRY.items() if e.family == family]
 
 
 def run_experiment(
@@ -147,15 +198,25 @@ def run_experiment(
     config = exp.config() if config is None else config
     if not isinstance(config, exp.config):
         raise TypeError(f"experiment {name} takes a {exp.config.__name__}, got {type(config).__name__}")
+    created = missing_dirs(out_dir or exp.default_out_dir())
     out = claim_output_dir(out_dir or exp.default_out_dir(), overwrite=overwrite, recreate=("runs",))
+    kept = [p.name for p in out.iterdir()]  # after the claim: an --overwrite's runs/ is gone already
     log(f"{name}: writing into {out}")
     started = time.perf_counter()
-    result = exp.run(config, out, log=log, progress=progress)
-    seconds = time.perf_counter() - started
-    path = atomic_write_json(
-        out / "result.json",
-        {"experiment": name, "config": config, "seconds": seconds, "result": result},
-    )
+    try:
+        result = exp.run(config, out, log=log, progress=progress)
+        seconds = time.perf_counter() - started
+        path = atomic_write_json(
+            out / "result.json",
+            {"experiment": name, "config": config, "seconds": seconds, "result": result},
+        )
+    except BaseException as err:
+        # no result: nothing is left behind (the claim marker, the directories and files this run made)
+        remove_new_output(out, created, kept)
+        oom = as_out_of_memory(err, largest_sizes(config), f"running {name}", getattr(config, "device", None))
+        if oom is not None:
+            raise oom from None
+        raise
     release_claim(out)
     log(f"wrote {path}")
     exp.plot(result, out)

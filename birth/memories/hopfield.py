@@ -39,12 +39,14 @@ import torch
 import torch.nn.functional as F
 from einops import einsum
 
-from tasks.zipf import trial_generator
+from birth.base.seeds import generator
 
-Memory = Literal["linear", "relu", "hopfield", "hopfield-auto", "softmax", "nearest"]
-MEMORIES: tuple[str, ...] = get_args(Memory)
-CLASS_MEMORIES = ("linear", "relu")
-BINARY_MEMORIES = ("hopfield", "hopfield-auto", "softmax", "nearest")
+ClassMemory = Literal["linear", "relu"]
+BinaryMemory = Literal["hopfield", "hopfield-auto", "softmax", "nearest"]
+Memory = Literal[ClassMemory, BinaryMemory]
+CLASS_MEMORIES: tuple[str, ...] = get_args(ClassMemory)
+BINARY_MEMORIES: tuple[str, ...] = get_args(BinaryMemory)
+MEMORIES: tuple[str, ...] = CLASS_MEMORIES + BINARY_MEMORIES
 POLYNOMIAL = ("linear", "hopfield", "hopfield-auto")  # theory n* ∝ d or d / log d; the others exp(c d)
 
 
@@ -158,7 +160,7 @@ class RecallSetup:
 
 def _draw(setup: RecallSetup, trial: int, device) -> dict[str, torch.Tensor]:
     n_max, d_max, q_max = max(setup.sizes), max(setup.dims), min(setup.num_queries, max(setup.sizes))
-    gen = trial_generator(setup.seed, trial, 0xC0DE, device=device)
+    gen = generator(setup.seed, trial, 0xC0DE, device=device)
     if setup.memory in CLASS_MEMORIES:
         return {
             "keys": torch.randn(n_max, d_max, generator=gen, device=device, dtype=torch.float64),

@@ -41,17 +41,21 @@ import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from tasks.zipf import trial_generator
+from birth.base.seeds import generator
 
-EMBEDDING_KINDS = ("gaussian", "sphere")
-DRAW_MODES = ("truncate", "independent")
-SCHEMES = ("frequency", "power", "seen", "threshold", "sgd")
+EmbeddingKind = Literal["gaussian", "sphere"]
+DrawMode = Literal["truncate", "independent"]
+Scheme = Literal["frequency", "power", "seen", "threshold", "sgd"]
+EMBEDDING_KINDS: tuple[str, ...] = get_args(EmbeddingKind)
+DRAW_MODES: tuple[str, ...] = get_args(DrawMode)
+SCHEMES: tuple[str, ...] = get_args(Scheme)
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,7 +147,7 @@ def q_sgd(counts: torch.Tensor, gamma: float, num_outputs: int) -> torch.Tensor:
 
 def storage_weights(
     counts: torch.Tensor,
-    scheme: str,
+    scheme: Scheme,
     *,
     rho: float | None = None,
     top: int | Sequence[int] | None = None,
@@ -190,8 +194,8 @@ class MemoryEmbeddings:
     """
 
     dims: list[int]
-    kind: str
-    mode: str
+    kind: EmbeddingKind
+    mode: DrawMode
     inputs: torch.Tensor | list[torch.Tensor]
     outputs: torch.Tensor | list[torch.Tensor]
 
@@ -218,8 +222,8 @@ def draw_embeddings(
     dims: Sequence[int],
     *,
     seed: int,
-    kind: str = "gaussian",
-    mode: str = "truncate",
+    kind: EmbeddingKind = "gaussian",
+    mode: DrawMode = "truncate",
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float64,
     out: torch.Tensor | None = None,
@@ -252,9 +256,9 @@ def draw_embeddings(
             both = torch.empty(shape, device=device, dtype=dtype)
 
         def draw(row: int) -> None:
-            gen = trial_generator(seed, trials[row], *stream, device=device)
+            gen = generator(seed, trials[row], *stream, device=device)
             # float32 normals whatever the compute dtype: float32 and float64 runs then use the
-            # same embeddings (and float32 draws are ~3x faster to generate)
+            # same embeddings (and float32 draws are cheaper to generate)
             if dtype == torch.float32:
                 torch.randn(width, num_inputs + num_outputs, generator=gen, device=device, out=both[row])
             else:
@@ -325,8 +329,8 @@ def memory_errors(
     num_trials: int,
     seed: int,
     num_outputs: int | None = None,
-    kind: str = "gaussian",
-    mode: str = "truncate",
+    kind: EmbeddingKind = "gaussian",
+    mode: DrawMode = "truncate",
     head_size: int | None = None,
     trial_chunk: int = 8,
     device: str | torch.device = "cpu",

@@ -6,9 +6,9 @@ Each row of `ROWS` is `(argv, option)`: the command line (split on spaces; `{nam
 is no option). Grow the table with every new option.
 
 Every row is its own process, started once in the module fixture `results`, in its own empty
-working directory, which must still be empty afterwards. A fresh interpreter per row costs 1.2 s of
-CPU (torch's import; 2.6 s for the experiment commands, whose registry imports transformer_lens),
-about 160 s for the table on 2 cores. So the rows run as children forked from one process that has
+working directory, which must still be empty afterwards. A fresh interpreter per row would pay
+torch's import (and transformer_lens' for the experiment commands, whose registry imports it) once
+per row, too long for the table on 2 cores. So the rows run as children forked from one process that has
 imported torch, transformer_lens, datasets and tyro, none of birth's own modules: each child
 imports `birth.cli` afresh and runs `main(argv)` like the console script, its stdout and stderr
 redirected to files, two at a time. `test_forked_rows_match_the_real_command` runs a few rows
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,8 +27,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "data" / "tinyshakespeare.txt"
@@ -78,10 +83,7 @@ ROWS: list[tuple[str, str]] = [
     ("train --resume {run} --preset paper", "--preset"),
     ("train --resume {run} --config {lr_fast_yaml}", "--config"),
     ("train --resume {run} --out new", "--out"),
-    (
-        "train --resume {corrupt_run}",
-        "step_000008.pt is corrupted; the last intact checkpoint is step_000004.pt",
-    ),
+    ("train --resume {corrupt_run}", "the last intact checkpoint is step_000004.pt"),
     # an edited config.json: wrong types are refused naming the field
     ("train --resume {edited_lr_fast}", "lr"),
     ("train --resume {edited_lr_null}", "lr"),
@@ -161,6 +163,38 @@ ROWS: list[tuple[str, str]] = [
     ("grid {bad_yaml}", "bad.yaml"),
     ("grid {grid_spec} --parallel 0", "--parallel"),
     ("grid {grid_spec} --cluster bogus", "--cluster"),
+    # -- issue 23: every file handed in is named with the reason in words
+    ("train --config {binary_yaml}", "--config {binary_yaml} is not UTF-8 text (byte 0x89 at offset 0)"),
+    ("train --config {latin1_yaml}", "is not UTF-8 text (byte 0xe9 at offset 23)"),
+    ("train --config {file_dir}", "--config {file_dir}: Is a directory"),
+    ("train --config {scalar_yaml}", "--config"),
+    ("train --resume {binary_config_run}", "config.json is not UTF-8 text (byte 0xff at offset 1)"),
+    ("train --resume {file}", "is not a run directory"),
+    ("scaling d-and-T --config {binary_yaml}", "--config {binary_yaml} is not UTF-8 text"),
+    ("capacity --config {latin1_yaml}", "--config {latin1_yaml} is not UTF-8 text"),
+    ("grid {binary_yaml}", "{binary_yaml} is not UTF-8 text (byte 0x89 at offset 0)"),
+    ("plot {run} {binary_metrics_run}", "binary_metrics_run/metrics.jsonl is not UTF-8 text (byte 0x89"),
+    ("prepare-data --text {file_dir}", "is a directory"),
+    ("prepare-data --text {latin1_yaml} --allow-new-vocab --out stats.json", "is not UTF-8 text"),
+    ("prepare-data --text {one_char_txt} --allow-new-vocab --out stats.json", "no bigram"),
+    ("prepare-data --text {small_txt} --allow-new-vocab --out {file}", "--overwrite"),
+    # a checkpoint holding pickled code: the unpickler's reason, as `inspect` gives it
+    ("train --resume {evil_run}", "posix.system"),
+    # -- issue 23: no silent overwrite
+    ("plot {run} --out {plotted}", "--overwrite"),
+    # -- issue 23: a size that cannot be allocated, in training and in experiments: nothing left
+    ("train --d-model 4294967296 --wandb off --no-progress", "--d-model 4294967296"),
+    ("scaling d-and-T --d-curves 10000000000 --trials 2 --no-progress", "--d-curves 10000000000"),
+    # -- issue 23: a grid of 10^6 points is refused at once (counted, not expanded)
+    ("grid {huge_grid}", "the grid has 1,000,000 points, more than --max-points 10,000"),
+    ("grid {grid_spec} --max-points 0", "--max-points"),
+    # -- dashboard (every row fails before anything is built or sent)
+    ("dashboard --dry-run", "--entity"),
+    ("dashboard --entity bad/name --dry-run", "--entity"),
+    ("dashboard --entity -me --dry-run", "--entity"),
+    ("dashboard --entity me --project a:b --dry-run", "--project"),
+    ("dashboard --entity me --name " + "x" * 129 + " --dry-run", "--name"),
+    ("dashboard --entity me --dry-run --bogus", "--bogus"),
 ]
 
 
@@ -250,6 +284,32 @@ def workspace(tmp_path_factory) -> dict[str, Path]:
         paths["reversed_txt"] = root / "reversed.txt"
         paths["reversed_txt"].write_text(CORPUS.read_text()[::-1])
     paths["grid_spec"] = REPO / "scripts" / "grids" / "optimizer_grid.yaml"
+    for name, data in (
+        ("binary_yaml", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"),
+        ("latin1_yaml", "optim:\n  lr: 0.1  # caf\u00e9\n".encode("latin-1")),  # é: byte 23
+        ("scalar_yaml", b"42\n"),
+        ("one_char_txt", b"a"),
+    ):
+        paths[name] = root / f"{name.removesuffix('_yaml').removesuffix('_txt')}.{name.rsplit('_')[-1]}"
+        paths[name].write_bytes(data)
+    paths["binary_metrics_run"] = root / "binary_metrics_run"
+    _write_run(paths["binary_metrics_run"], config)
+    (paths["binary_metrics_run"] / "metrics.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    paths["binary_config_run"] = root / "binary_config_run"
+    _write_run(paths["binary_config_run"], config)
+    (paths["binary_config_run"] / "config.json").write_bytes(b"{\xff}")
+    paths["evil_run"] = root / "evil_run"
+    _write_run(paths["evil_run"], config, {4: intact, 8: _evil_bytes()})
+    paths["huge_grid"] = root / "huge_grid.yaml"
+    huge = {
+        "experiment": "toy",
+        "base": "small",
+        "grid": {"seed": list(range(1000)), "n": list(range(2, 1002))},
+    }
+    paths["huge_grid"].write_text(json.dumps(huge))
+    paths["plotted"] = root / "plotted"
+    paths["plotted"].mkdir()
+    (paths["plotted"] / "learning_order.json").write_text("{}")
     paths["shipped"] = SHIPPED
     return paths
 
@@ -338,8 +398,26 @@ def _env(root: Path) -> dict[str, str]:
     }
 
 
+def _format(text: str, workspace: dict[str, Path]) -> str:
+    return text.format(**{k: str(v) for k, v in workspace.items()})
+
+
 def _argv(line: str, workspace: dict[str, Path]) -> list[str]:
-    return [token.format(**{k: str(v) for k, v in workspace.items()}) for token in line.split()]
+    return [_format(token, workspace) for token in line.split()]
+
+
+def _run_forked(rows: list[dict], root: Path) -> list[dict]:
+    """Run `rows` ({"argv", "cwd"}) as children forked from one pre-imported process, two at a time."""
+    proc = subprocess.run(
+        [sys.executable, "-c", FORK_SERVER],
+        input=json.dumps(rows),
+        env=_env(root),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
 
 
 @pytest.fixture(scope="module")
@@ -356,17 +434,8 @@ def results(workspace, tmp_path_factory) -> dict[str, Outcome]:
     inputs = [workspace["run"].parent, SHIPPED]
     before = _snapshot(*inputs)
     started = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", FORK_SERVER],
-        input=json.dumps(rows),
-        env=_env(root),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     outcomes: dict = {}
-    for line, row, result in zip(lines, rows, json.loads(proc.stdout)):
+    for line, row, result in zip(lines, rows, _run_forked(rows, root)):
         cwd = Path(row["cwd"])
         left = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
         outcomes[line] = Outcome(
@@ -382,14 +451,14 @@ def results(workspace, tmp_path_factory) -> dict[str, Outcome]:
 
 
 @pytest.mark.parametrize("line, option", ROWS, ids=[line for line, _ in ROWS])
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(results, line, option):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(results, workspace, line, option):
     if line not in results:
         pytest.skip(f"tiny Shakespeare corpus not found at {CORPUS}")
     outcome = results[line]
     lines = outcome.stderr.strip().splitlines()
     assert outcome.code == 2, (outcome.code, outcome.stderr[-2000:])
     assert len(lines) == 1, outcome.stderr
-    assert option in lines[0], lines[0]
+    assert _format(option, workspace) in lines[0], lines[0]
     for text in NEVER:
         assert text not in outcome.stderr and text not in outcome.stdout, outcome.stderr
     assert outcome.left_in_cwd == [], outcome.left_in_cwd
@@ -424,3 +493,191 @@ def test_forked_rows_match_the_real_command(results, workspace, tmp_path):
     for line, proc in done.items():
         assert (proc.returncode, proc.stderr) == (results[line].code, results[line].stderr), line
     assert list(tmp_path.iterdir()) == [tmp_path / "hf"] or not list(tmp_path.iterdir())
+
+
+# -- property-based cases: generated config files and grid specs ------------------------------------
+#
+# hypothesis writes config files and grid specs (values of wrong types, unknown keys, bytes that are
+# not UTF-8, documents that are not a mapping) around a small valid one; each is fed to `train`,
+# two experiments and `grid`, which must end in exit 0, or in one line on stderr with exit 2, no
+# traceback and nothing written. The examples are drawn first (a fixed seed: CI sees the same ones)
+# and then run like the table, forked from one pre-imported process.
+
+PROPERTY_SEED = 23
+PROPERTY_EXAMPLES = 8  # per command
+
+_TEXT = st.text(alphabet="abcxyz019 .-_", max_size=8)
+WRONG_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    _TEXT,
+    st.integers(-3, 0),
+    st.floats(-2.0, 2.0),
+    st.sampled_from([math.nan, math.inf, -math.inf]),
+    st.lists(st.one_of(_TEXT, st.integers(-2, 2)), max_size=3),
+    st.dictionaries(_TEXT, st.integers(0, 3), max_size=2),
+)
+
+TRAIN_BASE = {
+    "task": {"seq_len": 16},
+    "model": {"d_model": 16},
+    "optim": {"steps": 2, "batch_size": 4},
+    "run": {"eval_every": 1, "checkpoint_every": 2, "eval_batch_size": 8},
+}
+MARGINS_BASE = {"n_tokens": 4, "n_outputs": 2, "dim": 4, "lrs": [1.0], "steps": 20, "records": 10}
+CAPACITY_BASE = {
+    "memories": ["linear"],
+    "trials": 2,
+    "queries": 8,
+    "polynomial_dims": [8, 16],
+    "polynomial_max_size": 32,
+    "exponential_dims": [8],
+    "exponential_max_size": 32,
+}
+GRID_BASE = {
+    "experiment": "margins",
+    "base": "small",
+    "fixed": {"steps": 20, "records": 10},
+    "grid": {"seed": [0]},
+    "out": "grid",
+    "executor": {"cluster": "debug"},
+    "wandb": {"mode": "off"},
+}
+# command -> (argv with {file} the generated document, the valid document the cases start from);
+# the size flags keep a generated document that is valid (an empty one: the defaults) a short run
+# (a file's values are type-checked before the flags replace them)
+PROPERTY_TARGETS = {
+    "train": (
+        ["train", "--config", "{file}", "--out", "run", "--wandb", "off", "--no-progress"]
+        + ["--steps", "2", "--d-model", "16", "--seq-len", "16", "--batch-size", "4"]
+        + ["--eval-batch-size", "8", "--eval-every", "1"],
+        TRAIN_BASE,
+    ),
+    "margins": (
+        ["dynamics", "margins", "--config", "{file}", "--out", "out", "--no-progress", "--steps", "20"],
+        MARGINS_BASE,
+    ),
+    "capacity": (
+        ["capacity", "--config", "{file}", "--out", "out", "--no-progress", "--trials", "2"],
+        CAPACITY_BASE,
+    ),
+    "grid": (["grid", "{file}", "--max-points", "4"], GRID_BASE),
+}
+
+
+def _paths(doc: Any, prefix: tuple = ()) -> list[tuple]:
+    """Paths to every value of a nested mapping (a mapping's own path included)."""
+    found = [prefix]
+    if isinstance(doc, dict):
+        for key, value in doc.items():
+            found += _paths(value, (*prefix, key))
+    return found
+
+
+def _set(doc: dict, path: tuple, value: Any) -> None:
+    for key in path[:-1]:
+        doc = doc[key]
+    doc[path[-1]] = value
+
+
+@st.composite
+def documents(draw, base: dict) -> bytes:
+    """A YAML document around `base`: some values of wrong types, an unknown key, bytes that are
+    not UTF-8, random bytes, or a document that is not a mapping."""
+    doc = json.loads(json.dumps(base))  # a deep copy
+    kind = draw(st.sampled_from(["wrong types", "unknown key", "not UTF-8", "random bytes", "not a mapping"]))
+    if kind == "random bytes":
+        return draw(st.binary(max_size=64))
+    if kind == "not a mapping":
+        return yaml.safe_dump(draw(st.one_of(WRONG_VALUES, st.lists(WRONG_VALUES, max_size=3)))).encode()
+    if kind == "wrong types":
+        leaves = [path for path in _paths(doc) if path]
+        for path in draw(st.lists(st.sampled_from(leaves), min_size=1, max_size=3, unique=True)):
+            _set(doc, path, draw(WRONG_VALUES))
+    if kind == "unknown key":
+        where = draw(st.sampled_from([path for path in _paths(doc) if isinstance(_get(doc, path), dict)]))
+        mapping = _get(doc, where)
+        mapping[draw(_TEXT.filter(lambda key: key not in mapping))] = draw(WRONG_VALUES)
+    text = yaml.safe_dump(doc, sort_keys=False).encode()
+    if kind == "not UTF-8":
+        at = draw(st.integers(0, len(text)))
+        return text[:at] + b"\xff" + draw(st.binary(max_size=8)) + text[at:]  # 0xff is never UTF-8
+    return text
+
+
+def _get(doc: Any, path: tuple) -> Any:
+    for key in path:
+        doc = doc[key]
+    return doc
+
+
+def _draw_examples(strategy: st.SearchStrategy, n: int) -> list[bytes]:
+    """`n` examples of `strategy` (fewer if some repeat), the same ones on every machine."""
+    found: list[bytes] = []
+
+    @seed(PROPERTY_SEED)
+    @settings(
+        max_examples=n,
+        deadline=None,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def collect(document: bytes) -> None:
+        if document not in found:
+            found.append(document)
+
+    collect()
+    return found
+
+
+@pytest.fixture(scope="module")
+def property_results(tmp_path_factory) -> list[tuple[str, bytes, Outcome]]:
+    """Every generated document of every command, run (the base document of each first)."""
+    root = tmp_path_factory.mktemp("property")
+    cases = []
+    for command, (argv, base) in PROPERTY_TARGETS.items():
+        valid = yaml.safe_dump(base, sort_keys=False).encode()
+        for document in [valid, *_draw_examples(documents(base), PROPERTY_EXAMPLES)]:
+            cases.append((command, document, argv))
+    rows = []
+    for i, (command, document, argv) in enumerate(cases):
+        path = root / "documents" / f"{i:03d}-{command}.yaml"
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(document)
+        rows.append({"argv": [a.format(file=path) for a in argv], "cwd": str(root / f"case{i:03d}")})
+        Path(rows[-1]["cwd"]).mkdir()
+    outcomes = []
+    for (command, document, _), row, result in zip(cases, rows, _run_forked(rows, root)):
+        cwd = Path(row["cwd"])
+        left = sorted(str(p.relative_to(cwd)) for p in cwd.rglob("*"))
+        outcomes.append(
+            (
+                command,
+                document,
+                Outcome(
+                    row["argv"], result["code"], result["stdout"], result["stderr"], result["seconds"], left
+                ),
+            )
+        )
+    return outcomes
+
+
+@pytest.mark.parametrize("command", list(PROPERTY_TARGETS))
+def test_generated_configs_and_specs_run_or_are_refused_in_one_line(property_results, command):
+    cases = [(document, outcome) for name, document, outcome in property_results if name == command]
+    assert len(cases) > PROPERTY_EXAMPLES // 2  # the examples were drawn (few repeats)
+    base, outcome = cases[0]
+    assert outcome.code == 0, (base, outcome.stderr[-2000:])  # the document the cases start from runs
+    refused = 0
+    for document, outcome in cases[1:]:
+        context = (document, outcome.code, outcome.stderr[-2000:])
+        for text in NEVER:
+            assert text not in outcome.stderr and text not in outcome.stdout, context
+        assert outcome.code in (0, 2), context
+        if outcome.code == 2:
+            refused += 1
+            assert len(outcome.stderr.strip().splitlines()) == 1, context
+            assert outcome.left_in_cwd == [], context
+    assert refused > 0  # the generated documents do reach the refusals

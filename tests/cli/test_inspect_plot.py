@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
+from birth.base.curves import first_crossing
 from birth.cli import main as cli_main
-from birth.metrics import first_crossing
 from training.checkpoint import checkpoint_path
 from training.config import QUICK
-from training.loop import train
+from training.trainer import train
 
 # the tiny_config fixture of conftest.py, at module scope so that the runs are trained once
 TINY = QUICK.replace(
@@ -138,3 +138,64 @@ def test_first_crossing():
     steps = np.array([0, 10, 20, 30])
     assert first_crossing(steps, np.array([0.1, 0.95, 0.5, 0.99]), 0.9) == 10
     assert first_crossing(steps, np.array([0.1, 0.2, 0.3, 0.4]), 0.9) is None
+
+
+# -- no silent overwrite, malformed metrics lines reported -----------------------------------------
+
+
+def _fingerprints(folder):
+    return {p.name: (p.stat().st_mtime_ns, p.stat().st_ino) for p in folder.iterdir()}
+
+
+@pytest.mark.parametrize(
+    "command, kept",
+    [
+        (["inspect", "{run}/checkpoints/step_000012.pt", "--batch-size", "4"], "scores.json"),
+        (["plot", "{run}"], "learning_order.json"),
+    ],
+    ids=["inspect", "plot"],
+)
+def test_a_given_out_keeps_its_files_unless_overwrite(runs, tmp_path, capsys, command, kept):
+    argv = [a.format(run=runs / "seed0") for a in command] + ["--out", str(tmp_path / "out")]
+    assert cli_main(argv) == 0
+    before = _fingerprints(tmp_path / "out")
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--overwrite" in err[0] and kept in err[0], err
+    assert _fingerprints(tmp_path / "out") == before  # nothing replaced
+    assert cli_main([*argv, "--overwrite"]) == 0
+    assert "replacing" in capsys.readouterr().out
+    after = _fingerprints(tmp_path / "out")
+    assert set(after) == set(before) and after[kept] != before[kept]
+
+
+def test_the_runs_own_folders_are_re_made_and_say_so(runs, capsys):
+    for argv in (["inspect", str(runs / "seed1"), "--batch-size", "4"], ["plot", str(runs / "seed1")]):
+        assert cli_main(argv) == 0
+        capsys.readouterr()
+        assert cli_main(argv) == 0
+        assert "(re-made from the run)" in capsys.readouterr().out
+
+
+def test_plot_names_every_malformed_line_and_a_binary_metrics_file(runs, tmp_path, capsys):
+    edited = tmp_path / "edited"
+    edited.mkdir()
+    first, *rest = (runs / "seed0" / "metrics.jsonl").read_bytes().splitlines(keepends=True)
+    (edited / "metrics.jsonl").write_bytes(first + b"{junk\n" + b"\xff\n" + b"".join(rest))
+    assert cli_main(["plot", str(edited), "--out", str(tmp_path / "p")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    metrics = edited / "metrics.jsonl"
+    assert [line.split(": line skipped, ")[0] for line in err] == [
+        f"warning: {metrics}:2",
+        f"warning: {metrics}:3",
+    ]
+    assert "not UTF-8 text (byte 0xff at offset" in err[1]
+    # a binary metrics.jsonl, second of two runs: one line naming that file and the byte
+    binary = tmp_path / "binary"
+    binary.mkdir()
+    (binary / "metrics.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00")
+    assert cli_main(["plot", str(runs / "seed0"), str(binary), "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{binary / 'metrics.jsonl'} is not UTF-8 text (byte 0x89 at offset 0)" in err[0]
+    assert not (tmp_path / "q").exists()

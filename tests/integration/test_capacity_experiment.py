@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from birth.base.io import OutputError
-from birth.experiments.capacity import CapacityConfig
-from birth.experiments.registry import run_experiment
+from birth.experiments.capacity.capacity import CapacityConfig
+from birth.experiments.registry import REGISTRY, load, run_experiment
 from birth.memories.hopfield import fit_growth, fit_growth_with_ci, theory_exponent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -23,13 +23,14 @@ def test_capacity_small_writes_both_figures_and_refuses_to_overwrite(tmp_path):
     out = tmp_path / "cap"
     config = CapacityConfig(memories=("linear", "nearest"), trials=2, queries=32)
     lines: list[str] = []
-    result = run_experiment("capacity", config, out, progress=False, log=lines.append)
+    load("capacity")
+    result = run_experiment(REGISTRY["capacity"], config, out, progress=False, log=lines.append)
     record = json.loads((out / "result.json").read_text())
     assert set(record["result"]["memories"]) == {"linear", "nearest"}
     assert (out / "capacity_summary.png").exists() and (out / "capacity.png").exists()
     assert any("n*(d) =" in line for line in lines) and "capacity growth" in result.headline()
     with pytest.raises(OutputError):  # refuses to overwrite
-        run_experiment("capacity", config, out, progress=False, log=silent)
+        run_experiment(REGISTRY["capacity"], config, out, progress=False, log=silent)
     # exponential memories store more than the linear one at a smaller d
     linear, nearest = result.memories["linear"], result.memories["nearest"]
     assert max(nearest.capacity) > max(linear.capacity)
@@ -40,7 +41,7 @@ def test_capacity_small_writes_both_figures_and_refuses_to_overwrite(tmp_path):
     [
         (dict(memories=("nope",)), "--memories"),
         (dict(memories=()), "--memories"),
-        (dict(eta=1.5), "--eta"),  # used to die in the theory rate with "math domain error"
+        (dict(eta=1.5), "--eta"),  # η >= 1: the theory rate −½ ln(1 − η²) is undefined
         (dict(eta=math.nan), "--eta"),
         (dict(beta=math.nan), "--beta"),
         (dict(beta=0.0), "--beta"),

@@ -1,5 +1,5 @@
 """The full transformer's presets, training through the TransformerLens forward, the bigram floor,
-the global-vs-icl / layers-full experiments and `birth inspect` per head (issue 12)."""
+the global-vs-icl / layers-full experiments and `birth inspect` per head."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import math
 import pytest
 import torch
 
+from birth.base.curves import mean_std
 from birth.cli import main as cli_main
 from birth.experiments.registry import get, names, run_experiment
-from birth.metrics import bigram_floor
 from birth.models.transformer import FULL_MODEL, supports_fast_path
 from probes.attention import (
     find_heads,
@@ -23,11 +23,11 @@ from probes.attention import (
 )
 from probes.recall import FF_PROBE, ff_bigram_kl
 from tasks.shakespeare import load_stats
-from tasks.triggered_bigram import Batch, TriggeredBigram, occurrence_counter
+from tasks.triggered_bigram import Batch, TriggeredBigram, bigram_floor, occurrence_counter
 from training.checkpoint import load_run_model
 from training.config import PRESETS
 from training.logger import read_metrics
-from training.loop import train
+from training.trainer import train
 
 EXPERIMENTS = ("global-vs-icl", "global-vs-icl-ffn", "layers-full")
 
@@ -90,7 +90,9 @@ def test_a_tiny_full_model_trains_through_the_transformer_lens_forward(tmp_path,
     assert rows[-1]["eval/bigram_loss"] < math.log(65) - 0.5
     # per-head probes of the 4-head model, and the W_F probe of its last layer's ReLU MLP
     last = rows[-1]
-    assert {"probes/W_OV2", "probes/W_OV2/l1h3", "probes/W_KQ2/l1h0", "probes/W_KQ1/l0h2"} <= set(last)
+    assert {"probes/W_OV2", "head_probes/W_OV2/l1h3", "head_probes/W_KQ2/l1h0", "head_probes/W_KQ1/l0h2"} <= set(
+        last
+    )
     assert math.isfinite(last[f"probes/{FF_PROBE}"])
     assert FF_PROBE not in result.order  # a divergence has no ">= 0.9" step
 
@@ -150,6 +152,13 @@ def test_small_experiments_run_and_write_json_png_headline(tmp_path, one_thread)
         if name == "layers-full":
             assert set(result.table) == {"2L", "1L"} and len(result.runs["2L"]) == 2
             assert 1.0 < result.bigram_floor < 4.2  # nats, below log 65
+            for key, row in result.table.items():  # each depth's seed mean ± std of its runs
+                icl = [run.final["eval/icl_acc"] for run in result.runs[key]]
+                assert row.icl_acc == icl and (row.icl_acc_mean, row.icl_acc_std) == pytest.approx(
+                    mean_std(icl)
+                )
+                # 4 steps: the bigram loss is still far above its floor (measured 4.07 and 4.21 vs 2.21)
+                assert row.bigram_loss_mean > 1.5 * result.bigram_floor
         else:
             assert 1.0 < result.bigram_floor < 4.2
             assert saved["result"]["bigram_floor"] == pytest.approx(result.bigram_floor)
@@ -160,6 +169,8 @@ def test_small_experiments_run_and_write_json_png_headline(tmp_path, one_thread)
             )
         if name == "global-vs-icl-ffn":
             assert math.isfinite(result.ff_kl_start) and math.isfinite(result.ff_kl_final)
+            kl = result.run.curve(f"probes/{FF_PROBE}")
+            assert (result.ff_kl_start, result.ff_kl_final) == (kl[0], kl[-1])
 
 
 def test_experiment_configs_refuse_what_they_cannot_measure():

@@ -12,9 +12,9 @@ import yaml
 
 from birth.base.config_io import load_yaml
 from birth.experiments import grid
-from birth.experiments.toy import ToyConfig, toy_draws
+from birth.experiments.theory.toy import ToyConfig, toy_draws
 
-TOY = "birth.experiments.toy:toy"
+TOY = "birth.experiments.theory.toy:toy"
 
 
 def write_spec(path: Path, **spec) -> Path:
@@ -134,7 +134,7 @@ def test_cli_debug_executor_and_dry_run(tmp_path, capsys):
     [
         ({"experiment": "no-such-experiment"}, "unknown experiment 'no-such-experiment'"),
         ({"experiment": "birth.nonexistent:toy"}, "cannot import module 'birth.nonexistent'"),
-        ({"experiment": "birth.experiments.toy:other"}, "registers no experiment 'other'"),
+        ({"experiment": "birth.experiments.theory.toy:other"}, "registers no experiment 'other'"),
         ({"experiment": TOY, "grid": {"size": [1, 2]}}, "grid.size: unknown field 'size' of"),
         ({"experiment": TOY, "fixed": {"sede": 1}}, "fixed.sede: unknown field 'sede'"),
         ({"experiment": TOY, "grid": {"n": [10, "ten"]}}, "grid.n[1] must be an integer, got 'ten'"),
@@ -149,8 +149,8 @@ def test_cli_debug_executor_and_dry_run(tmp_path, capsys):
         ({"experiment": TOY, "preset": "quick"}, "preset is for train grids"),
         ({"experiment": TOY, "exeuctor": {}}, "unknown key 'exeuctor'"),
         ({"experiment": TOY, "executor": {"cluster": "aws"}}, "executor.cluster must be one of"),
-        ({"experiment": TOY, "executor": {"gpus": 1}}, "unknown key executor.gpus"),
-        ({"experiment": TOY, "executor": {"parallel": 0}}, "executor.parallel must be an integer >= 1"),
+        ({"experiment": TOY, "executor": {"gpus": 1}}, "executor: unknown key 'gpus'"),
+        ({"experiment": TOY, "executor": {"parallel": 0}}, "--parallel must be an integer >= 1"),
         ({"experiment": TOY, "wandb": {"mode": "cloud"}}, "wandb.mode must be one of off, offline, online"),
         ({"experiment": "train", "grid": {"lr": [0.1, -1.0]}}, "point lr=-1.0: --lr must be"),
         ({"experiment": "train", "grid": {"d_modle": [8]}}, "grid.d_modle: unknown field"),

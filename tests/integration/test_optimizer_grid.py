@@ -1,5 +1,6 @@
-"""The optimizer-grid experiment: its trainer against training.memory_sgd, the relu memory, the
-claims table against a brute-force recomputation, and a grid split into points and merged again."""
+"""The optimizer-grid experiment: the trainer's grid settings against its closed-form gradient, the
+relu memory, the claims table against a brute-force recomputation, and a grid split into points and
+merged again."""
 
 from __future__ import annotations
 
@@ -13,21 +14,75 @@ import torch
 import yaml
 
 from birth.experiments import grid
-from birth.experiments import optimizer_grid as og
 from birth.experiments.registry import REGISTRY
+from birth.experiments.scaling import optimizer_grid as og
+from birth.memories.problem import from_task, sample_batches
 from birth.memories.scaling_laws import draw_embeddings
 from tasks.zipf import ZipfAssociations
-from training.memory_sgd import MemoryTrainConfig, sample_batches, train_memory
+from training.memories import MemoryTrainConfig, initial_memory, relu_features, train_memory
 
 TASK = ZipfAssociations(100, 5, 2.0)
-MODULE_TARGET = "birth.experiments.optimizer_grid:optimizer-grid"
+MODULE_TARGET = "birth.experiments.scaling.optimizer_grid:optimizer-grid"
+
+
+def train_grid_memory(
+    task,
+    model,
+    dim,
+    num_trials,
+    *,
+    optimizer,
+    lr,
+    layer_norm,
+    batches,
+    eval_steps,
+    seed,
+    init="gaussian",
+    threshold=0.5,
+):
+    """One model of the grid, trained as run_grid trains it: {"steps", "error" (R, C), "memory"}."""
+    config = MemoryTrainConfig(
+        optimizer,
+        lr,
+        batches.shape[2],
+        batches.shape[1],
+        layer_norm=layer_norm,
+        features=model,
+        relu_threshold=threshold,
+        init=init,
+        adam_scaling="width",
+        eval_steps=tuple(eval_steps),
+    )
+    run = train_memory(from_task(task, dim, num_trials, seed=seed), config, seed=seed, batches=batches)
+    return {"steps": run.steps, "error": run.error.T, "memory": run.memory}
+
+
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize(("model", "layer_norm"), [("matrix", False), ("matrix", True), ("learned", False)])
-def test_trainer_equals_train_memory_from_zero(model, layer_norm, one_thread):
-    batches = sample_batches(TASK, 2, 60, 4, seed=3)
-    ours = og.train_grid_memory(
+@pytest.mark.parametrize("init", ["zero", "gaussian"])
+def test_grid_trainer_equals_the_closed_form_gradient(init, one_thread):
+    """The matrix memory of the grid (autograd, SGD) takes the steps of the closed-form gradient
+    W ← W − γ Uᵀ Gᵀ E on the same samples (float64: equal to rounding), from 0 or a Gaussian W."""
+    batches = sample_batches(TASK.probs(), 2, 60, 4, seed=3)
+    problem = from_task(TASK, 8, 2, seed=3, dtype=torch.float64)
+    kwargs = dict(lr=1.0, batch_size=4, num_steps=60, init=init, eval_steps=(0, 20))
+    ours = train_memory(
+        problem, MemoryTrainConfig("sgd", adam_scaling="width", **kwargs), seed=3, batches=batches
+    )
+    closed = MemoryTrainConfig("sgd", gradient="closed-form", **kwargs)
+    theirs = train_memory(problem, closed, seed=3, batches=batches)
+    assert ours.steps.tolist() == theirs.steps.tolist() == [0, 20, 60]
+    torch.testing.assert_close(ours.memory, theirs.memory, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(ours.error, theirs.error, rtol=0, atol=1e-12)
+    assert ours.error[-1].mean() < ours.error[0].mean()  # it learned something
+
+
+@pytest.mark.parametrize(("model", "layer_norm"), [("matrix", True), ("learned", False)])
+def test_grid_settings_from_zero_equal_the_plain_trainer_settings(model, layer_norm, one_thread):
+    """With W = 0 and SGD the grid's settings (Adam scaling, Gaussian-init option) change nothing."""
+    batches = sample_batches(TASK.probs(), 2, 60, 4, seed=3)
+    ours = train_grid_memory(
         TASK,
         model,
         8,
@@ -46,21 +101,21 @@ def test_trainer_equals_train_memory_from_zero(model, layer_norm, one_thread):
         batch_size=4,
         num_steps=60,
         layer_norm=layer_norm,
-        learn_embeddings=model == "learned",
+        features=model,
         eval_steps=(0, 20),
     )
-    theirs = train_memory(TASK, 8, 2, config, seed=3, batches=batches)
-    assert ours["steps"].tolist() == theirs["steps"].tolist() == [0, 20, 60]
-    torch.testing.assert_close(ours["memory"], theirs["memory"], rtol=1e-5, atol=1e-6)
-    assert torch.equal(ours["error"], theirs["error"])
+    theirs = train_memory(from_task(TASK, 8, 2, seed=3), config, seed=3, batches=batches)
+    assert ours["steps"].tolist() == theirs.steps.tolist() == [0, 20, 60]
+    torch.testing.assert_close(ours["memory"], theirs.memory, rtol=1e-5, atol=1e-6)
+    assert torch.equal(ours["error"], theirs.error.T)
     assert ours["error"][:, -1].mean() < ours["error"][:, 0].mean()  # it learned something
 
 
 def test_a_diverged_run_counts_as_wrong(one_thread):
     """SGD at lr 2 on the trilinear learned model blows up to NaN; NaN scores compare false, and
     would count every token as right, but a diverged run has error 1."""
-    batches = sample_batches(TASK, 2, 60, 4, seed=3)
-    out = og.train_grid_memory(
+    batches = sample_batches(TASK.probs(), 2, 60, 4, seed=3)
+    out = train_grid_memory(
         TASK,
         "learned",
         8,
@@ -79,7 +134,7 @@ def test_a_diverged_run_counts_as_wrong(one_thread):
 
 def test_relu_features_and_initial_memory_by_brute_force():
     inputs, _ = draw_embeddings(range(2), 7, 3, [5], seed=1, dtype=torch.float64).at(0)
-    features = og.relu_features(inputs, 0.3)
+    features = relu_features(inputs, 0.3)
     for r, i, j in itertools.product(range(2), range(7), range(7)):
         cos = float(inputs[r, i] @ inputs[r, j] / (inputs[r, i].norm() * inputs[r, j].norm()))
         assert features[r, i, j].item() == pytest.approx(max(cos - 0.3, 0.0), abs=1e-12)
@@ -87,22 +142,22 @@ def test_relu_features_and_initial_memory_by_brute_force():
         torch.diagonal(features, dim1=1, dim2=2), torch.full((2, 7), 0.7, dtype=torch.float64)
     )
 
-    w = og.initial_memory(3, 40, 50, "gaussian", seed=0, device="cpu", dtype=torch.float64)
+    w = initial_memory(3, 40, 50, "gaussian", seed=0, device="cpu", dtype=torch.float64)
     assert w.shape == (3, 40, 50)
     assert w.var().item() == pytest.approx(1 / 40, rel=0.05)  # N(0, 1/d) entries
     # a trial's draw depends on (seed, trial) only, not on how many trials are drawn
-    assert torch.equal(og.initial_memory(1, 40, 50, "gaussian", 0, "cpu", torch.float64)[0], w[0])
+    assert torch.equal(initial_memory(1, 40, 50, "gaussian", 0, "cpu", torch.float64)[0], w[0])
     assert not torch.equal(w[0], w[1])
-    assert not og.initial_memory(1, 4, 4, "zero", 0, "cpu", torch.float32).any()
+    assert not initial_memory(1, 4, 4, "zero", 0, "cpu", torch.float32).any()
 
 
 def test_relu_memory_stores_more_than_the_matrix_at_small_d(one_thread):
     """At d = 10 the d × d matrix stores about d of the 100 associations; the thresholded memory's
     nearly orthogonal features store far more (the seed's exponential-capacity claim)."""
-    batches = sample_batches(TASK, 3, 640, 16, seed=0)  # T = 10240
+    batches = sample_batches(TASK.probs(), 3, 640, 16, seed=0)  # T = 10240
     kw = dict(optimizer="sgd", lr=100.0, layer_norm=False, batches=batches, eval_steps=[], seed=0)
-    matrix = og.train_grid_memory(TASK, "matrix", 10, 3, **kw)["error"][:, -1]
-    relu = og.train_grid_memory(TASK, "relu", 10, 3, threshold=0.5, **kw)["error"][:, -1]
+    matrix = train_grid_memory(TASK, "matrix", 10, 3, **kw)["error"][:, -1]
+    relu = train_grid_memory(TASK, "relu", 10, 3, threshold=0.5, **kw)["error"][:, -1]
     assert matrix.min() > 0.02  # over capacity (measured: 0.029 to 0.036)
     assert relu.max() < 0.25 * matrix.min()  # measured: 0.0034 to 0.0052
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from birth.metrics import evaluate
 from birth.models.transformer import ModelConfig, attn_linear, build_model, native
 from probes.attention import triggered_bigram_scores
-from tasks.triggered_bigram import TaskConfig, TriggeredBigram
+from tasks.triggered_bigram import ICL_ACC, TaskConfig, TriggeredBigram
 from training.checkpoint import load_checkpoint, load_model_state
 from training.config import QUICK, OptimConfig
-from training.loop import train
+from training.evaluation import TaskMetrics, evaluate
 from training.schedule import Schedule, Window, canonical, init_at_target, parse_schedule, parse_targets
+from training.trainer import train
 
 # --- parsing ------------------------------------------------------------------------------------
 
@@ -194,7 +194,7 @@ def test_targets_score_the_scale_and_build_the_circuit():
     batch = task.sample(64, 0)
     scores = triggered_bigram_scores(model, batch)
     assert scores["layer1"]["previous_token"]["argmax"] > 0.95
-    assert evaluate(model, batch, probe_triggers=triggers)["eval/icl_acc"] > 0.6
+    assert evaluate(model, batch, [TaskMetrics(task)])[ICL_ACC] > 0.6
     # W_V1, W_O1 untouched, W_V2 the identity (W_OV2 = W_O2)
     assert torch.equal(attn_linear(model, 1, "v").weight, torch.eye(d))
 

@@ -9,29 +9,33 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from birth.experiments.theory import ThreeStepsConfig
-from birth.metrics import loss_mask
-from birth.models.transformer import attn_linear
-from birth.theory import (
+from birth.experiments.theory.steps import (
     PAPER_ORDER,
-    THEOREM_BLOCKS,
-    THEOREM_STEP_NORMS,
+    StepsConfig,
     induction_logits,
     large_batch_gradient,
-    orthogonal_blocks,
-    orthogonal_embeddings,
-    orthogonal_width,
     run_gradient_steps,
+    uniform_stats,
+)
+from birth.experiments.theory.theorem import (
+    THEOREM_BLOCKS,
+    THEOREM_STEP_NORMS,
     symmetrize,
-    target_memories,
     theorem_batch,
     theorem_projection,
     token_orbits,
-    token_value,
-    uniform_stats,
 )
+from birth.experiments.theory.three_steps import ThreeStepsConfig
+from birth.models.targets import (
+    orthogonal_blocks,
+    orthogonal_embeddings,
+    orthogonal_width,
+    target_memories,
+    token_value,
+)
+from birth.models.transformer import attn_linear
 from tasks.shakespeare import load_stats
-from tasks.triggered_bigram import TaskConfig, TriggeredBigram
+from tasks.triggered_bigram import TaskConfig, TriggeredBigram, loss_mask
 from training.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -149,29 +153,42 @@ def test_theorem_projection_keeps_the_block_of_the_simplified_model():
 
 def test_three_steps_in_the_theorem_setting_give_a_working_induction_head():
     config = TrainConfig().replace(d_model=256, seq_len=24, output_mode="no_repeat", eval_batch_size=256)
-    common = dict(n_sequences=2 * 22, embeddings="orthogonal", data="theorem", step_norms=THEOREM_STEP_NORMS)
+    common = dict(
+        order=PAPER_ORDER,
+        n_sequences=2 * 22,
+        embeddings="orthogonal",
+        data="theorem",
+        step_norms=THEOREM_STEP_NORMS,
+    )
     theorem = run_gradient_steps(
-        config, PAPER_ORDER, value_tokens=True, restrict=True, symmetric=True, **common
+        config, StepsConfig(value_tokens=True, restrict=True, symmetric=True, **common)
     )
     assert [r.probes[r.matrix] for r in theorem[1:3]] == [1.0, 1.0]
     assert theorem[3].probes["W_KQ1"] >= 0.9  # measured 0.96
     assert theorem[3].icl_acc >= 0.9  # measured 0.985 (chance 1/65): the induction head works
     # the same sequences without the theorem's simplifications: no induction head (measured 0.0)
-    plain = run_gradient_steps(config, PAPER_ORDER, **common)
+    plain = run_gradient_steps(config, StepsConfig(**common))
     assert plain[3].icl_acc < 0.5
 
 
 def test_theorem_options_refuse_what_they_cannot_do():
     config = TrainConfig().replace(d_model=256, seq_len=16, output_mode="no_repeat")
     with pytest.raises(ValueError, match="need embeddings='orthogonal'"):
-        run_gradient_steps(config, n_sequences=8, value_tokens=True)
+        StepsConfig(n_sequences=8, value_tokens=True)
     with pytest.raises(ValueError, match="data must be one of"):
-        run_gradient_steps(config, n_sequences=8, embeddings="orthogonal", data="paper")
+        StepsConfig(n_sequences=8, embeddings="orthogonal", data="paper")
     with pytest.raises(ValueError, match="symmetric needs fixed triggers"):
-        run_gradient_steps(config, n_sequences=8, embeddings="orthogonal", symmetric=True, base="shakespeare")
+        StepsConfig(n_sequences=8, embeddings="orthogonal", symmetric=True, base="shakespeare")
+    symmetric = StepsConfig(n_sequences=8, embeddings="orthogonal", symmetric=True)
+    with pytest.raises(ValueError, match="symmetric needs fixed triggers"):
+        run_gradient_steps(config.replace(trigger_mode="random"), symmetric)
+    with pytest.raises(ValueError, match="--n-sequences"):
+        StepsConfig(n_sequences=0)
+    with pytest.raises(ValueError, match="--order"):
+        StepsConfig(order=("W_OV2", "W_QK9"))
     with pytest.raises(ValueError, match="--trigger-mode must be fixed"):
         ThreeStepsConfig(train=config.replace(trigger_mode="random"))
-    with pytest.raises(ValueError, match="--variants must be among"):
+    with pytest.raises(ValueError, match="--variants must be one of"):
         ThreeStepsConfig(variants=("theorem", "exact"))
     with pytest.raises(ValueError, match="--per-position"):
         ThreeStepsConfig(per_position=0)

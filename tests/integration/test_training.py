@@ -21,7 +21,8 @@ from training.checkpoint import (
 )
 from training.config import PRESETS, TrainConfig
 from training.logger import read_metrics
-from training.loop import learning_order, train
+from training.evaluation import learning_order
+from training.trainer import train
 
 
 def _quiet(*_args) -> None:

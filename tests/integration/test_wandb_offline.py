@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from training.logger import read_metrics
-from training.loop import train
+from training.trainer import train
 
 REPO = Path(__file__).resolve().parents[2]
 SWEEPS = sorted((REPO / "scripts" / "sweeps").glob("*.yaml"))
@@ -127,7 +127,8 @@ def test_sweep_config_expands_to_a_valid_birth_train_command(path):
     assert argv[argv.index("--wandb") + 1] == "online"
 
     cmd = train_cmd.parse(argv[3:])  # a CLIError on any unknown flag or bad value
-    flat = {k: v for section in cmd.config.to_dict().values() for k, v in section.items()}
+    sections = [s for s in cmd.config.to_dict().values() if isinstance(s, dict)]  # not the task's name
+    flat = {k: v for section in sections for k, v in section.items()}
     for name, spec in point.items():
         field = name.replace("-", "_")
         actual = cmd.preset if field == "preset" else flat[field]

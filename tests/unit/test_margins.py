@@ -1,4 +1,4 @@
-"""Non-saturating probe readings (probes/margins.py) and the extra keys of birth.metrics.evaluate."""
+"""Non-saturating probe readings (probes/margins.py) and the extra keys of the evaluation (training/evaluation.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-from birth.metrics import evaluate, gradient_norms, named_matrices, trained_matrices
 from birth.models.transformer import ModelConfig, attn_linear, build_model
 from probes.margins import (
     kq1_position_recall,
@@ -18,6 +17,8 @@ from probes.margins import (
 )
 from probes.recall import recall_kq1, recall_kq2
 from tasks.triggered_bigram import TaskConfig, TriggeredBigram
+from training.evaluation import evaluate, standard_groups
+from training.matrices import gradient_norms, named_matrices, trained_matrices
 from training.schedule import init_at_target
 
 # --- normalized margins on score tables ---------------------------------------------------------
@@ -165,12 +166,12 @@ def task_batch():
 
 
 def test_evaluate_keeps_its_keys_and_adds_the_readings(task_batch):
-    _, batch = task_batch
+    task, batch = task_batch
     model = model_with_targets()
     with torch.no_grad():  # a random W_K1: the readings must differ from the target ones
         attn_linear(model, 0, "k").weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
-    base = evaluate(model, batch)
-    extra = evaluate(model, batch, attention_probes=True, matrices=trained_matrices(model))
+    base = evaluate(model, batch, standard_groups(task))
+    extra = evaluate(model, batch, standard_groups(task, attention=True, matrices=trained_matrices(model)))
     for key in (
         "eval/loss",
         "eval/icl_acc",
@@ -210,7 +211,7 @@ def test_the_attention_probes_of_the_hand_built_circuit(task_batch):
     task = TriggeredBigram(TaskConfig(seq_len=32, trigger_mode="fixed"))
     batch = task.sample(64, 1)
     model = model_with_targets(d=128, T=32, triggers=task.fixed_triggers)
-    row = evaluate(model, batch, probe_triggers=task.fixed_triggers, attention_probes=True)
+    row = evaluate(model, batch, standard_groups(task, attention=True))
     assert row["attn/score_acc"] > 0.95  # layer 1 attends to the trigger from its output
     assert row["attn/score2_acc"] > 0.7  # layer 2 attends after an earlier occurrence
     assert row["attn/pred_attended_acc"] > 0.7

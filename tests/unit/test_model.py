@@ -1,4 +1,5 @@
-"""The TransformerLens model builder and the fast forward path."""
+"""The model builder, and its three forwards held equal: the TransformerLens bridge, the fast path and
+the plain-torch reference architecture (`birth.models.reference`), values and gradients."""
 
 from __future__ import annotations
 
@@ -14,12 +15,14 @@ from birth.models.transformer import (
     NAMED_CONFIGS,
     SIMPLIFIED_FFN,
     ModelConfig,
+    ReferenceTransformer,
     attn_linear,
     build_model,
     fast_logits,
     layer_norm,
     mlp_linear,
     native,
+    reference_logits,
     sinusoidal_positions,
     supports_fast_path,
     trainable_parameters,
@@ -209,7 +212,7 @@ def test_unit_embeddings_have_the_reference_scale():
     torch.testing.assert_close(unit.W_U, plain.W_U)  # the unembedding keeps N(0, 1/d)
 
 
-# --- the architecture options (issue 12): every one built, run and checked against plain torch ---
+# --- the architecture options: every one built, run and checked against the reference forward ---
 
 SMALL_FULL = dataclasses.replace(FULL_MODEL, d_model=32)  # 4 heads of width 8
 ARCHITECTURES = {
@@ -235,48 +238,53 @@ ARCHITECTURES = {
         SIMPLIFIED_FFN, n_layers=1, d_model=16, mlp_layers="first"
     ),
     "simplified-trained-rotary": ModelConfig(d_model=16, embeddings="trained", positions="rotary"),
+    # the architectures the fast path runs (supports_fast_path), beside the two simplified-ffn ones above
+    "simplified": ModelConfig(d_model=16),
+    "simplified-1-layer-bias-free-unit-embeddings": ModelConfig(
+        n_layers=1, d_model=16, biases=False, unit_embeddings=True
+    ),
+    "simplified-zero-init-sinusoidal-unscaled": ModelConfig(
+        d_model=16, trainable_init="zero", positions="sinusoidal", attn_scale="none"
+    ),
+    "full-1-head-attention-only": ModelConfig(variant="full", d_model=16),
+    "full-1-head-final-linear-ffn-tied-sinusoidal-unscaled": dataclasses.replace(
+        SIMPLIFIED_FFN,
+        d_model=24,
+        variant="full",
+        attn_scale="none",
+        positions="sinusoidal",
+        embeddings="tied",
+    ),
 }
+FAST_ARCHITECTURES = [name for name, config in ARCHITECTURES.items() if supports_fast_path(config)]
 
 
-def _rotary(x, T):
-    """RoPE on [B, H, T, d_head]: coordinate pairs (2i, 2i+1) rotated by t · 10000^(-2i/d_head)."""
-    dh = x.shape[-1]
-    angle = torch.arange(T).float()[:, None] * 10000.0 ** (-torch.arange(0, dh, 2).float() / dh)
-    cos, sin = angle.cos().repeat_interleave(2, -1), angle.sin().repeat_interleave(2, -1)
-    rotated = torch.stack((-x[..., 1::2], x[..., 0::2]), dim=-1).flatten(-2)
-    return x * cos + rotated * sin
+def _keep_identity_query(model, config) -> None:
+    """The simplified model's W_Q back to its frozen identity (zero bias) after a perturbation: the
+    fast path then skips the query matmul, the case training runs."""
+    if config.variant != "simplified":
+        return
+    with torch.no_grad():
+        for layer in range(config.n_layers):
+            q = attn_linear(model, layer, "q")
+            q.weight.copy_(torch.eye(config.d_model))
+            if q.bias is not None:
+                q.bias.zero_()
 
 
-def _plain_forward(model, config, tokens):
-    """The architecture written out with plain torch ops on the model's weights."""
-    B, T = tokens.shape
-    H, dh, d = config.n_heads, config.d_head, config.d_model
-    x = model.W_E[tokens]
-    if config.positions != "rotary":
-        x = x + model.W_pos[:T]
-    future = torch.ones(T, T, dtype=torch.bool).triu(1)
-    scale = math.sqrt(dh) if config.attn_scale == "sqrt_d_head" else 1.0
-
-    def norm(h, module):
-        if config.normalization == "none":
-            return h
-        return F.layer_norm(h, (d,), module.weight, module.bias, 1e-5)
-
-    for layer in range(config.n_layers):
-        h = norm(x, layer_norm(model, layer, "ln1"))
-        q, k, v = (attn_linear(model, layer, n)(h).view(B, T, H, dh).transpose(1, 2) for n in "qkv")
-        if config.positions == "rotary":
-            q, k = _rotary(q, T), _rotary(k, T)
-        pattern = (q @ k.transpose(-1, -2) / scale).masked_fill(future, float("-inf")).softmax(-1)
-        x = x + attn_linear(model, layer, "o")((pattern @ v).transpose(1, 2).reshape(B, T, d))
-        if config.has_mlp(layer):
-            hidden = mlp_linear(model, layer, "in")(norm(x, layer_norm(model, layer, "ln2")))
-            x = x + mlp_linear(model, layer, "out")(hidden.relu() if config.mlp == "relu" else hidden)
-    return norm(x, layer_norm(model, None)) @ model.W_U
+def _assert_gradients_close(got, expected) -> None:
+    """float32 sums in another order: absolute tolerance relative to the largest gradient."""
+    scale = max(float(e.abs().max()) for e in expected)
+    for g, e in zip(got, expected):
+        # an unused parameter (a key bias: q·b_K is the same for every key, softmax ignores it) has
+        # no gradient through the fast path and a float-noise one through the others
+        torch.testing.assert_close(torch.zeros_like(e) if g is None else g, e, rtol=1e-3, atol=1e-5 * scale)
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
-def test_every_architecture_computes_its_plain_torch_forward_and_trains(name, one_thread):
+def test_every_architecture_computes_the_reference_forward_and_trains(name, one_thread):
+    """The TransformerLens bridge equals the plain-torch reference on the same weights: logits and
+    the gradient of every trained parameter."""
     config = ARCHITECTURES[name]
     model = build_model(config, n_ctx=12, seed=1)
     twin = build_model(config, n_ctx=12, seed=1)  # seeded: the same seed gives the same weights
@@ -284,16 +292,84 @@ def test_every_architecture_computes_its_plain_torch_forward_and_trains(name, on
         assert torch.equal(a, b), key
     _perturb_all(model, seed=3)  # LayerNorm gains/biases, skipped MLPs, identity W_in: all perturbed
     tokens = torch.randint(0, 65, (3, 12), generator=torch.Generator().manual_seed(0))
+    targets = tokens.roll(-1, 1).flatten()
+    params = trainable_parameters(model)
+    reference = reference_logits(model, tokens)
+    expected_grads = torch.autograd.grad(F.cross_entropy(reference.flatten(0, 1), targets), params)
     logits = model(tokens)
-    assert logits.shape == (3, 12, 65)
-    torch.testing.assert_close(logits, _plain_forward(model, config, tokens), rtol=1e-4, atol=1e-4)
-    F.cross_entropy(logits.flatten(0, 1), tokens.roll(-1, 1).flatten()).backward()
+    assert logits.shape == reference.shape == (3, 12, 65)
+    torch.testing.assert_close(logits, reference, rtol=1e-4, atol=1e-4)
+    F.cross_entropy(logits.flatten(0, 1), targets).backward()
     for pname, p in model.named_parameters():
         # every trained weight gets a gradient; frozen ones (biases of the bias-free model, the skipped
         # MLP, the identity W_in of a linear W_F, fixed sin-cos positions) none
         assert (p.grad is not None) == p.requires_grad, pname
         if p.requires_grad:
             assert torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, pname
+    _assert_gradients_close([p.grad for p in params], expected_grads)
+
+
+@pytest.mark.parametrize("name", FAST_ARCHITECTURES)
+def test_fast_path_computes_the_reference_forward(name, one_thread):
+    """fast_logits equals the reference on the same weights, values and gradients, on every position
+    and on selected ones (the training loss's)."""
+    config = ARCHITECTURES[name]
+    model = build_model(config, n_ctx=16, seed=2)
+    _perturb_all(model, seed=6)
+    _keep_identity_query(model, config)
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 65, (7, 16), generator=gen)
+    targets = torch.randint(0, 65, (7, 16), generator=gen)
+    positions = torch.rand(7, 16, generator=gen) < torch.rand(7, 1, generator=gen)
+    positions[1] = False  # a sequence with no selected position
+    params = trainable_parameters(model)
+    for select in (None, positions):
+        reference = reference_logits(model, tokens)
+        expected = reference if select is None else reference[select]
+        got = fast_logits(model, tokens, select)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=2e-5 * float(expected.detach().abs().max()))
+        picked = (targets if select is None else targets[select]).reshape(-1)
+        expected_grads = torch.autograd.grad(F.cross_entropy(expected.reshape(-1, 65), picked), params)
+        grads = torch.autograd.grad(F.cross_entropy(got.reshape(-1, 65), picked), params, allow_unused=True)
+        _assert_gradients_close(grads, expected_grads)
+
+
+def test_fast_path_architectures_cover_every_option_it_accepts():
+    covered = [ARCHITECTURES[name] for name in FAST_ARCHITECTURES]
+    assert {c.variant for c in covered} == {"simplified", "full"}
+    assert {c.n_layers for c in covered} == {1, 2}
+    assert {c.mlp for c in covered} == {"none", "linear"}
+    assert {c.positions for c in covered} == {"random", "sinusoidal"}
+    assert {c.attn_scale for c in covered} == {"sqrt_d_head", "none"}
+    assert {c.embedding_mode for c in covered} == {"frozen", "trained", "tied"}
+    assert {c.biases for c in covered} == {True, False}
+    assert {c.unit_embeddings for c in covered} == {True, False}
+
+
+def test_reference_runs_on_the_bridge_parameters_themselves():
+    """from_bridge shares tensors (no copy): every trained weight of the bridge is a reference
+    parameter, the reference has no other, and a step through the reference moves the bridge."""
+    for config in (SMALL_FULL, ARCHITECTURES["simplified-ffn"], ARCHITECTURES["full-3-layers-linear-first"]):
+        model = build_model(config, n_ctx=8, seed=0)
+        reference = ReferenceTransformer.from_bridge(model)
+        shared = {id(p) for p in reference.parameters()}
+        assert shared <= {id(p) for p in model.parameters()}
+        assert {id(p) for p in trainable_parameters(model)} <= shared
+        assert not any(p.is_meta for p in reference.parameters())
+    # FULL_MODEL trains every weight: the reference holds exactly the bridge's parameters
+    model = build_model(SMALL_FULL, n_ctx=8, seed=0)
+    reference = ReferenceTransformer.from_bridge(model)
+    assert {id(p) for p in reference.parameters()} == {id(p) for p in model.parameters()}
+    standalone = ReferenceTransformer(SMALL_FULL, n_ctx=8, vocab_size=65)
+    assert sum(p.numel() for p in standalone.parameters()) == sum(p.numel() for p in model.parameters())
+    tokens = torch.randint(0, 65, (2, 8), generator=torch.Generator().manual_seed(0))
+    before = model(tokens).detach()
+    F.cross_entropy(reference(tokens).flatten(0, 1), tokens.flatten()).backward()
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.sub_(0.1 * p.grad)
+    assert not torch.allclose(model(tokens), before)
 
 
 def test_a_layer_without_mlp_ignores_its_frozen_zero_mlp_weights():
@@ -481,7 +557,7 @@ def test_fast_path_with_a_linear_w_f_equals_transformer_lens(config):
         expected = model(tokens) if select is None else model(tokens)[select]
         got = fast_logits(model, tokens, select)
         # float32 sums in another order: absolute tolerance relative to the largest logit
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=2e-5 * float(expected.abs().max()))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=2e-5 * float(expected.detach().abs().max()))
         picked = (targets if select is None else targets[select]).reshape(-1)
         expected_grads = torch.autograd.grad(F.cross_entropy(expected.reshape(-1, 65), picked), params)
         grads = torch.autograd.grad(F.cross_entropy(got.reshape(-1, 65), picked), params, allow_unused=True)

@@ -23,10 +23,15 @@ from probes.recall import (
     all_probes,
     ff_bigram_kl,
     ff_logits,
+    head_probes,
+    induction_weights,
     kq1_recalls,
+    kq2_layer_recalls,
     kq2_recalls,
+    layer_probes,
     memory_recall,
     ov2_recalls,
+    previous_token_weights,
     recall_kq1,
     recall_kq2,
     recall_ov2,
@@ -170,7 +175,7 @@ def test_per_head_probes_find_hand_built_memories_through_layer_norm():
     keys = (written - written.mean(-1, keepdim=True)) * layer_norm(model, 1).weight
     _store(model, 1, 0, "QK", _ln(model, 1, W_E), keys)
 
-    probes = all_probes(model)  # random triggers: the whole vocabulary
+    probes = head_probes(model)  # random triggers: the whole vocabulary
     assert list(probes)[:3] == ["W_OV2", "W_KQ2", "W_KQ1"]
     assert probes["W_OV2"] == probes["W_KQ2"] == probes["W_KQ1"] == 1.0
     assert probes["W_OV2/l1h0"] == probes["W_KQ2/l1h0"] == probes["W_KQ1/l0h1"] == 1.0
@@ -178,19 +183,28 @@ def test_per_head_probes_find_hand_built_memories_through_layer_norm():
         assert probes[key] < 0.15, (key, probes[key])  # chance: 1/65, 1/65, 1/31
     assert ov2_recalls(model).keys() == {(1, 0), (1, 1)} and kq1_recalls(model).keys() == {(0, 0), (0, 1)}
     assert recall_ov2(model) == recall_kq2(model) == recall_kq1(model) == 1.0
+    # the layer readings (what `all_probes` reports for this model) find the memories too, and
+    # name the heads: the previous-token head, then the induction head, by their attention
+    assert all_probes(model) == {"W_OV2": 1.0, "W_KQ2": 1.0, "W_KQ1": 1.0}
+    assert previous_token_weights(model).argmax() == 1 and previous_token_weights(model)[1] > 0.5
+    assert induction_weights(model).argmax() == 0 and induction_weights(model)[0] > 0.5
+    assert kq2_layer_recalls(model)[0] == 1.0 and kq2_layer_recalls(model)[1] < 0.15
     # the keys go through the previous-token head: wiping it breaks W_KQ² but not W_OV²
     with torch.no_grad():
         attn_linear(model, 0, "o").weight[:, 128:] = 0
     assert kq2_recalls(model)[1, 0] < 0.15 and ov2_recalls(model)[1, 0] == 1.0
+    assert layer_probes(model)["W_KQ2"] < 0.15 and layer_probes(model)["W_KQ1"] == 1.0
 
 
 def test_one_head_models_keep_the_probe_names():
     full = build_model(ModelConfig(n_layers=2, d_model=32, variant="full", normalization="pre_ln"), n_ctx=8)
-    assert set(all_probes(full)) == {"W_OV2", "W_KQ2", "W_KQ1"}
+    assert set(all_probes(full)) == set(head_probes(full)) == {"W_OV2", "W_KQ2", "W_KQ1"}
     one = build_model(ModelConfig(n_layers=1, d_model=32, n_heads=4, variant="full"), n_ctx=8)
-    assert set(all_probes(one)) == {"W_OV", "W_OV/l0h0", "W_OV/l0h1", "W_OV/l0h2", "W_OV/l0h3"}
+    assert set(all_probes(one)) == {"W_OV"}  # the layer reading: the heads' sum
+    assert set(head_probes(one)) == {"W_OV", "W_OV/l0h0", "W_OV/l0h1", "W_OV/l0h2", "W_OV/l0h3"}
     rotary = build_model(ModelConfig(d_model=32, n_heads=2, variant="full", positions="rotary"), n_ctx=8)
-    assert "W_KQ1" not in all_probes(rotary) and "W_KQ2/l1h1" in all_probes(rotary)  # no p_t to probe
+    assert set(all_probes(rotary)) == {"W_OV2", "W_KQ2"}  # no p_t to probe
+    assert "W_KQ1" not in head_probes(rotary) and "W_KQ2/l1h1" in head_probes(rotary)
 
 
 def _bigram_table(n: int = 65) -> torch.Tensor:
@@ -269,3 +283,18 @@ def test_w_f_probe_reads_the_relu_mlp_through_layer_norms():
     with pytest.raises(ValueError, match="no feed-forward layer"):
         ff_bigram_kl(first_only, bigram)
     assert all(p.grad is None for p in model.parameters())  # no autograd graph
+
+
+def test_simplified_model_probes_unchanged_by_the_layer_readings():
+    """The simplified model keeps the paper's per-head reading: these values were computed by the
+    probes before the full model's layer readings existed, and must not move."""
+    model = build_model(ModelConfig(n_layers=2, d_model=64), n_ctx=32, seed=3)
+    P, E = model.W_pos.detach(), model.W_E.detach()
+    with torch.no_grad():  # partly formed W_KQ¹ and W_KQ² memories
+        attn_linear(model, 0, "k").weight.add_(0.2 * (P[1:].T @ P[:-1]))
+        attn_linear(model, 1, "k").weight.add_(0.3 * (E.T @ (E @ model.OV[0, 0].AB)))
+    expected = {"W_OV2": 0.015384615398943424, "W_KQ2": 0.6000000238418579, "W_KQ1": 0.35483869910240173}
+    assert all_probes(model, TRIGGERS) == head_probes(model, TRIGGERS) == expected
+    assert all_probes(model)["W_KQ2"] == 0.7538461685180664  # the whole vocabulary
+    one = build_model(ModelConfig(n_layers=1, d_model=32), n_ctx=16, seed=2)
+    assert all_probes(one) == {"W_OV": 0.015384615398943424}

@@ -285,7 +285,7 @@ def test_prepare_data_vocab_mismatch_exit_2(tmp_path: Path, capsys: pytest.Captu
     assert load_stats(out).vocab == "".join(sorted(set("to be or not to be\n")))
 
 
-# -- the shipped statistics are protected (issue 15, item 3) ----------------------------------------
+# -- the shipped statistics are protected --------------------------------------------------------------
 
 
 def test_shipped_checksum_is_the_canonical_corpus() -> None:

@@ -7,25 +7,23 @@ import statistics
 import pytest
 import torch
 
-from birth.metrics import evaluate
-from birth.models.transformer import ModelConfig, attn_linear, build_model
-from birth.theory import (
+from birth.experiments.theory.lemma import lemma_one_step
+from birth.experiments.theory.memories import MemoryPoint, best_scale, hand_built_sweep
+from birth.experiments.theory.noisy_lemma import noisy_lemma_one_step
+from birth.experiments.theory.steps import (
     ORTHOGONAL_STEP_NORMS,
     PAPER_ORDER,
     REVERSE_ORDER,
-    MemoryPoint,
-    best_scale,
-    hand_built_sweep,
-    insert_memories,
-    lemma_one_step,
-    noisy_lemma_one_step,
-    orthogonal_embeddings,
+    StepsConfig,
     run_gradient_steps,
 )
+from birth.models.targets import insert_memories, orthogonal_embeddings
+from birth.models.transformer import ModelConfig, attn_linear, build_model
 from probes.recall import all_probes
 from tasks.shakespeare import load_stats
-from tasks.triggered_bigram import TriggeredBigram
+from tasks.triggered_bigram import ICL_ACC, TriggeredBigram
 from training.config import TrainConfig
+from training.evaluation import TaskMetrics, evaluate
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,9 +36,9 @@ def test_hand_built_memories_give_probes_one_and_high_accuracy():
     model = build_model(config.model, n_ctx=config.task.seq_len)
     insert_memories(model, task.fixed_triggers, 30.0, first_position_fix=True)
     assert all_probes(model, task.fixed_triggers) == {"W_OV2": 1.0, "W_KQ2": 1.0, "W_KQ1": 1.0}
-    strong = evaluate(model, batch, probe_triggers=task.fixed_triggers)["eval/icl_acc"]
+    strong = evaluate(model, batch, [TaskMetrics(task)])[ICL_ACC]
     insert_memories(model, task.fixed_triggers, 0.3, first_position_fix=True)
-    weak = evaluate(model, batch, probe_triggers=task.fixed_triggers)["eval/icl_acc"]
+    weak = evaluate(model, batch, [TaskMetrics(task)])[ICL_ACC]
     assert strong >= 0.98  # seed 0 here: 0.985; d=256, T=128 reaches >= 0.99 (docs/results.md)
     assert weak < 0.5  # the same memories at a small scale do not focus attention
 
@@ -113,8 +111,8 @@ def test_noisy_lemma_cross_talk_shrinks_like_one_over_sqrt_d():
 
 def test_gradient_steps_store_w_ov2_then_w_kq2_and_reverse_order_has_no_signal():
     config = TrainConfig().replace(d_model=128, seq_len=64, output_mode="no_repeat", eval_batch_size=64)
-    paper = run_gradient_steps(config, PAPER_ORDER, n_sequences=512, chunk=256)
-    reverse = run_gradient_steps(config, REVERSE_ORDER, n_sequences=512, chunk=256)
+    paper = run_gradient_steps(config, StepsConfig(order=PAPER_ORDER, n_sequences=512, chunk=256))
+    reverse = run_gradient_steps(config, StepsConfig(order=REVERSE_ORDER, n_sequences=512, chunk=256))
     assert [r.matrix for r in paper] == [None, *PAPER_ORDER]
     # the first step on W_OV² stores its pairs well above chance (1/65); measured 0.31
     assert paper[1].probes["W_OV2"] > 0.15
@@ -143,14 +141,15 @@ def test_gradient_steps_with_orthogonal_embeddings_store_w_kq2_exactly():
     # the theorem's infinite-width idealization: no cross-talk, so step 2 recovers W_KQ² exactly
     # (random embeddings at d=128: 0.4-0.6, above) and step 3 finds some previous-token pairs
     config = TrainConfig().replace(d_model=384, seq_len=64, output_mode="no_repeat", eval_batch_size=64)
-    records = run_gradient_steps(
-        config, PAPER_ORDER, n_sequences=512, embeddings="orthogonal", step_norms=ORTHOGONAL_STEP_NORMS
+    steps = StepsConfig(
+        order=PAPER_ORDER, n_sequences=512, embeddings="orthogonal", step_norms=ORTHOGONAL_STEP_NORMS
     )
+    records = run_gradient_steps(config, steps)
     assert records[1].probes["W_OV2"] > 0.4  # measured 0.62 (1.00 with 4096 sequences)
     assert records[2].probes["W_KQ2"] == 1.0
     assert records[3].probes["W_KQ1"] > 2 / 63  # chance 1/63; measured 0.06 (0.44 with 16384 sequences)
     with pytest.raises(ValueError, match="embeddings"):
-        run_gradient_steps(config, PAPER_ORDER, n_sequences=8, embeddings="sphere")
+        StepsConfig(order=PAPER_ORDER, n_sequences=8, embeddings="sphere")
 
 
 def test_hand_built_sweep_measures_each_point_on_the_held_out_batch():
@@ -165,7 +164,7 @@ def test_hand_built_sweep_measures_each_point_on_the_held_out_batch():
     batch = task.sample(32, task.generator(config.run.eval_seed))
     model = config.replace(seed=1).build_model(stats.vocab_size)
     insert_memories(model, task.fixed_triggers, 30.0, first_position_fix=True)
-    assert points[-1].icl_acc == evaluate(model, batch, probe_triggers=task.fixed_triggers)["eval/icl_acc"]
+    assert points[-1].icl_acc == evaluate(model, batch, [TaskMetrics(task)])[ICL_ACC]
     assert points[-1].probes == all_probes(model, task.fixed_triggers)
     assert points[0].icl_acc != points[4].icl_acc  # the two seeds are different models
     # the seed-mean accuracy picks the scale; a large scale focuses attention, a small one does not

@@ -455,7 +455,7 @@ def test_show_latents_opens_with_the_triggers(stats, trigger_mode: str) -> None:
 
 
 def test_show_latents_masks_latent_targets_from_every_metric(stats) -> None:
-    from birth.metrics import loss_mask
+    from tasks.triggered_bigram import loss_mask
 
     b = make(stats, show_latents=True, seq_len=32).sample(8, 16)
     outputs = loss_mask(b, "outputs")

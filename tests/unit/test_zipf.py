@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from tasks.zipf import ZipfAssociations, trial_generator
+from birth.base.seeds import generator
+from tasks.zipf import ZipfAssociations, zipf_probs
 
 
 def test_probs_are_normalized_zipf():
@@ -29,9 +30,9 @@ def test_targets_mod_and_random_map():
 
 def test_sampling_is_seeded_and_follows_p():
     task = ZipfAssociations(10, 3, 1.0)
-    x1, y1 = task.sample(20_000, trial_generator(0, 1))
-    x2, _ = task.sample(20_000, trial_generator(0, 1))
-    x3, _ = task.sample(20_000, trial_generator(0, 2))
+    x1, y1 = task.sample(20_000, generator(0, 1))
+    x2, _ = task.sample(20_000, generator(0, 1))
+    x3, _ = task.sample(20_000, generator(0, 2))
     assert torch.equal(x1, x2) and not torch.equal(x1, x3)
     assert torch.equal(y1, x1 % 3)
     freq = torch.bincount(x1, minlength=10).double() / 20_000
@@ -45,7 +46,7 @@ def test_nested_counts_are_prefixes_of_one_stream():
     assert counts.sum(-1).tolist() == [[100, 10, 1000]] * 3
     # a prefix never has more of any token than a longer prefix
     assert (counts[:, 1] <= counts[:, 0]).all() and (counts[:, 0] <= counts[:, 2]).all()
-    stream, _ = task.sample(1000, trial_generator(5, 2))
+    stream, _ = task.sample(1000, generator(5, 2))
     assert torch.equal(counts[2, 0], torch.bincount(stream[:100], minlength=30).double())
     # trial r does not depend on how many trials are drawn
     assert torch.equal(task.nested_counts([100], 1, seed=5)[0, 0], counts[0, 0])
@@ -63,3 +64,9 @@ def test_nested_counts_are_prefixes_of_one_stream():
 def test_bad_settings_raise(kwargs):
     with pytest.raises(ValueError):
         ZipfAssociations(**kwargs)
+
+
+def test_one_zipf_law_for_tasks_and_problems():
+    # the memory problems' input law is the task's: p(x) ∝ (x + 1)^-α, exactly
+    assert torch.equal(zipf_probs(40, 1.5), ZipfAssociations(40, 3, 1.5).probs())
+    assert torch.equal(zipf_probs(7, 0.0), torch.full((7,), 1 / 7, dtype=torch.float64))

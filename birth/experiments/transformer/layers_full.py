@@ -1,0 +1,106 @@
+"""`layers-full`: 1 vs 2 layers of the full model over seeds: in-context accuracy and bigram loss,
+mean ± std."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from birth.base.curves import mean_std
+from birth.base.io import new_figure, save_figure
+from birth.base.runtime import Device
+from birth.base.validate import Validated
+from birth.experiments.common import Seeds, Train, TrainedRun, eval_batch, run_seeds, train_run
+from birth.experiments.registry import ExperimentResult, register
+from birth.experiments.transformer.common import DEPTHS, PAPER_SEEDS, full_reference, full_train, tiny
+from tasks.shakespeare import load_stats
+from tasks.triggered_bigram import BIGRAM_LOSS, ICL_ACC, bigram_floor
+
+
+@dataclass(frozen=True)
+class LayersFullConfig(Validated):
+    train: Train = field(default_factory=full_train)  # base training run; --n-layers is set per arm
+    seeds: Seeds = 2  # runs per depth, seeds --seed, --seed + 1, ...
+    device: Device = "auto"  # where the runs train (auto: CUDA when present)
+
+
+@dataclass(frozen=True)
+class FullDepthSummary:
+    icl_acc_mean: float  # mean over seeds of the final in-context accuracy
+    icl_acc_std: float  # population standard deviation over seeds
+    bigram_loss_mean: float  # mean over seeds of the final bigram loss
+    bigram_loss_std: float
+    icl_acc: list[float]  # per seed
+    bigram_loss: list[float]  # per seed
+
+
+@dataclass(frozen=True)
+class LayersFullResult(ExperimentResult):
+    table: dict[str, FullDepthSummary]  # "2L", "1L"
+    bigram_floor: float  # Bayes loss of the bigram targets of the evaluation batch
+    runs: dict[str, list[TrainedRun]]  # "2L", "1L": one run per seed
+
+    def headline(self) -> str:
+        two, one = self.table["2L"], self.table["1L"]
+        return (
+            f"full model over {len(two.icl_acc)} seed(s): in-context accuracy 2 layers "
+            f"{two.icl_acc_mean:.3f} ± {two.icl_acc_std:.3f}, 1 layer {one.icl_acc_mean:.3f} ± "
+            f"{one.icl_acc_std:.3f}; bigram loss {two.bigram_loss_mean:.3f} vs {one.bigram_loss_mean:.3f} "
+            f"(floor {self.bigram_floor:.3f})"
+        )
+
+
+def plot_layers_full(result: LayersFullResult, out_dir: Path) -> list[Path]:
+    fig, axes = new_figure(1, 2)
+    for key, color in (("2L", "tab:blue"), ("1L", "tab:orange")):
+        for i, run in enumerate(result.runs[key]):
+            label = f"{key[0]} layer{'s' if key == '2L' else ''}" if i == 0 else None
+            axes[0][0].plot(run.steps(), run.curve(ICL_ACC), color=color, alpha=0.8, label=label)
+            axes[0][1].plot(run.steps(), run.curve(BIGRAM_LOSS), color=color, alpha=0.8, label=label)
+    axes[0][1].axhline(result.bigram_floor, color="k", lw=1, label="floor")
+    axes[0][0].set_ylabel("in-context accuracy (counter >= 2)")
+    axes[0][1].set_ylabel("bigram loss (counter 0)")
+    axes[0][1].set_ylim(result.bigram_floor * 0.95, result.bigram_floor * 1.6)
+    axes[0][0].set_title("full model: 2 layers vs 1 layer")
+    for ax in axes[0]:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    return save_figure(fig, out_dir, "layers_full")
+
+
+@register(
+    "layers-full",
+    family="transformer",
+    summary="full model, 2 vs 1 layer: in-context accuracy and bigram loss, mean ± std over seeds",
+    config=LayersFullConfig,
+    plot=plot_layers_full,
+    full=lambda: LayersFullConfig(train=full_reference(), seeds=PAPER_SEEDS),
+    small=lambda: LayersFullConfig(train=tiny(full_train()), seeds=2, device="cpu"),
+)
+def run_layers_full(
+    config: LayersFullConfig, out_dir: Path, *, log=print, progress: bool = True
+) -> LayersFullResult:
+    stats = load_stats()
+    _, batch = eval_batch(config.train, stats)
+    table: dict[str, FullDepthSummary] = {}
+    runs: dict[str, list[TrainedRun]] = {}
+    for layers in DEPTHS:
+        key = f"{layers}L"
+        runs[key] = []
+        for seed in run_seeds(config.train, config.seeds):
+            train = config.train.replace(n_layers=layers, seed=seed)
+            log(f"[layers-full] {layers} layer(s), seed {seed}: {train.optim.steps} steps")
+            runs[key].append(
+                train_run(
+                    train, out_dir, f"{key}-seed{seed}", device=config.device, progress=progress, log=log
+                )
+            )
+        icl = [_number(run.final.get(ICL_ACC)) for run in runs[key]]
+        bigram = [_number(run.final.get(BIGRAM_LOSS)) for run in runs[key]]
+        table[key] = FullDepthSummary(*mean_std(icl), *mean_std(bigram), icl, bigram)
+    return LayersFullResult(table=table, bigram_floor=bigram_floor(batch, stats.bigram_probs), runs=runs)
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
