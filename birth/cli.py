@@ -37,7 +37,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "experiments": (EXPERIMENT_COMMAND, "list every registered experiment, by family"),
     "grid": ("birth.commands.grid", "run a grid of experiments or training runs through submitit"),
     "prepare-data": ("birth.commands.prepare_data", "rebuild the Shakespeare statistics from a text"),
-    "dashboard": ("birth.commands.dashboard", "the W&B learning-order workspace of a project (wandb-workspaces)"),
+    "dashboard": ("birth.commands.dashboard", "the W&B learning-order workspace of a W&B project"),
 }
 
 

@@ -248,12 +248,19 @@ def previous_token_weights(model: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def kq1_layer_recall(model: nn.Module) -> float:
-    """W_KQ¹ of layer 0: the fraction of positions t at which some head's causal argmax from query
-    t+1 is the key t (`previous_token_scores`). Heads may share the positions out."""
+def kq1_by_position(model: nn.Module) -> torch.Tensor:
+    """[T-1] bool: whether some layer-0 head's causal argmax from query t+1 is the key t
+    (`previous_token_scores`), for t = 0..T-2: where the previous-token memory is stored."""
     scores = previous_token_scores(model)
     t = torch.arange(scores.shape[1], device=scores.device)
-    return (scores.argmax(dim=-1) == t).any(dim=0).float().mean().item()
+    return (scores.argmax(dim=-1) == t).any(dim=0).cpu()
+
+
+@torch.no_grad()
+def kq1_layer_recall(model: nn.Module) -> float:
+    """W_KQ¹ of layer 0: the fraction of positions t at which some head's causal argmax from query
+    t+1 is the key t (`kq1_by_position`). Heads may share the positions out."""
+    return kq1_by_position(model).float().mean().item()
 
 
 @torch.no_grad()
@@ -397,4 +404,30 @@ def all_probes(
         out = layer_probes(model, triggers)
     if bigram is not None and model_config(model).has_final_ffn:
         out[FF_PROBE] = ff_bigram_kl(model, bigram, triggers)
+    return out
+
+
+@torch.no_grad()
+def probe_report(
+    model: nn.Module, triggers: torch.Tensor | None = None, bigram: torch.Tensor | None = None
+) -> dict:
+    """What `birth inspect` reports of the memories: `reading` ("per_head": the simplified model,
+    "layer": any other, `reads_per_head`) and `probes` (`all_probes`, the values a run logs as
+    probes/NAME); for the layer reading also `head_probes` (`head_probes`), the layer-0 heads'
+    `previous_token_weights` and `kq1_by_position` (additive positions), and the last layer's
+    `induction_weights` (2+ layers)."""
+    per_head = reads_per_head(model)
+    out: dict = {
+        "reading": "per_head" if per_head else "layer",
+        "probes": all_probes(model, triggers, bigram),
+    }
+    if per_head:
+        return out
+    config = model_config(model)
+    out["head_probes"] = head_probes(model, triggers)
+    if config.positions != "rotary":
+        out["previous_token_weights"] = previous_token_weights(model).tolist()
+        out["kq1_by_position"] = kq1_by_position(model).tolist()
+    if config.n_layers >= 2:
+        out["induction_weights"] = induction_weights(model, triggers).tolist()
     return out

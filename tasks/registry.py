@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from tasks.factual_recall import FactualRecall, FactualRecallConfig
+from tasks.markov_icl import MarkovICL, MarkovICLConfig
 from tasks.protocol import Task
 from tasks.triggered_bigram import TaskConfig, TriggeredBigram
 
@@ -79,4 +80,10 @@ register_task(
     FactualRecallConfig,
     lambda config, device: FactualRecall(config, device=device),
     "S subjects x R relations -> answers, with the subject and relation among noise tokens",
+)
+register_task(
+    "markov-icl",
+    MarkovICLConfig,
+    lambda config, device: MarkovICL(config, device=device),
+    "in-context Markov chains: per-sequence transition rows ~ Dirichlet(alpha), k states",
 )

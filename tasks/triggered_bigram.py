@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from birth.base.validate import Int, Validated
+from tasks.circuits import statistical_induction_pattern
 from tasks.protocol import LossOn, MemoryTargets, TokenBatch
 from tasks.shakespeare import CorpusStats, load_stats
 
@@ -225,6 +226,20 @@ class TriggeredBigram:
         """The K fixed triggers (every token with random triggers) and the corpus bigram table."""
         triggers = self.fixed_triggers if self.config.trigger_mode == "fixed" else None
         return MemoryTargets(triggers=triggers, bigram=self.stats.bigram_probs)
+
+    def induction_pattern(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ideal induction head (`tasks.circuits.InductionTask`): at a trigger seen before, uniform
+        weight on the keys right after its earlier occurrences (each holds its output o_k); the other
+        queries are not constrained. Fixed triggers only: random ones are not visible in the tokens."""
+        c = self.config
+        if c.trigger_mode != "fixed" or c.show_latents:
+            raise ValueError(
+                "--clamp induction on triggered-bigram needs --trigger-mode fixed without --show-latents "
+                "(the ideal pattern is read from the tokens)"
+            )
+        pattern, rows = statistical_induction_pattern(inputs)
+        is_trigger = torch.isin(inputs, self.fixed_triggers.to(inputs.device))
+        return pattern, rows & is_trigger
 
     def sample_triggers(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
         k = self.config.n_triggers

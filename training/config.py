@@ -26,6 +26,7 @@ from birth.models.transformer import FULL_MODEL, ModelConfig, build_model
 from tasks.protocol import LossOn, Task
 from tasks.registry import DEFAULT_TASK, build_task, get_task, task_of_config
 from tasks.triggered_bigram import TaskConfig
+from training.clamps import check_clamps, check_task_clamps, parse_clamps
 from training.schedule import parse_schedule, parse_targets
 
 Optimizer = Literal["sgd", "adamw"]
@@ -47,10 +48,14 @@ class OptimConfig(Validated):
     init_at_target: str = ""  # matrices (W_O2, W_K2, W_K1) that start at their hand-built target memory
     # --init-at-target: logit (W_O2) or attention score (W_K) of a stored pair
     target_scale: Annotated[float, Float(0.0, open_low=True)] = 30.0
+    # parts of the circuit held at their ideal form while the rest trains: prev_token, induction
+    # (attention patterns), W_O2, W_K2, W_K1 (target memories, frozen); training.clamps
+    clamp: str = ""  # e.g. prev_token,W_O2 (pattern clamps need --no-fast-path)
 
     def __post_init__(self) -> None:
         parse_schedule(self.schedule)
         parse_targets(self.init_at_target)
+        parse_clamps(self.clamp)
         super().__post_init__()
         if len(self.betas) != 2:
             raise ValueError(f"--betas takes two numbers, got {self.betas!r}")
@@ -96,6 +101,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         task_of_config(self.task)  # a config no task registered is refused here
+        check_clamps(self.optim.clamp, self.model, self.run.fast_path)
         if (
             self.optim.loss_on == "outputs"
             and isinstance(self.task, TaskConfig)
@@ -121,7 +127,8 @@ class TrainConfig:
         if vocab_size is not None and isinstance(self.task, TaskConfig):
             self.task.validate(vocab_size)
         else:
-            self.build_task()
+            task = self.build_task()
+            check_task_clamps(parse_clamps(self.optim.clamp), task)
 
     def build_model(self, vocab_size: int | None = None, device: str | torch.device = "cpu") -> nn.Module:
         """The run's model: its architecture, T positions, the task's N tokens (`vocab_size`

@@ -25,6 +25,7 @@ from birth.models.transformer import fast_logits, model_config, supports_fast_pa
 from probes.attention import circuit_probes, forward_with_patterns
 from probes.margins import kq1_position_recall, margin_probes, recall_all_kq2
 from probes.recall import FF_PROBE, all_probes, head_probes, reads_per_head
+from tasks.circuits import AttentionTask
 from tasks.protocol import LossOn, MemoryTargets, MemoryTask, Task, TokenBatch, memory_targets
 
 EVAL_LOSS = "eval/loss"  # cross-entropy on the targets the run trains on (`--loss-on`)
@@ -155,6 +156,21 @@ class CircuitProbes:
 
 
 @dataclass(frozen=True)
+class TaskAttention:
+    """The task's own readings of the attention patterns (`tasks.circuits.AttentionTask`, e.g. the
+    statistical induction head of `markov-icl`), for one head per layer."""
+
+    task: AttentionTask
+    patterns: ClassVar[bool] = True
+
+    def applies(self, model: nn.Module) -> bool:
+        return _one_head_per_layer(model, 1)
+
+    def __call__(self, heldout: Heldout) -> dict[str, float]:
+        return self.task.attention_metrics(heldout.patterns, heldout.batch)
+
+
+@dataclass(frozen=True)
 class MatrixNorms:
     """`norm/NAME`: the Frobenius norm of each matrix (name -> parameter, e.g. the trained ones)."""
 
@@ -187,6 +203,8 @@ def standard_groups(
     ]
     if attention and isinstance(task, MemoryTask):
         groups.append(CircuitProbes())
+    if attention and isinstance(task, AttentionTask):
+        groups.append(TaskAttention(task))
     if matrices:
         groups.append(MatrixNorms(matrices))
     return groups

@@ -32,6 +32,7 @@ from tasks.triggered_bigram import TriggeredBigram
 from training.allocator import keep_freed_memory
 from training.callbacks import Callback, Checkpoints, MetricsLog, OnStep, ProgressBar, TrainingRun, Wandb
 from training.checkpoint import CheckpointError, checkpoint_path, load_model_state
+from training.clamps import install_clamps
 from training.config import OptimConfig, TrainConfig
 from training.evaluation import (
     PROBES,
@@ -238,6 +239,9 @@ def _build(
     model = config.build_model(task.vocab_size, device=device)
     for callback in callbacks:
         callback.on_model(model)
+    # --clamp: its matrices written and frozen before the schedule binds the trainable ones; its
+    # pattern hooks stay on the model for the run (`training.clamps`)
+    install_clamps(model, task, config.optim.clamp, config.optim.target_scale)
     # --init-at-target writes its memories now (a checkpoint below overrides them); --schedule
     # toggles requires_grad per step, so it binds every trainable matrix before the optimizer
     o = config.optim

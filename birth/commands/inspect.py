@@ -6,7 +6,10 @@ CHECKPOINT is a `step_*.pt` file or a run directory (its latest checkpoint is us
                                attention_layer{L}_head{H}.png, one per head, with several heads
     attention.html             circuitsvis view with its JavaScript inlined (opens offline)
     scores.json                the scores printed on the terminal: previous-token and induction
-                               scores of every head, and the previous-token and induction heads found
+                               scores of every head, the previous-token and induction heads found,
+                               and the memory-recall probes of the weights (`memory_probes`: the
+                               values the run logs as probes/NAME, and for a full model the
+                               per-head readings and the heads' weights, `probes.recall.probe_report`)
 
 Files of an earlier inspection in a --out you name are kept unless --overwrite; the default folder
 is the run's own and is re-made (the files replaced are named).
@@ -124,6 +127,34 @@ def format_scores(scores: dict) -> list[str]:
         lines += _head_lines(part)
     if n_layers == 1:
         lines.append("  (1-layer model: no induction head is expected; its induction score is the baseline)")
+    if "memory_probes" in scores:
+        lines += _probe_lines(scores["memory_probes"])
+    return lines
+
+
+def _values(values: dict[str, float], skip_heads: bool = True) -> str:
+    return "  ".join(f"{k} {_fmt(v)}" for k, v in values.items() if not (skip_heads and "/" in k))
+
+
+def _probe_lines(report: dict) -> list[str]:
+    """The memory-recall probes (`probes.recall.probe_report`): the run's readings, then for a full
+    model the per-head ones and the heads' weights (layers numbered from 1, as above)."""
+    title = "per head, the paper's" if report["reading"] == "per_head" else "layer readings"
+    lines = [f"memory probes ({title}; logged as probes/NAME): {_values(report['probes'])}"]
+    if "head_probes" in report:
+        lines.append(f"  per-head readings, best head (head_probes/NAME): {_values(report['head_probes'])}")
+    for key, title in (
+        ("previous_token_weights", "previous-token weight of each layer-1 head"),
+        ("induction_weights", "induction weight of each last-layer head"),
+    ):
+        if key in report:
+            lines.append(f"  {title}: " + " ".join(f"{w:.2f}" for w in report[key]))
+    if "kq1_by_position" in report:
+        stored = report["kq1_by_position"]
+        lines.append(
+            f"  W_KQ1 by position: query t+1 -> key t stored at {sum(stored)} of {len(stored)} positions"
+            f" (first miss at t = {stored.index(False) if False in stored else 'none'})"
+        )
     return lines
 
 
@@ -166,6 +197,8 @@ def execute(args: argparse.Namespace) -> int:
         triggered_bigram_scores,
         typical_sequence,
     )
+    from probes.recall import probe_report
+    from tasks.protocol import memory_targets
     from tasks.shakespeare import load_stats
     from tasks.triggered_bigram import TriggeredBigram
     from training.checkpoint import load_trained_model
@@ -212,6 +245,8 @@ def execute(args: argparse.Namespace) -> int:
                 model, half_len, batch_size=32, seed=config.run.eval_seed
             ),
         }
+        targets = memory_targets(task)
+        scores["memory_probes"] = probe_report(model, targets.triggers, targets.bigram)
 
     index = typical_sequence(batch, args.positions) if args.index is None else args.index
     scores["shown_sequence"] = index

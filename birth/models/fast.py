@@ -4,9 +4,17 @@ head per layer, no LayerNorm, additive positions and no feed-forward layer but a
 
 Same parameters, same function: `tests/unit/test_model.py` holds it equal, values and gradients, to
 the TransformerLens forward and to the plain-torch reference (`birth.models.reference`).
+
+The first layer's input x_t = w_E(z_t) + p_t is a token row plus a position row, so any linear map
+of it is a lookup in an [N, ·] token table plus a [T, ·] position table, computed once per call on
+N + T rows instead of B·T: W_K¹'s keys, the layer-1 values W_OV¹ x, their images under the second
+layer's W_O² W_V² W_U, and the first layer's scores themselves. What stays B·T·T work is attention:
+the first layer's scores and softmax, and the weighted sums that the second layer reads.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,18 +45,22 @@ def supports_fast_path(config: ModelConfig) -> bool:
     return fast_path_obstacle(config) is None
 
 
-def _first_layer_table(
-    lin: nn.Linear, tok_embed: torch.Tensor, pos_embed: torch.Tensor, tokens: torch.Tensor
-) -> torch.Tensor:
-    """lin(w_E(z_t) + p_t) for all (b, t) by gathering from per-token and per-position tables.
+def _linear_tables(lin: nn.Linear, E: torch.Tensor, P: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """lin(w_E(z) + p_t) = tok[z] + pos[t]: (tok, pos) = (lin(E), P Wᵀ), the bias in the token table."""
+    return F.linear(E, lin.weight, lin.bias), F.linear(P, lin.weight)
 
-    The first layer's input is an embedding lookup, so any linear map of it is a lookup in
-    [N, d] and [T, d] tables: N·d² + T·d² FLOPs instead of B·T·d².
-    """
-    T = tokens.shape[1]
-    tok_table = F.linear(tok_embed, lin.weight, lin.bias)
-    pos_table = F.linear(pos_embed[:T], lin.weight)
-    return F.embedding(tokens, tok_table) + pos_table
+
+def _tables(
+    E: torch.Tensor, P: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(E w + b, P w): the tables of x ↦ x w + b on token rows E and position rows P."""
+    tok = E @ w
+    return (tok if b is None else tok + b), P @ w
+
+
+def _gathered(tokens: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """tok[z_t] + pos[t] for every (b, t): [B, T, ·]."""
+    return F.embedding(tokens, tok) + pos
 
 
 def _is_frozen_identity(lin: nn.Linear) -> bool:
@@ -66,6 +78,29 @@ def _query(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return x if _is_frozen_identity(lin) else lin(x)
 
 
+def _value_map(attn: nn.Module, U: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The value path folded with W_O, as (w, b) with out = x w + b: A (x W_Vᵀ + b_V) W_Oᵀ + b_O =
+    A (x w + b) since the rows of A sum to one; with `U` also projected to the logits (w Uᵀ, b Uᵀ)."""
+    w = attn.v.weight.t() @ attn.o.weight.t()  # [d, d]
+    b = bias(attn.v) @ attn.o.weight.t() + bias(attn.o)  # [d]
+    return (w, b) if U is None else (w @ U.t(), b @ U.t())
+
+
+def _causal_bias(T: int, like: torch.Tensor) -> torch.Tensor:
+    """[T, T]: 0 where the key s <= the query t, -inf after it (added to the scores)."""
+    return torch.full((T, T), float("-inf"), device=like.device, dtype=like.dtype).triu(1)
+
+
+def _checked(model: nn.Module, tokens: torch.Tensor) -> nn.Module:
+    obstacle = fast_path_obstacle(model_config(model))
+    if obstacle is not None:
+        raise ValueError(f"fast_logits does not support a model with {obstacle}: use model(tokens)")
+    nm = native(model)
+    if tokens.shape[1] > nm.cfg.n_ctx:
+        raise ValueError(f"sequence length {tokens.shape[1]} exceeds n_ctx={nm.cfg.n_ctx}")
+    return nm
+
+
 def fast_logits(
     model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -73,62 +108,88 @@ def fast_logits(
     boolean mask `positions` [B, T] is given (the training loss only needs counter >= 2 targets).
 
     Same parameters, same function, fewer FLOPs than TransformerLens' eager forward:
-    - layer 1's q, k, v are gathered from token/position tables (its input is an embedding);
+    - the first layer's q, k, v are gathered from token/position tables (its input is an embedding);
     - a frozen identity W_Q (simplified model) is skipped;
     - each layer's o ∘ v is applied before attention (A (x W_V) W_O = A (x W_V W_O), rows of A
       sum to one, so biases fold in too);
     - the last layer's value path is projected to the N-dimensional logit space before attention
       (A (x W_OV) W_U = A (x W_OV W_U)), so its attention mixes N < d channels;
-    - with `positions`, the last layer attends from the selected queries only;
     - a linear W_F after the last attention layer folds into the unembedding:
       (h + h W_F) W_U = h (I + W_F) W_U;
-    - attention itself is fused scaled_dot_product_attention.
+    - with `positions`, the last layer attends from the selected queries only, with W_K applied
+      to those queries instead of to every key, and sequences are processed in groups of similar
+      query counts (`_by_groups`); with two layers the second layer reads the first through its
+      tables (`_two_layer_selected`), so no [B, T, d] product of the first layer's output is formed;
+    - attention over all positions is fused scaled_dot_product_attention.
 
     Raises ValueError for an architecture `supports_fast_path` refuses (train those through
     `model(tokens)`).
     """
-    obstacle = fast_path_obstacle(model_config(model))
-    if obstacle is not None:
-        raise ValueError(f"fast_logits does not support a model with {obstacle}: use model(tokens)")
+    nm = _checked(model, tokens)
+    if positions is None:
+        return _all_positions(model, tokens)[0]
+    last_layer = _two_layer_selected if len(nm.layers) == 2 else _last_layer_selected
+    return _by_groups(lambda z, selected: last_layer(model, z, selected), tokens, positions)
+
+
+def fast_logits_and_patterns(
+    model: nn.Module, tokens: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(`fast_logits(model, tokens)`, the attention pattern [B, T, T] of each layer): what the
+    attention probes read, without the hooked TransformerLens forward."""
+    _checked(model, tokens)
+    return _all_positions(model, tokens, keep_patterns=True)
+
+
+def _all_positions(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    *,
+    keep_patterns: bool = False,
+    selected: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Every layer at every position, then the logits ([B, T, N]; with `selected`, the last layer
+    at the selected queries only: [M, N]) and the patterns when `keep_patterns`."""
     nm = native(model)
-    cfg = nm.cfg
-    B, T = tokens.shape
-    if T > cfg.n_ctx:
-        raise ValueError(f"sequence length {T} exceeds n_ctx={cfg.n_ctx}")
-    E, P = nm.tok_embed.weight, nm.pos.weight  # [N, d], [n_ctx, d]
+    T = tokens.shape[1]
+    E, P = nm.tok_embed.weight, nm.pos.weight[:T]  # [N, d], [T, d]
     U, logit_bias = _readout(model)  # [N, d], [N] or None
     scale = 1.0 / nm.layers[0].attn.scale
-    x = F.embedding(tokens, E) + P[:T]
+    x = _gathered(tokens, E, P)
+    patterns: list[torch.Tensor] = []
     n_layers = len(nm.layers)
     for i, block in enumerate(nm.layers):
         attn = block.attn
         first, last = i == 0, i == n_layers - 1
-        # value path folded with W_O (and W_U for the last layer): [d, d'] matrix and bias
-        w_ov = attn.v.weight.t() @ attn.o.weight.t()  # [d, d]
-        b_ov = bias(attn.v) @ attn.o.weight.t() + bias(attn.o)  # [d]
-        if last:
-            w_ov, b_ov = w_ov @ U.t(), b_ov @ U.t()  # [d, N], [N]
-        if first:
-            v = F.embedding(tokens, F.linear(E, w_ov.t(), b_ov)) + F.linear(P[:T], w_ov.t())
-        else:
-            v = x @ w_ov + b_ov
-        if last and positions is not None:
+        w_ov, b_ov = _value_map(attn, U if last else None)
+        v = _gathered(tokens, *_tables(E, P, w_ov, b_ov)) if first else x @ w_ov + b_ov
+        if last and selected is not None:
             # first layer: keys from the tables; later: W_K moves to the selected queries' side
-            k = _first_layer_table(attn.k, E, P, tokens) if first else None
-            logits = _selected_query_logits(attn, x, k, v, U, positions, scale)
-            return logits if logit_bias is None else logits + logit_bias
-        k = _first_layer_table(attn.k, E, P, tokens) if first else attn.k(x)
+            k = _gathered(tokens, *_linear_tables(attn.k, E, P)) if first else None
+            logits = _padded_query_logits(attn, x, k, v, U, selected, scale)
+            return (logits if logit_bias is None else logits + logit_bias), patterns
+        k = _gathered(tokens, *_linear_tables(attn.k, E, P)) if first else attn.k(x)
         if first:
-            q = x if _is_frozen_identity(attn.q) else _first_layer_table(attn.q, E, P, tokens)
+            q = x if _is_frozen_identity(attn.q) else _gathered(tokens, *_linear_tables(attn.q, E, P))
         else:
             q = _query(attn.q, x)
-        out = F.scaled_dot_product_attention(
-            q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), is_causal=True, scale=scale
-        ).squeeze(1)
+        if keep_patterns:
+            pattern = torch.baddbmm(_causal_bias(T, q), q * scale, k.mT).softmax(dim=-1)
+            patterns.append(pattern)
+            out = pattern @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), is_causal=True, scale=scale
+            ).squeeze(1)
         if last:
-            return F.linear(x, U, logit_bias) + out
+            return F.linear(x, U, logit_bias) + out, patterns
         x = x + out
     raise AssertionError("unreachable: the model has at least one layer")
+
+
+def _last_layer_selected(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`model(tokens)[positions]`, any depth: every layer but the last at all positions."""
+    return _all_positions(model, tokens, selected=positions)[0]
 
 
 def _readout(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -149,43 +210,119 @@ def _readout(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return U + U @ M, c @ U.t()
 
 
-def _selected_query_logits(
-    attn: nn.Module,
-    x: torch.Tensor,
-    k: torch.Tensor | None,
-    v: torch.Tensor,
-    U: torch.Tensor,
+def _by_groups(
+    last_layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    tokens: torch.Tensor,
     positions: torch.Tensor,
-    scale: float,
     groups: int = 8,
 ) -> torch.Tensor:
-    """Last layer from the selected queries only, as `logits[positions]` in row-major (b, t) order.
+    """`last_layer(tokens, positions)` ([M, N] rows in row-major (b, t) order) computed on groups of
+    sequences, returned in the caller's row order.
 
-    Rows are padded to the largest count of selected positions within a group of sequences: a few
-    sequences can have far more than the rest (a trigger whose output is itself repeats to the
-    end: every later target is a 2nd+ occurrence), so the batch is sorted by count and cut into
-    `groups` groups, each padded to its own largest count.
+    The last layer's queries are padded to the largest count of selected positions within a group:
+    a few sequences can have far more than the rest (a trigger whose output is itself repeats to
+    the end: every later target is a 2nd+ occurrence), so the batch is sorted by count and cut into
+    `groups` groups, each padded to its own largest count. A group's [b, T, T] attention is also
+    small enough to stay in cache, and its backward scatters into nothing batch-sized.
     """
-    B = x.shape[0]
-    counts = positions.sum(dim=1)
-    by_count = torch.argsort(counts)
-    n_groups = max(1, min(groups, B))
+    B = tokens.shape[0]
+    by_count = torch.argsort(positions.sum(dim=1), stable=True)
     sorted_positions = positions[by_count]
-    # chunk (not indexing) so that backward concatenates the groups' gradients instead of filling
-    # a batch-sized zero tensor per group
-    xs, vs = x[by_count].chunk(n_groups), v[by_count].chunk(n_groups)
-    ks = [None] * len(xs) if k is None else k[by_count].chunk(n_groups)
+    n_groups = max(1, min(groups, B))
     pieces = [
-        _padded_query_logits(attn, xg, kg, vg, U, pg, scale)
-        for xg, kg, vg, pg in zip(xs, ks, vs, sorted_positions.chunk(n_groups))
+        last_layer(group_tokens, group_positions)
+        for group_tokens, group_positions in zip(
+            tokens[by_count].chunk(n_groups), sorted_positions.chunk(n_groups)
+        )
     ]
     # the pieces hold the sorted rows' selected positions in row-major order: number them, then
     # read the numbers back in the caller's row order
     rank = torch.empty_like(sorted_positions, dtype=torch.long)
-    rank[sorted_positions] = torch.arange(int(positions.sum()), device=x.device)
+    rank[sorted_positions] = torch.arange(int(positions.sum()), device=tokens.device)
     index = torch.empty_like(rank)
     index[by_count] = rank
     return torch.cat(pieces)[index[positions]]
+
+
+def _query_order(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(order [B, Q], valid [B, Q]): each row's selected positions first, in increasing order,
+    padded to the largest count Q with unselected ones (valid False)."""
+    counts = positions.sum(dim=1)
+    n_query = int(counts.max()) if len(positions) else 0
+    # stable sort puts each row's selected positions first, in increasing order
+    order = torch.argsort((~positions).to(torch.int8), dim=1, stable=True)[:, :n_query]
+    valid = torch.arange(n_query, device=positions.device) < counts.unsqueeze(1)
+    return order, valid
+
+
+def _first_layer_pattern(
+    attn: nn.Module, tokens: torch.Tensor, E: torch.Tensor, P: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """The first layer's attention pattern [B, T, T] from its tables.
+
+    q_t·k_s = qE[z_t]·kE[z_s] + qP[t]·kE[z_s] + qE[z_t]·kP[s] + qP[t]·kP[s]. When 2N < d the
+    scores are table lookups instead of d-wide products: the first two terms are row t of a
+    [B, T, N] lookup read at column z_s, the third is row s of the [T, N] table kP qEᵀ read at
+    column z_t (both products with one-hot tokens, inner width 2N), the last a [T, T] table added
+    with the causal mask.
+    """
+    B, T = tokens.shape
+    N = E.shape[0]
+    q_tok, q_pos = (E, P) if _is_frozen_identity(attn.q) else _linear_tables(attn.q, E, P)
+    k_tok, k_pos = _linear_tables(attn.k, E, P)
+    q_tok, q_pos = q_tok * scale, q_pos * scale
+    causal = _causal_bias(T, E)
+    if 2 * N < E.shape[1]:
+        one_hot = F.one_hot(tokens, N).to(E.dtype)  # [B, T, N]
+        left = torch.cat([_gathered(tokens, q_tok @ k_tok.t(), q_pos @ k_tok.t()), one_hot], dim=-1)
+        right = torch.cat([one_hot, (k_pos @ q_tok.t()).expand(B, T, N)], dim=-1)
+        bias_term = q_pos @ k_pos.t() + causal
+    else:
+        left, right = _gathered(tokens, q_tok, q_pos), _gathered(tokens, k_tok, k_pos)
+        bias_term = causal
+    return torch.baddbmm(bias_term, left, right.mT).softmax(dim=-1)
+
+
+def _two_layer_selected(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`model(tokens)[positions]` for two layers, the second read through the first's tables.
+
+    With A¹ the first pattern and v_u = W_OV¹ x_u (+ bias) its values (tables), the second layer's
+    input is x2_s = x_s + Σ_u A¹[s, u] v_u. It is formed at the Q selected queries only; every
+    other use of x2_s goes through a map pushed into the tables:
+    - scores: x2_q·(W_K² x2_s) = r_q·x_s + Σ_u A¹[s, u] (r_q·v_u) with r_q = W_K²ᵀ q2_q (the key
+      bias adds q·b_K to every key alike, which softmax ignores): B·Q·T·(2d + T) FLOPs instead of
+      B·T·T·d for the first layer's output;
+    - values in logit space: x2_s W = x_s W + Σ_u A¹[s, u] (v_u W) with W = W_OV² W_Uᵀ, both
+      [T, N] lookups in [N, N] and [T, N] tables.
+    """
+    nm = native(model)
+    T = tokens.shape[1]
+    order, valid = _query_order(positions)
+    if not valid.any():
+        return nm.head.weight.new_zeros(0, nm.head.weight.shape[0])
+    E, P = nm.tok_embed.weight, nm.pos.weight[:T]
+    U, logit_bias = _readout(model)
+    scale = 1.0 / nm.layers[0].attn.scale
+    first, second = nm.layers[0].attn, nm.layers[1].attn
+    pattern = _first_layer_pattern(first, tokens, E, P, scale)  # A¹ [B, T, T]
+    v_tables = _tables(E, P, *_value_map(first))
+    x, v = _gathered(tokens, E, P), _gathered(tokens, *v_tables)  # [B, T, d]
+    rows = order.unsqueeze(-1)
+    x2_query = torch.baddbmm(
+        x.gather(1, rows.expand(-1, -1, x.shape[-1])), pattern.gather(1, rows.expand(-1, -1, T)), v
+    )  # [B, Q, d]
+    r = (_query(second.q, x2_query) * scale) @ second.k.weight
+    scores = torch.baddbmm(torch.bmm(r, x.mT), torch.bmm(r, v.mT), pattern.mT)  # [B, Q, T]
+    future = torch.arange(T, device=tokens.device) > rows
+    pattern2 = scores.masked_fill_(future, float("-inf")).softmax(dim=-1)
+    w_out, b_out = _value_map(second, U)  # [d, N], [N]
+    values = torch.baddbmm(
+        _gathered(tokens, *_tables(E, P, w_out, b_out)),
+        pattern,
+        _gathered(tokens, *_tables(*v_tables, w_out)),
+    )  # x2_s W + b: [B, T, N]
+    logits = torch.baddbmm(F.linear(x2_query, U, logit_bias), pattern2, values)
+    return logits[valid]
 
 
 def _padded_query_logits(
@@ -197,19 +334,15 @@ def _padded_query_logits(
     positions: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    """Last layer from the selected queries only: rows padded to the largest count per sequence.
+    """Last layer from the selected queries only (`_query_order`), rows in row-major (b, t) order.
 
     `k` None: the keys are not projected; q·(x_s W_Kᵀ + b_K) = (q W_K)·x_s + q·b_K, and q·b_K is the
     same for every key s, which softmax ignores, so W_K is applied to the few selected queries
     instead of to all B·T positions.
     """
     B, T, d = x.shape
-    counts = positions.sum(dim=1)
-    n_query = int(counts.max()) if B else 0
-    # stable sort puts each row's selected positions first, in increasing order
-    order = torch.argsort((~positions).to(torch.int8), dim=1, stable=True)[:, :n_query]  # [B, Q]
-    valid = torch.arange(n_query, device=x.device) < counts.unsqueeze(1)  # [B, Q]
-    xq = x.gather(1, order.unsqueeze(-1).expand(B, n_query, d))  # [B, Q, d]
+    order, valid = _query_order(positions)
+    xq = x.gather(1, order.unsqueeze(-1).expand(B, -1, d))  # [B, Q, d]
     future = torch.arange(T, device=x.device) > order.unsqueeze(-1)  # [B, Q, T]
     # explicit attention: a boolean mask sends SDPA to its unfused path anyway, with extra copies
     query = _query(attn.q, xq) * scale  # scale the smaller side

@@ -90,9 +90,12 @@ def test_a_tiny_full_model_trains_through_the_transformer_lens_forward(tmp_path,
     assert rows[-1]["eval/bigram_loss"] < math.log(65) - 0.5
     # per-head probes of the 4-head model, and the W_F probe of its last layer's ReLU MLP
     last = rows[-1]
-    assert {"probes/W_OV2", "head_probes/W_OV2/l1h3", "head_probes/W_KQ2/l1h0", "head_probes/W_KQ1/l0h2"} <= set(
-        last
-    )
+    assert {
+        "probes/W_OV2",
+        "head_probes/W_OV2/l1h3",
+        "head_probes/W_KQ2/l1h0",
+        "head_probes/W_KQ1/l0h2",
+    } <= set(last)
     assert math.isfinite(last[f"probes/{FF_PROBE}"])
     assert FF_PROBE not in result.order  # a divergence has no ">= 0.9" step
 

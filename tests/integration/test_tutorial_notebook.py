@@ -33,14 +33,20 @@ def _check(notebook) -> None:
 
 
 def test_the_rendered_notebook_holds_its_outputs():
-    nbformat = pytest.importorskip("nbformat", reason="the docs tools are not installed: pip install -e '.[docs]'")
+    nbformat = pytest.importorskip(
+        "nbformat", reason="the docs tools are not installed: pip install -e '.[docs]'"
+    )
     _check(nbformat.read(NOTEBOOK, as_version=4))
 
 
 @pytest.mark.slow
 def test_the_notebook_runs_from_top_to_bottom(tmp_path):
-    nbformat = pytest.importorskip("nbformat", reason="the docs tools are not installed: pip install -e '.[docs]'")
-    nbclient = pytest.importorskip("nbclient", reason="the docs tools are not installed: pip install -e '.[docs]'")
+    nbformat = pytest.importorskip(
+        "nbformat", reason="the docs tools are not installed: pip install -e '.[docs]'"
+    )
+    nbclient = pytest.importorskip(
+        "nbclient", reason="the docs tools are not installed: pip install -e '.[docs]'"
+    )
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     for cell in notebook.cells:
         if cell.cell_type == "code":

@@ -1,5 +1,6 @@
 """`layers-full`: 1 vs 2 layers of the full model over seeds: in-context accuracy and bigram loss,
-mean ± std."""
+mean ± std; per run, the step at which each memory probe (the layer readings, probes/NAME) reaches
+0.9 and the correlation of its curve with the in-context accuracy's (`global_vs_icl.probe_tracking`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from birth.base.validate import Validated
 from birth.experiments.common import Seeds, Train, TrainedRun, eval_batch, run_seeds, train_run
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.common import DEPTHS, PAPER_SEEDS, full_reference, full_train, tiny
+from birth.experiments.transformer.global_vs_icl import probe_tracking
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import BIGRAM_LOSS, ICL_ACC, bigram_floor
 
@@ -33,6 +35,8 @@ class FullDepthSummary:
     bigram_loss_std: float
     icl_acc: list[float]  # per seed
     bigram_loss: list[float]  # per seed
+    probe_steps: list[dict[str, int | None]]  # per seed: first step with each memory probe >= 0.9
+    probe_icl_correlation: list[dict[str, float]]  # per seed: Pearson r with the in-context accuracy
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,11 @@ class LayersFullResult(ExperimentResult):
             f"full model over {len(two.icl_acc)} seed(s): in-context accuracy 2 layers "
             f"{two.icl_acc_mean:.3f} ± {two.icl_acc_std:.3f}, 1 layer {one.icl_acc_mean:.3f} ± "
             f"{one.icl_acc_std:.3f}; bigram loss {two.bigram_loss_mean:.3f} vs {one.bigram_loss_mean:.3f} "
-            f"(floor {self.bigram_floor:.3f})"
+            f"(floor {self.bigram_floor:.3f}); 2 layers, memory probes at 0.9 per seed: "
+            + ", ".join(
+                f"{k} " + "/".join("never" if s.get(k) is None else str(s[k]) for s in two.probe_steps)
+                for k in (two.probe_steps[0] if two.probe_steps else {})
+            )
         )
 
 
@@ -98,7 +106,10 @@ def run_layers_full(
             )
         icl = [_number(run.final.get(ICL_ACC)) for run in runs[key]]
         bigram = [_number(run.final.get(BIGRAM_LOSS)) for run in runs[key]]
-        table[key] = FullDepthSummary(*mean_std(icl), *mean_std(bigram), icl, bigram)
+        tracking = [probe_tracking(run) for run in runs[key]]
+        table[key] = FullDepthSummary(
+            *mean_std(icl), *mean_std(bigram), icl, bigram, [t[0] for t in tracking], [t[1] for t in tracking]
+        )
     return LayersFullResult(table=table, bigram_floor=bigram_floor(batch, stats.bigram_probs), runs=runs)
 
 
