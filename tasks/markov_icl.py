@@ -225,7 +225,9 @@ class MarkovICL:
             1, batch.inputs[:, :, None].expand(-1, -1, self.config.n_states)
         )  # [B, T, k]: P[z_t]
         oracle = -torch.special.xlogy(true_rows, true_rows).sum(dim=-1).mean().item()
-        row.update({BAYES_LOSS: bayes, MODEL_LOSS: model, EXCESS_LOSS: model / bayes - 1.0, ORACLE_LOSS: oracle})
+        row.update(
+            {BAYES_LOSS: bayes, MODEL_LOSS: model, EXCESS_LOSS: model / bayes - 1.0, ORACLE_LOSS: oracle}
+        )
         return row
 
     def attention_metrics(self, patterns: list[torch.Tensor], batch: TokenBatch) -> dict[str, float]:

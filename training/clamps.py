@@ -75,7 +75,9 @@ def check_clamps(text: str, model: ModelConfig, fast_path: bool) -> tuple[str, .
             f"the fast path skips: add --no-fast-path"
         )
     if "induction" in clamps and model.n_layers < 2:
-        raise ValueError(f"{OPTION} induction forces layer 2's attention: the model has {model.n_layers} layer")
+        raise ValueError(
+            f"{OPTION} induction forces layer 2's attention: the model has {model.n_layers} layer"
+        )
     matrices = [c for c in clamps if c in TARGETS]
     if matrices and (model.variant != "simplified" or model.n_layers != 2):
         raise ValueError(
@@ -90,7 +92,9 @@ def check_task_clamps(clamps: tuple[str, ...], task: Task) -> None:
     if "induction" not in clamps:
         return
     if not isinstance(task, InductionTask):
-        raise ValueError(f"{OPTION} induction: the task {type(task).__name__} defines no ideal induction pattern")
+        raise ValueError(
+            f"{OPTION} induction: the task {type(task).__name__} defines no ideal induction pattern"
+        )
     task.induction_pattern(torch.zeros(1, 2, dtype=torch.long, device=task.device))  # its own ValueError
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from birth.base.curves import first_crossing
 from birth.base.io import check_writable, refuse_replacing, save_figure
+from tasks.markov_icl import KL, KL_BIGRAM
 from tasks.triggered_bigram import ICL_ACC
 from training.logger import report_skipped, scan_metrics
 
@@ -70,11 +71,13 @@ def read_run(run_dir: Path) -> RunCurves:
             raise ValueError(f"{path} is {first.reason}")
         raise ValueError(f"{path} holds no readable row (line {first.number}: {first.reason})")
     report_skipped(skipped)
-    rows = [r for r in intact if ICL_KEY in r]
+    # an evaluation row: in-context accuracy (triggered-bigram) or the strategy distances (markov-icl)
+    rows = [r for r in intact if ICL_KEY in r or KL_BIGRAM in r]
     if not rows:
         raise ValueError(f"{path} holds no evaluation rows")
     rows.sort(key=lambda r: r["step"])
-    keys = [k for k in rows[0] if k.startswith("probes/")] + [ICL_KEY]
+    keys = [k for k in rows[0] if k.startswith("probes/")] + [ICL_KEY] * (ICL_KEY in rows[0])
+    keys += [k for k in rows[0] if k.startswith(KL)]  # KL(strategy ‖ model), plotted on their own axis
 
     def value(row: dict, key: str) -> float:
         v = row.get(key)
@@ -125,7 +128,12 @@ def plot_learning_order(steps: np.ndarray, stacked: dict[str, np.ndarray], thres
     ax = fig.add_subplot()
     crossings: dict[str, dict] = {}
     n_runs = next(iter(stacked.values())).shape[0]
+    distances = {k: v for k, v in stacked.items() if k.startswith(KL)}
+    if distances:
+        _plot_distances(ax.twinx(), steps, distances)
     for key, values in stacked.items():
+        if key in distances:
+            continue
         is_probe = key.startswith("probes/")
         name = key.removeprefix("probes/") if is_probe else "in-context accuracy"
         color = PROBE_COLORS.get(name, "black") if is_probe else "black"
@@ -177,6 +185,15 @@ def plot_learning_order(steps: np.ndarray, stacked: dict[str, np.ndarray], thres
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig, crossings
+
+
+def _plot_distances(ax, steps: np.ndarray, distances: dict[str, np.ndarray]) -> None:
+    """The mean KL of the model to each strategy (`tasks.markov_icl`) on a log axis."""
+    for key, values in distances.items():
+        ax.plot(steps, np.nanmean(values, axis=0), lw=1.2, ls="-.", label=f"KL to {key.removeprefix(KL)}")
+    ax.set_yscale("log")
+    ax.set_ylabel("KL(strategy ‖ model) (nats)")
+    ax.legend(loc="upper right", fontsize=8)
 
 
 def _crossing_text(name: str, c: dict, n_runs: int) -> str:

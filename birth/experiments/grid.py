@@ -57,6 +57,7 @@ from birth.base.io import check_writable, to_jsonable
 from birth.base.runtime import WandbMode
 from birth.base.validate import Constraint, Float, Int, Validated
 from birth.experiments import registry
+from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import ICL_ACC
 
 Cluster = Literal["local", "slurm", "debug"]
@@ -65,8 +66,8 @@ CLUSTERS: tuple[Cluster, ...] = typing.get_args(Cluster)
 TRAIN = "train"
 DEFAULT_TIMEOUT_MIN = 24 * 60  # submitit's local default (2 minutes) would kill most points
 
-# training.config and tasks import torch and transformer_lens (seconds): they are imported when a
-# spec names `experiment: train`, not with this module (`birth grid --help`).
+# training.config imports transformer_lens (seconds, measured with `python -X importtime`): it is
+# imported when a spec names `experiment: train`, not with this module (`birth grid --help`).
 
 
 # --------------------------------------------------------------------------------------------
@@ -140,8 +141,6 @@ class Target:
         """The config of one point; the config's own validation runs here."""
         config = self.base_config(base, preset)
         if self.is_train:
-            from tasks.shakespeare import load_stats  # seconds: see the note above
-
             config = config.replace(**overrides)
             config.validate(load_stats().vocab_size)
             return config

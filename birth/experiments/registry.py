@@ -177,8 +177,12 @@ def names(*families: Family) -> list[str]:
     """Registered experiment names (of the given families; only their modules are imported), in
     the order of `Family`, then of the modules' names, then of registration within a module."""
     load(*families)
-    wanted = families or FAMILIES
-    return [n for family in wanted for n, e in REGISTRY.items() if e.family == family]
+    found = []
+    for family in families or FAMILIES:
+        rank = {module: i for i, module in enumerate(family_modules(family))}
+        mine = [n for n, e in REGISTRY.items() if e.family == family]
+        found += sorted(mine, key=lambda n: rank.get(REGISTRY[n].run.__module__, len(rank)))
+    return found
 
 
 def run_experiment(

@@ -128,8 +128,11 @@ def fast_logits(
     nm = _checked(model, tokens)
     if positions is None:
         return _all_positions(model, tokens)[0]
-    last_layer = _two_layer_selected if len(nm.layers) == 2 else _last_layer_selected
-    return _by_groups(lambda z, selected: last_layer(model, z, selected), tokens, positions)
+    if len(nm.layers) == 2:
+        last_layer = _two_layer_selected(model, tokens.shape[1])
+    else:
+        last_layer = lambda z, selected: _all_positions(model, z, selected=selected)[0]  # noqa: E731
+    return _by_groups(last_layer, tokens, positions)
 
 
 def fast_logits_and_patterns(
@@ -187,11 +190,6 @@ def _all_positions(
     raise AssertionError("unreachable: the model has at least one layer")
 
 
-def _last_layer_selected(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """`model(tokens)[positions]`, any depth: every layer but the last at all positions."""
-    return _all_positions(model, tokens, selected=positions)[0]
-
-
 def _readout(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The map from the last attention layer's output h to the logits, as (U', b): logits = h U'ᵀ + b.
 
@@ -214,7 +212,8 @@ def _by_groups(
     last_layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     tokens: torch.Tensor,
     positions: torch.Tensor,
-    groups: int = 8,
+    group_size: int = 32,
+    max_groups: int = 16,
 ) -> torch.Tensor:
     """`last_layer(tokens, positions)` ([M, N] rows in row-major (b, t) order) computed on groups of
     sequences, returned in the caller's row order.
@@ -222,13 +221,14 @@ def _by_groups(
     The last layer's queries are padded to the largest count of selected positions within a group:
     a few sequences can have far more than the rest (a trigger whose output is itself repeats to
     the end: every later target is a 2nd+ occurrence), so the batch is sorted by count and cut into
-    `groups` groups, each padded to its own largest count. A group's [b, T, T] attention is also
-    small enough to stay in cache, and its backward scatters into nothing batch-sized.
+    groups of about `group_size` sequences (at most `max_groups`: each group costs a few dozen ops),
+    each padded to its own largest count. A group's [b, T, T] attention is also small enough to stay
+    in cache, and its backward scatters into nothing batch-sized.
     """
     B = tokens.shape[0]
     by_count = torch.argsort(positions.sum(dim=1), stable=True)
     sorted_positions = positions[by_count]
-    n_groups = max(1, min(groups, B))
+    n_groups = max(1, min(max_groups, B // group_size))
     pieces = [
         last_layer(group_tokens, group_positions)
         for group_tokens, group_positions in zip(
@@ -255,36 +255,34 @@ def _query_order(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return order, valid
 
 
-def _first_layer_pattern(
-    attn: nn.Module, tokens: torch.Tensor, E: torch.Tensor, P: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """The first layer's attention pattern [B, T, T] from its tables.
+def _first_layer_scores(
+    attn: nn.Module, E: torch.Tensor, P: torch.Tensor, scale: float
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The first layer's attention pattern [B, T, T] as a function of the tokens, from tables.
 
-    q_t·k_s = qE[z_t]·kE[z_s] + qP[t]·kE[z_s] + qE[z_t]·kP[s] + qP[t]·kP[s]. When 2N < d the
-    scores are table lookups instead of d-wide products: the first two terms are row t of a
-    [B, T, N] lookup read at column z_s, the third is row s of the [T, N] table kP qEᵀ read at
-    column z_t (both products with one-hot tokens, inner width 2N), the last a [T, T] table added
-    with the causal mask.
+    q_t·k_s = qE[z_t]·kE[z_s] + qP[t]·kE[z_s] + qE[z_t]·kP[s] + qP[t]·kP[s]: lookups instead of
+    d-wide products. The first two terms are row t of a [B, T, N] lookup read at column z_s, the
+    third is row z_t of the [N, T] table qE kPᵀ, the last a [T, T] table added with the causal mask.
     """
-    B, T = tokens.shape
-    N = E.shape[0]
+    T = P.shape[0]
     q_tok, q_pos = (E, P) if _is_frozen_identity(attn.q) else _linear_tables(attn.q, E, P)
     k_tok, k_pos = _linear_tables(attn.k, E, P)
     q_tok, q_pos = q_tok * scale, q_pos * scale
-    causal = _causal_bias(T, E)
-    if 2 * N < E.shape[1]:
-        one_hot = F.one_hot(tokens, N).to(E.dtype)  # [B, T, N]
-        left = torch.cat([_gathered(tokens, q_tok @ k_tok.t(), q_pos @ k_tok.t()), one_hot], dim=-1)
-        right = torch.cat([one_hot, (k_pos @ q_tok.t()).expand(B, T, N)], dim=-1)
-        bias_term = q_pos @ k_pos.t() + causal
-    else:
-        left, right = _gathered(tokens, q_tok, q_pos), _gathered(tokens, k_tok, k_pos)
-        bias_term = causal
-    return torch.baddbmm(bias_term, left, right.mT).softmax(dim=-1)
+    rows_tok, rows_pos = q_tok @ k_tok.t(), q_pos @ k_tok.t()  # [N, N], [T, N]
+    tok_pos = q_tok @ k_pos.t()  # [N, T]
+    pos_pos = q_pos @ k_pos.t() + _causal_bias(T, E)  # [T, T]
+
+    def pattern(tokens: torch.Tensor) -> torch.Tensor:
+        B = tokens.shape[0]
+        scores = _gathered(tokens, rows_tok, rows_pos).gather(2, tokens.unsqueeze(1).expand(B, T, T))
+        return (scores + F.embedding(tokens, tok_pos) + pos_pos).softmax(dim=-1)
+
+    return pattern
 
 
-def _two_layer_selected(model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """`model(tokens)[positions]` for two layers, the second read through the first's tables.
+def _two_layer_selected(model: nn.Module, T: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`(tokens, positions) ↦ model(tokens)[positions]` for two layers, the second read through the
+    first's tables (computed here, once for every group of sequences).
 
     With A¹ the first pattern and v_u = W_OV¹ x_u (+ bias) its values (tables), the second layer's
     input is x2_s = x_s + Σ_u A¹[s, u] v_u. It is formed at the Q selected queries only; every
@@ -296,33 +294,36 @@ def _two_layer_selected(model: nn.Module, tokens: torch.Tensor, positions: torch
       [T, N] lookups in [N, N] and [T, N] tables.
     """
     nm = native(model)
-    T = tokens.shape[1]
-    order, valid = _query_order(positions)
-    if not valid.any():
-        return nm.head.weight.new_zeros(0, nm.head.weight.shape[0])
     E, P = nm.tok_embed.weight, nm.pos.weight[:T]
     U, logit_bias = _readout(model)
     scale = 1.0 / nm.layers[0].attn.scale
     first, second = nm.layers[0].attn, nm.layers[1].attn
-    pattern = _first_layer_pattern(first, tokens, E, P, scale)  # A¹ [B, T, T]
+    first_pattern = _first_layer_scores(first, E, P, scale)
     v_tables = _tables(E, P, *_value_map(first))
-    x, v = _gathered(tokens, E, P), _gathered(tokens, *v_tables)  # [B, T, d]
-    rows = order.unsqueeze(-1)
-    x2_query = torch.baddbmm(
-        x.gather(1, rows.expand(-1, -1, x.shape[-1])), pattern.gather(1, rows.expand(-1, -1, T)), v
-    )  # [B, Q, d]
-    r = (_query(second.q, x2_query) * scale) @ second.k.weight
-    scores = torch.baddbmm(torch.bmm(r, x.mT), torch.bmm(r, v.mT), pattern.mT)  # [B, Q, T]
-    future = torch.arange(T, device=tokens.device) > rows
-    pattern2 = scores.masked_fill_(future, float("-inf")).softmax(dim=-1)
     w_out, b_out = _value_map(second, U)  # [d, N], [N]
-    values = torch.baddbmm(
-        _gathered(tokens, *_tables(E, P, w_out, b_out)),
-        pattern,
-        _gathered(tokens, *_tables(*v_tables, w_out)),
-    )  # x2_s W + b: [B, T, N]
-    logits = torch.baddbmm(F.linear(x2_query, U, logit_bias), pattern2, values)
-    return logits[valid]
+    out_x_tables, out_v_tables = _tables(E, P, w_out, b_out), _tables(*v_tables, w_out)
+
+    def group(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        order, valid = _query_order(positions)
+        if not valid.any():
+            return U.new_zeros(0, U.shape[0])
+        pattern = first_pattern(tokens)  # A¹ [B, T, T]
+        x, v = _gathered(tokens, E, P), _gathered(tokens, *v_tables)  # [B, T, d]
+        rows = order.unsqueeze(-1)
+        x2_query = torch.baddbmm(
+            x.gather(1, rows.expand(-1, -1, x.shape[-1])), pattern.gather(1, rows.expand(-1, -1, T)), v
+        )  # [B, Q, d]
+        r = (_query(second.q, x2_query) * scale) @ second.k.weight
+        scores = torch.baddbmm(torch.bmm(r, x.mT), torch.bmm(r, v.mT), pattern.mT)  # [B, Q, T]
+        future = torch.arange(T, device=tokens.device) > rows
+        pattern2 = scores.masked_fill_(future, float("-inf")).softmax(dim=-1)
+        values = torch.baddbmm(
+            _gathered(tokens, *out_x_tables), pattern, _gathered(tokens, *out_v_tables)
+        )  # x2_s W + b: [B, T, N]
+        logits = torch.baddbmm(F.linear(x2_query, U, logit_bias), pattern2, values)
+        return logits[valid]
+
+    return group
 
 
 def _padded_query_logits(

@@ -263,6 +263,15 @@ def test_inspect_a_full_model_reports_every_head_and_writes_one_heatmap_per_head
     assert prev["score"] == max(part["heads"][f"layer1.head{h}"]["previous_token"]["mass"] for h in (0, 1))
     assert f"previous-token head: layer 1 head {prev['head']}" in printed
     assert "layer 2 head 1: previous-token" in printed
+    # the memory probes: the layer readings the run logged at that step, and the heads' weights
+    report, logged = scores["memory_probes"], read_metrics(tmp_path / "run" / "metrics.jsonl")[-1]
+    assert report["reading"] == "layer" and logged["step"] == scores["step"]
+    assert report["probes"] == {
+        k.removeprefix("probes/"): v for k, v in logged.items() if k.startswith("probes/")
+    }
+    assert report["head_probes"]["W_OV2"] == logged["head_probes/W_OV2"]
+    assert len(report["previous_token_weights"]) == len(report["induction_weights"]) == 2
+    assert f"W_OV2 {report['probes']['W_OV2']:.3f}  W_KQ2 {report['probes']['W_KQ2']:.3f}" in printed
     assert 0 <= scores["shown_sequence"] < 8
     # --index still picks the sequence
     out2 = tmp_path / "inspect2"

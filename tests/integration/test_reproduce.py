@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -15,7 +17,7 @@ from birth.base.config_io import config_from_dict
 from birth.base.curves import first_crossing, mean_std
 from birth.base.io import OutputError
 from birth.experiments.common import RUNS, eval_batch, experiment_train
-from birth.experiments.registry import FAMILIES, get, names, run_experiment
+from birth.experiments.registry import FAMILIES, commands, family_modules, get, names, run_experiment
 from birth.experiments.theory.gradient_steps import GradientStepsConfig
 from birth.experiments.theory.lemma import LemmaConfig
 from birth.experiments.theory.memories import MemoriesConfig
@@ -71,6 +73,23 @@ def test_the_claims_are_registered_with_a_small_and_a_full_size():
             assert (full.seeds, default.seeds) == (PAPER_SEEDS, 2) == (5, 2)
         else:
             assert not hasattr(full, "seeds") and not hasattr(default, "seeds")
+
+
+def test_the_registry_finds_each_familys_modules_and_the_help_imports_no_torch():
+    # one module per experiment, found in its family's sub-package
+    for family in FAMILIES:
+        modules = family_modules(family)
+        for name in names(family):
+            assert get(name).run.__module__ in modules, name
+    assert {"birth.experiments.theory.lemma", "birth.experiments.transformer.layers"} <= {
+        m for family in FAMILIES for m in family_modules(family)
+    }
+    # every experiment command runs the families the registry groups under it
+    assert commands()["reproduce"] == ("transformer", "theory")
+    assert [f for group in commands().values() for f in group] == list(FAMILIES)
+    # `birth --help` lists the commands without importing torch (the experiment modules do)
+    code = "import sys, birth.cli; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 def test_every_small_experiment_writes_its_result_config_and_figures(small_runs):

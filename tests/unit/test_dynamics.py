@@ -13,7 +13,7 @@ from birth.base.seeds import generator
 from birth.experiments.dynamics.common import descend, sphere_problem, stacked_problem
 from birth.experiments.dynamics.phase_diagram import phase_diagram
 from birth.experiments.dynamics.sharpness import sharpness_along
-from birth.experiments.dynamics.transformer_wo2 import ov_margins, train_transformer_sgd
+from birth.experiments.dynamics.transformer_wo2 import ov_margins
 from birth.memories import dynamics as dyn
 from birth.memories import problem as mp
 from birth.memories.problem import sample_batches, token_frequencies
@@ -298,23 +298,10 @@ def test_under_parameterized_cross_entropy_overshoots_its_best_error(one_thread)
 # 8. the birth transformer
 
 
-@pytest.fixture(scope="module")
-def tiny_birth():
+def test_ov_margins_match_the_transformer_lens_ov_circuit():
     from birth.models.transformer import ModelConfig, build_model
-    from tasks.triggered_bigram import TaskConfig, TriggeredBigram
 
-    task = TriggeredBigram(TaskConfig(seq_len=16))
-    batches = [task.sample(8, task.generator(100 + s)) for s in range(3)]
-
-    def make():
-        return build_model(ModelConfig(d_model=16), n_ctx=16, vocab_size=task.vocab_size, seed=3)
-
-    return make, batches
-
-
-def test_ov_margins_match_the_transformer_lens_ov_circuit(tiny_birth):
-    make, _ = tiny_birth
-    model = make()
+    model = build_model(ModelConfig(d_model=16), n_ctx=16, vocab_size=65, seed=3)
     scores = (model.W_E @ model.OV[1, 0].AB @ model.W_U).detach().double()  # [k, j], TL's own product
     n = scores.shape[0]
     expected = torch.tensor(
@@ -322,32 +309,6 @@ def test_ov_margins_match_the_transformer_lens_ov_circuit(tiny_birth):
         dtype=torch.float64,
     )
     assert torch.allclose(ov_margins(model), expected, atol=1e-5)
-
-
-def test_transformer_sgd_moves_only_the_chosen_matrix_by_one_plain_step(tiny_birth):
-    import torch.nn.functional as F
-
-    from birth.models.transformer import attn_linear, fast_logits
-
-    make, batches = tiny_birth
-    model, reference = make(), make()
-    w_o2 = attn_linear(model, 1, "o").weight
-    before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    traj = train_transformer_sgd(model, [w_o2], batches[:1], 50.0)
-    # one hand-made SGD step on the same loss
-    ref_w = attn_linear(reference, 1, "o").weight
-    ref_w.requires_grad_(True)
-    mask = batches[0].counter >= 2
-    loss = F.cross_entropy(
-        fast_logits(reference, batches[0].inputs, positions=mask), batches[0].targets[mask]
-    )
-    (grad,) = torch.autograd.grad(loss, ref_w)
-    assert math.isclose(float(traj.loss[0]), float(loss.detach()), rel_tol=1e-6)
-    assert torch.allclose(w_o2.detach(), ref_w.detach() - 50.0 * grad, atol=1e-6)
-    for name, p in model.named_parameters():
-        if p is not w_o2:
-            assert torch.equal(p.detach(), before[name]), name
-    assert traj.margins.shape == (2, 65) and traj.margin_steps.tolist() == [0, 1]
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,7 +62,9 @@ def test_seeded_and_rows_are_laws():
 
 def test_dirichlet_rows_have_the_prior_mean_and_variance():
     alpha, k = 0.5, 3
-    P = MarkovICL(MarkovICLConfig(n_states=k, alpha=alpha)).sample_transitions(20_000, torch.Generator().manual_seed(0))
+    P = MarkovICL(MarkovICLConfig(n_states=k, alpha=alpha)).sample_transitions(
+        20_000, torch.Generator().manual_seed(0)
+    )
     # Dirichlet(α·1): mean 1/k, variance (k - 1) / (k² (kα + 1))
     assert abs(P.mean().item() - 1 / k) < 1e-3
     assert abs(P.var().item() - (k - 1) / (k**2 * (k * alpha + 1))) < 2e-3

@@ -25,6 +25,7 @@ from probes.recall import (
     ff_logits,
     head_probes,
     induction_weights,
+    kq1_by_position,
     kq1_recalls,
     kq2_layer_recalls,
     kq2_recalls,
@@ -32,6 +33,7 @@ from probes.recall import (
     memory_recall,
     ov2_recalls,
     previous_token_weights,
+    probe_report,
     recall_kq1,
     recall_kq2,
     recall_ov2,
@@ -194,6 +196,33 @@ def test_per_head_probes_find_hand_built_memories_through_layer_norm():
         attn_linear(model, 0, "o").weight[:, 128:] = 0
     assert kq2_recalls(model)[1, 0] < 0.15 and ov2_recalls(model)[1, 0] == 1.0
     assert layer_probes(model)["W_KQ2"] < 0.15 and layer_probes(model)["W_KQ1"] == 1.0
+
+
+def test_w_kq1_by_position_and_the_probe_report_of_a_multi_head_model():
+    """A previous-token memory stored for the first 12 positions only: the by-position reading says
+    where, the layer reading is its mean; `probe_report` (what `birth inspect` prints) gathers the
+    readings a run logs, the per-head ones and the heads' weights."""
+    model = build_model(MULTI, n_ctx=32, seed=0)
+    _perturb_norms(model)
+    P0 = _ln(model, 0, model.W_pos.detach())
+    _store(model, 0, 1, "QK", 4 * P0[1:13], P0[:12])  # query t+1 -> key t for t < 12, in head 1
+    stored = kq1_by_position(model)
+    assert stored.shape == (31,) and stored.dtype == torch.bool
+    assert stored[:12].all() and stored[12:].float().mean() < 0.5
+    report = probe_report(model)
+    assert report["reading"] == "layer" and report["probes"] == all_probes(model)
+    assert report["probes"]["W_KQ1"] == pytest.approx(stored.float().mean().item())
+    assert report["kq1_by_position"] == stored.tolist()
+    assert report["head_probes"] == head_probes(model)
+    assert report["previous_token_weights"] == previous_token_weights(model).tolist()
+    assert report["induction_weights"] == induction_weights(model).tolist()
+    assert len(report["previous_token_weights"]) == len(report["induction_weights"]) == 2
+    assert max(range(2), key=report["previous_token_weights"].__getitem__) == 1  # the head that stores it
+    simplified = build_model(ModelConfig(n_layers=2, d_model=32), n_ctx=8, seed=1)
+    assert probe_report(simplified, TRIGGERS) == {
+        "reading": "per_head",
+        "probes": all_probes(simplified, TRIGGERS),
+    }
 
 
 def test_one_head_models_keep_the_probe_names():

@@ -1,24 +1,33 @@
 """transformer-wo2: the birth transformer with only W_O² trained at η in [20, 200] (per-token margins of
 the W_OV² memory), and every trained matrix at the same steps (loss spikes).
+
+Every run is a run of the one transformer trainer (`training.trainer.train`): plain SGD (torch's SGD
+with momentum 0 and weight decay 0), the loss on the counter >= 2 targets, an evaluation on a fixed
+held-out batch before every step. The experiment adds two callbacks: `TrainOnly` picks the arm's
+matrices before the optimizer is built, `ArmRecorder` reads the W_OV² margins and keeps the
+held-out curve. Each run's directory is `out_dir/runs/ARM_lrETA`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from birth.base.io import new_figure, save_figure
 from birth.base.runtime import Device
-from birth.base.seeds import check_seed, step_seed
-from birth.base.validate import check_float, check_floats, check_int
+from birth.base.seeds import step_seed
+from birth.base.validate import Float, Floats, Int, Validated
+from birth.experiments.common import RUNS, Seed
 from birth.experiments.dynamics.common import (
     colormap,
     rounded,
@@ -26,45 +35,47 @@ from birth.experiments.dynamics.common import (
 from birth.experiments.registry import ExperimentResult, register
 from birth.memories import dynamics as dyn
 from birth.memories.problem import score_margins
-from birth.models.transformer import ModelConfig, attn_linear, build_model, fast_logits, native
-from tasks.triggered_bigram import TaskConfig, TriggeredBigram
+from birth.models.transformer import ModelConfig, attn_linear, native
+from tasks.triggered_bigram import ICL_ACC, TaskConfig
+from training.callbacks import Callback, TrainingRun
+from training.config import OptimConfig, RunConfig, TrainConfig
+from training.evaluation import EVAL_LOSS, STEP, TaskMetrics
+from training.matrices import named_matrices
+from training.trainer import train
 
 Arm = Literal["wo2", "all"]
 AllMatrices = Literal["simplified", "attention"]
 
+EVAL_STREAM = 0x5EED_E0A1  # seed stream (seed, EVAL_STREAM) of the held-out batch
+LOSS_ON = "outputs"  # the paper's loss: targets after a repeated trigger (counter >= 2)
+
 
 @dataclass(frozen=True)
-class TransformerWo2Config:
-    d_model: int = 64  # d of the simplified 2-layer birth model (frozen N(0, I/d) embeddings)
-    seq_len: int = 64  # T of the triggered-bigram task (K = 5 fixed triggers, uniform outputs)
-    batch_size: int = 32  # sequences per SGD step (fresh, seeded batches)
-    eval_batch_size: int = 64  # fixed held-out sequences on which the loss curve is measured every step
-    lrs: tuple[float, ...] = (20.0, 60.0, 200.0)  # step sizes η (plain SGD)
-    steps: int = 300  # SGD steps per run
-    all_matrices: AllMatrices = (
-        "simplified"  # the every-matrix arm: W_K¹, W_K², W_O² (the paper's) or all W_Q, W_K, W_V, W_O
+class TransformerWo2Config(Validated):
+    d_model: Annotated[int, Int(1)] = (
+        64  # d of the simplified 2-layer birth model (frozen N(0, I/d) embeddings)
     )
-    margin_every: int = 5  # W_OV² margins measured every this many steps
-    fit_from: float = 0.1  # fit margin vs log t over t >= fit_from * steps (two halves of that log window)
-    spike_factor: float = 1.5  # a spike: the held-out loss above spike_factor × its running minimum
+    seq_len: Annotated[int, Int(8)] = (
+        64  # T of the triggered-bigram task (K = 5 fixed triggers, uniform outputs)
+    )
+    batch_size: Annotated[int, Int(1)] = 32  # sequences per SGD step (fresh, seeded batches)
+    # fixed held-out sequences on which the loss curve is measured every step
+    eval_batch_size: Annotated[int, Int(1)] = 64
+    lrs: Annotated[tuple[float, ...], Floats(0.0, open_low=True)] = (
+        20.0,
+        60.0,
+        200.0,
+    )  # step sizes η (plain SGD)
+    steps: Annotated[int, Int(4)] = 300  # SGD steps per run
+    # the every-matrix arm: W_K¹, W_K², W_O² (the paper's) or all W_Q, W_K, W_V, W_O
+    all_matrices: AllMatrices = "simplified"
+    margin_every: Annotated[int, Int(1)] = 5  # W_OV² margins measured every this many steps
+    # fit margin vs log t over t >= fit_from * steps (two halves of that log window)
+    fit_from: Annotated[float, Float(0.0, 1.0, open_low=True, open_high=True)] = 0.1
+    # a spike: the held-out loss above spike_factor × its running minimum
+    spike_factor: Annotated[float, Float(1.0, open_low=True)] = 1.5
     device: Device = "cpu"  # auto: cuda when available
-    seed: int = 0  # seeds the model, the training batches and the held-out batch
-
-    def __post_init__(self) -> None:
-        check_int("d_model", self.d_model, 1)
-        check_int("seq_len", self.seq_len, 8)
-        check_int("batch_size", self.batch_size, 1)
-        check_int("eval_batch_size", self.eval_batch_size, 1)
-        check_floats("lrs", self.lrs, 0.0, open_low=True)
-        check_int("steps", self.steps, 4)
-        if self.all_matrices not in ("simplified", "attention"):
-            raise ValueError(f"--all-matrices must be simplified or attention, got {self.all_matrices!r}")
-        check_int("margin_every", self.margin_every, 1)
-        check_float("fit_from", self.fit_from, 0.0, 1.0, open_low=True, open_high=True)
-        check_float("spike_factor", self.spike_factor, 1.0, open_low=True)
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
-        check_seed(self.seed)
+    seed: Seed = 0  # seeds the model, the training batches and the held-out batch
 
 
 @dataclass(frozen=True)
@@ -167,10 +178,63 @@ def ov_margins(model: torch.nn.Module, layer: int = -1) -> torch.Tensor:
     return margins.cpu()
 
 
+def arm_matrices(arm: Arm, all_matrices: AllMatrices) -> tuple[str, ...]:
+    """The matrices an arm trains (`training.matrices.named_matrices` names)."""
+    if arm == "wo2":
+        return ("W_O2",)
+    if all_matrices == "simplified":
+        return ("W_K1", "W_K2", "W_O2")  # what the simplified model trains (paper, section 4.2)
+    return tuple(f"W_{kind}{layer}" for layer in (1, 2) for kind in "QKVO")
+
+
+class TrainOnly(Callback):
+    """Trains exactly the named matrices: set when the model is built, before the trainer binds its
+    schedule and builds its optimizer over the parameters that require a gradient."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = frozenset(names)
+
+    def on_model(self, model: nn.Module) -> None:
+        matrices = named_matrices(model)
+        missing = self.names - set(matrices)
+        if missing:
+            raise ValueError(f"the model has no matrix {', '.join(sorted(missing))}")
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for name in self.names:
+            matrices[name].requires_grad_(True)
+
+
+class ArmRecorder(Callback):
+    """The held-out loss and in-context accuracy of every evaluation row, and the W_OV² margins
+    (`ov_margins`) at step 0, every `every` steps and at the end."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self.rows: dict[int, tuple[float, float]] = {}  # step -> (loss, accuracy)
+        self.margin_steps: list[int] = []
+        self.margins: list[torch.Tensor] = []
+
+    def _read_margins(self, run: TrainingRun) -> None:
+        self.margin_steps.append(run.step)
+        self.margins.append(ov_margins(run.model))
+
+    def on_start(self, run: TrainingRun) -> None:
+        self._read_margins(run)
+
+    def on_row(self, run: TrainingRun, row: dict[str, float]) -> None:
+        self.rows[int(row[STEP])] = (row[EVAL_LOSS], row[ICL_ACC])
+
+    def on_step(self, run: TrainingRun, updated: bool) -> None:
+        if run.step % self.every == 0 or run.step == run.config.optim.steps:
+            self._read_margins(run)
+
+
 @dataclass(frozen=True)
-class TransformerTrajectory:
-    """A transformer SGD run: per step (before its update) the batch loss and in-context accuracy;
-    the W_OV² margins at `margin_steps`; `diverged`: first step with a non-finite loss (None)."""
+class ArmTrajectory:
+    """One arm's run: the held-out loss and in-context accuracy before each step; the W_OV² margins
+    at `margin_steps`; `diverged`: the first step whose loss (training, or held-out after a finite
+    start) is not finite (None), after which nothing is recorded."""
 
     loss: torch.Tensor  # (steps,), NaN after a divergence
     accuracy: torch.Tensor  # (steps,)
@@ -179,69 +243,77 @@ class TransformerTrajectory:
     diverged: int | None
 
 
-def train_transformer_sgd(
-    model: torch.nn.Module,
-    trainable: Sequence[torch.nn.Parameter],
-    batches: Sequence,
+def arm_config(config: TransformerWo2Config, lr: float) -> TrainConfig:
+    """The trainer's config of one run: plain SGD at step size `lr` (no momentum, no weight decay:
+    the dynamics the memory theory describes), evaluated before every step on a held-out batch
+    drawn from the stream (seed, EVAL_STREAM); only the final checkpoint is written."""
+    c = config
+    return TrainConfig(
+        task=TaskConfig(seq_len=c.seq_len),
+        model=ModelConfig(d_model=c.d_model),
+        optim=OptimConfig(
+            optimizer="sgd",
+            lr=lr,
+            momentum=0.0,
+            weight_decay=0.0,
+            batch_size=c.batch_size,
+            steps=c.steps,
+            loss_on=LOSS_ON,
+        ),
+        run=RunConfig(
+            seed=c.seed,
+            eval_seed=step_seed(c.seed, EVAL_STREAM),
+            eval_every=1,
+            eval_batch_size=c.eval_batch_size,
+            checkpoint_every=10**9,
+            attention_probes=False,
+        ),
+    )
+
+
+def train_arm(
+    config: TransformerWo2Config,
+    arm: Arm,
     lr: float,
+    run_dir: Path,
     *,
-    eval_batch=None,
-    min_counter: int = 2,
-    margin_every: int = 1,
-) -> TransformerTrajectory:
-    """Plain SGD (no momentum, no weight decay: the dynamics the memory theory describes) of the
-    parameters `trainable` only, on the cross-entropy of the targets whose counter is >= min_counter
-    (the paper's loss: second and later occurrences of a trigger), one batch per step.
-
-    `batches`: the tasks.triggered_bigram.Batch of each step (drawn by the caller from seeded
-    generators; every run of a comparison can share them). `eval_batch`: a fixed batch on which
-    the recorded loss and accuracy are measured before every step (default: the step's own batch,
-    whose batch-to-batch noise would hide the spikes of the dynamics). The model's other
-    parameters are frozen for the run (requires_grad is set here). Logits: birth.models.transformer.fast_logits.
-    """
-    chosen = {id(p) for p in trainable}
-    for p in model.parameters():
-        p.requires_grad_(id(p) in chosen)
-    params = list(trainable)
-    steps = len(batches)
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> ArmTrajectory:
+    """Train one arm at step size `lr` into `run_dir` with the trainer. Every run of the experiment
+    sees the same batches (the batch of step t is seeded by (seed, t)): the arms and step sizes
+    differ only in what they train and how far they step."""
+    recorder = ArmRecorder(config.margin_every)
+    result = train(
+        arm_config(config, lr),
+        run_dir,
+        device=config.device,
+        progress=progress,
+        log=log,
+        callbacks=[TrainOnly(arm_matrices(arm, config.all_matrices)), recorder],
+        groups=lambda task, model: [TaskMetrics(task, LOSS_ON)],
+    )
+    if result.status == "interrupted":
+        raise KeyboardInterrupt  # Ctrl-C in one run stops the experiment: one line, exit 130
+    steps = config.steps
     loss = torch.full((steps,), math.nan, dtype=torch.float64)
-    acc = torch.full((steps,), math.nan, dtype=torch.float64)
-    margin_steps, margins = [0], [ov_margins(model)]
-    diverged = None
-
-    def objective(batch) -> tuple[torch.Tensor, torch.Tensor] | None:
-        mask = batch.counter >= min_counter
-        if not bool(mask.any()):
-            return None
-        logits = fast_logits(model, batch.inputs, positions=mask)
-        targets = batch.targets[mask]
-        return F.cross_entropy(logits, targets), (logits.argmax(-1) == targets).double().mean()
-
-    for step, batch in enumerate(batches):
-        if eval_batch is not None:
-            with torch.no_grad():
-                measured = objective(eval_batch)
-        train_obj = objective(batch)
-        if eval_batch is None:
-            measured = train_obj
-        if measured is not None:
-            loss[step], acc[step] = float(measured[0].detach()), float(measured[1])
-            if not math.isfinite(float(loss[step])):
-                diverged = step
-                break
-        if train_obj is None:
-            continue  # no in-context target in this batch: nothing to learn from
-        if not torch.isfinite(train_obj[0]):
-            diverged = step
-            break
-        grads = torch.autograd.grad(train_obj[0], params)
-        with torch.no_grad():
-            for p, g in zip(params, grads):
-                p.sub_(lr * g)
-        if (step + 1) % margin_every == 0 or step + 1 == steps:
-            margin_steps.append(step + 1)
-            margins.append(ov_margins(model))
-    return TransformerTrajectory(loss, acc, torch.tensor(margin_steps), torch.stack(margins), diverged)
+    accuracy = loss.clone()
+    for step, (step_loss, step_accuracy) in recorder.rows.items():
+        if step < steps:
+            loss[step], accuracy[step] = step_loss, step_accuracy
+    diverged = result.step if result.status == "diverged" else None
+    if math.isfinite(loss[0]):  # a held-out batch with targets: its loss is finite until a divergence
+        bad = (~torch.isfinite(loss)).nonzero()
+        if len(bad) and (diverged is None or int(bad[0]) < diverged):
+            diverged = int(bad[0])
+    margin_steps = torch.tensor(recorder.margin_steps)
+    margins = torch.stack(recorder.margins)
+    if diverged is not None:
+        loss[diverged + 1 :] = math.nan
+        accuracy[diverged + 1 :] = math.nan
+        kept = margin_steps <= diverged
+        margin_steps, margins = margin_steps[kept], margins[kept]
+    return ArmTrajectory(loss, accuracy, margin_steps, margins, diverged)
 
 
 def _median_log_slope(steps: torch.Tensor, margins: torch.Tensor, lo: int, hi: int) -> float:
@@ -253,12 +325,41 @@ def _median_log_slope(steps: torch.Tensor, margins: torch.Tensor, lo: int, hi: i
     return float(torch.tensor(slopes).median())
 
 
-def _arm_parameters(model, arm: Arm, all_matrices: AllMatrices) -> list:
-    if arm == "wo2":
-        return [attn_linear(model, 1, "o").weight]
-    if all_matrices == "simplified":
-        return [attn_linear(model, layer, name).weight for layer, name in ((0, "k"), (1, "k"), (1, "o"))]
-    return [attn_linear(model, layer, name).weight for layer in (0, 1) for name in ("q", "k", "v", "o")]
+def fit_window(config: TransformerWo2Config) -> list[int]:
+    """[t1, t2, t3]: the log window [fit_from × steps, steps] cut at its geometric middle t2."""
+    t1 = max(1, int(round(config.fit_from * config.steps)))
+    return [t1, int(round(math.sqrt(t1 * config.steps))), config.steps]
+
+
+def summarize(config: TransformerWo2Config, arm: Arm, lr: float, trajectory: ArmTrajectory) -> TransformerRun:
+    """What the result keeps of one run: its curves and the numbers the claim rests on."""
+    steps, margins, loss, diverged = (
+        trajectory.margin_steps,
+        trajectory.margins,
+        trajectory.loss,
+        trajectory.diverged,
+    )
+    t1, t2, t3 = fit_window(config)
+    finite = loss[torch.isfinite(loss)]
+    running = torch.cummin(finite, 0).values
+    tail = trajectory.accuracy[-max(1, config.steps // 10) :]
+    return TransformerRun(
+        arm=arm,
+        lr=lr,
+        loss=rounded(loss),
+        accuracy=rounded(trajectory.accuracy, 4),
+        margin_steps=steps.tolist(),
+        margins=rounded(margins, 4),
+        slope_early=_median_log_slope(steps, margins, t1, t2),
+        slope_late=_median_log_slope(steps, margins, t2, t3),
+        stored=float((margins[-1] > 0).double().mean()),
+        spikes=dyn.count_spikes(loss[:diverged], config.spike_factor) + (diverged is not None),
+        max_jump=float((finite[1:] / running[:-1]).max()) if len(finite) > 1 else math.nan,
+        final_accuracy=float(tail[torch.isfinite(tail)].mean())
+        if bool(torch.isfinite(tail).any())
+        else math.nan,
+        diverged=diverged,
+    )
 
 
 @register(
@@ -285,55 +386,13 @@ def run_transformer_wo2(
     config: TransformerWo2Config, out_dir: Path, *, log=print, progress: bool = True
 ) -> TransformerWo2Result:
     c = config
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if c.device == "auto" else c.device
-    task = TriggeredBigram(TaskConfig(seq_len=c.seq_len), device=device)
-    # every run sees the same batches: the arms and step sizes differ only in what they train
-    batches = [task.sample(c.batch_size, task.generator(step_seed(c.seed, step))) for step in range(c.steps)]
-    eval_batch = task.sample(c.eval_batch_size, task.generator(step_seed(c.seed, 0x5EED_E0A1)))
-    t1 = max(1, int(round(c.fit_from * c.steps)))
-    t2 = int(round(math.sqrt(t1 * c.steps)))
-    window = [t1, t2, c.steps]
     runs, started = [], time.perf_counter()
-    for arm in ("wo2", "all"):
+    for arm in typing.get_args(Arm):
         for lr in c.lrs:
-            model = build_model(
-                ModelConfig(d_model=c.d_model),
-                n_ctx=c.seq_len,
-                vocab_size=task.vocab_size,
-                seed=c.seed,
-                device=device,
+            trajectory = train_arm(
+                c, arm, lr, Path(out_dir) / RUNS / f"{arm}_lr{lr:g}", progress=progress, log=log
             )
-            traj = train_transformer_sgd(
-                model,
-                _arm_parameters(model, arm, c.all_matrices),
-                batches,
-                lr,
-                eval_batch=eval_batch,
-                margin_every=c.margin_every,
-            )
-            steps, margins = traj.margin_steps, traj.margins
-            loss = traj.loss
-            finite = loss[torch.isfinite(loss)]
-            running = torch.cummin(finite, 0).values
-            jump = float((finite[1:] / running[:-1]).max()) if len(finite) > 1 else math.nan
-            tail = traj.accuracy[-max(1, c.steps // 10) :]
-            run = TransformerRun(
-                arm=arm,
-                lr=lr,
-                loss=rounded(loss),
-                accuracy=rounded(traj.accuracy, 4),
-                margin_steps=steps.tolist(),
-                margins=rounded(margins, 4),
-                slope_early=_median_log_slope(steps, margins, t1, t2),
-                slope_late=_median_log_slope(steps, margins, t2, c.steps),
-                stored=float((margins[-1] > 0).double().mean()),
-                spikes=dyn.count_spikes(loss[: traj.diverged], c.spike_factor) + (traj.diverged is not None),
-                max_jump=jump,
-                final_accuracy=float(tail[torch.isfinite(tail)].mean())
-                if bool(torch.isfinite(tail).any())
-                else math.nan,
-                diverged=traj.diverged,
-            )
+            run = summarize(c, arm, lr, trajectory)
             runs.append(run)
             log(
                 f"  {arm:<3} η={lr:<6g} margin slope vs log t {run.slope_early:.3f} / {run.slope_late:.3f}, "
@@ -342,4 +401,4 @@ def run_transformer_wo2(
                 + ("" if run.diverged is None else f"; diverged at {run.diverged}")
             )
     seconds = (time.perf_counter() - started) / (2 * len(c.lrs) * c.steps)
-    return TransformerWo2Result(list(c.lrs), c.all_matrices, runs, window, seconds)
+    return TransformerWo2Result(list(c.lrs), c.all_matrices, runs, fit_window(c), seconds)

@@ -14,15 +14,15 @@ loss within `tolerance` of the baseline), and the first step where the fact accu
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 
 from birth.base.io import new_figure, save_figure
-from birth.base.validate import Float, Int, Validated
-from birth.experiments.common import IsInstance, TrainedRun, train_run
+from birth.base.validate import Float, Int
+from birth.experiments.common import Positive, TrainedRun, train_run
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.recall_common import FactsConfig
 from tasks.factual_recall import ANSWER_LOSS, FACT_ACC, RELATION_ACC, FactualRecall
@@ -32,16 +32,23 @@ RECALL_LEVEL = 0.5  # subject-specific recall has started once the fact accuracy
 
 
 @dataclass(frozen=True)
-class RecallDynamicsConfig(Validated):
-    facts: Annotated[FactsConfig, IsInstance(FactsConfig)] = field(
-        default_factory=lambda: FactsConfig(lr=0.002, steps=1500, eval_every=10)
-    )  # the task and the training
+class RecallDynamicsConfig(FactsConfig):
+    """The task and the training (FactsConfig's fields, a smaller step and a finer cadence here),
+    the model and the plateau's tolerance."""
+
+    lr: Positive = 0.002  # AdamW learning rate (no weight decay)
+    steps: Annotated[int, Int(1)] = 1500  # training steps per run
+    eval_every: Annotated[int, Int(1)] = 10  # evaluation cadence of each run
     d_model: Annotated[int, Int(2)] = 32  # model width d
     mlp_multiple: Annotated[int, Int(0)] = 2  # MLP width m = k d (0: no MLP)
-    seeds: Annotated[int, Int(1)] = 3  # runs (seeds facts.seed, facts.seed + 1, ...)
-    tolerance: Annotated[float, Float(0.0, open_low=True)] = (
-        0.1  # plateau: |loss - baseline| <= tol x baseline
-    )
+    seeds: Annotated[int, Int(1)] = 3  # runs (model seeds --seed, --seed + 1, ...)
+    # plateau: |loss - baseline| <= tolerance x baseline
+    tolerance: Annotated[float, Float(0.0, open_low=True)] = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.d_model % self.n_heads:
+            raise ValueError(f"--n-heads {self.n_heads} must divide --d-model {self.d_model}")
 
 
 @dataclass(frozen=True)
@@ -113,14 +120,22 @@ def plot_recall_dynamics(result: RecallDynamicsResult, out_dir: Path) -> list[Pa
     plot=plot_recall_dynamics,
     summary="factual recall over training: the relation-only (hallucination) plateau, then subject recall",
     full=lambda: RecallDynamicsConfig(
-        facts=FactsConfig(n_subjects=128, n_relations=8, lr=0.001, steps=6000, eval_every=25),
+        n_subjects=128,
+        n_relations=8,
+        lr=0.001,
+        steps=6000,
+        eval_every=25,
         d_model=64,
         seeds=5,
     ),
     small=lambda: RecallDynamicsConfig(
-        facts=FactsConfig(
-            n_subjects=8, n_relations=2, answers_per_relation=4, n_noise=4, seq_len=4, steps=60, eval_every=10
-        ),
+        n_subjects=8,
+        n_relations=2,
+        answers_per_relation=4,
+        n_noise=4,
+        seq_len=4,
+        steps=60,
+        eval_every=10,
         d_model=8,
         mlp_multiple=1,
         seeds=2,
@@ -129,7 +144,7 @@ def plot_recall_dynamics(result: RecallDynamicsResult, out_dir: Path) -> list[Pa
 def run_recall_dynamics(
     config: RecallDynamicsConfig, out_dir: Path, *, log=print, progress: bool = True
 ) -> RecallDynamicsResult:
-    facts = config.facts
+    facts = config
     task = FactualRecall(facts.task())
     baseline, uniform = task.relation_only_loss(), math.log(facts.answers_per_relation)
     log(

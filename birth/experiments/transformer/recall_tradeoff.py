@@ -10,15 +10,15 @@ log factors), so a wider MLP lets a smaller attention suffice. Writes recall_tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 
 from birth.base.io import new_figure, save_figure
-from birth.base.validate import Int, Ints, Validated
-from birth.experiments.common import IsInstance, train_run
+from birth.base.validate import Int, Ints
+from birth.experiments.common import train_run
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.recall_common import (
     FactsConfig,
@@ -30,17 +30,18 @@ from tasks.factual_recall import FactualRecall
 
 
 @dataclass(frozen=True)
-class RecallTradeoffConfig(Validated):
-    facts: Annotated[FactsConfig, IsInstance(FactsConfig)] = field(
-        default_factory=FactsConfig
-    )  # task, training
+class RecallTradeoffConfig(FactsConfig):
+    """The task and the training (FactsConfig's fields) and the grid."""
+
     dims: Annotated[tuple[int, ...], Ints(1, distinct=True)] = (8, 16, 32)  # model widths d
-    mlp_multiples: Annotated[tuple[int, ...], Ints(0, distinct=True)] = (
-        0,
-        1,
-        4,
-    )  # MLP width m = k d (0: none)
+    # MLP widths m = k d (k = 0: no MLP)
+    mlp_multiples: Annotated[tuple[int, ...], Ints(0, distinct=True)] = (0, 1, 4)
     seeds: Annotated[int, Int(1)] = 1  # runs per grid point (accuracies averaged)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if any(d % self.n_heads for d in self.dims):
+            raise ValueError(f"--n-heads {self.n_heads} must divide every --dims value, got {self.dims}")
 
 
 @dataclass(frozen=True)
@@ -106,15 +107,20 @@ def plot_recall_tradeoff(result: RecallTradeoffResult, out_dir: Path) -> list[Pa
     plot=plot_recall_tradeoff,
     summary="factual recall: one-layer transformers over attention size x MLP width, with MLP / value ablations",
     full=lambda: RecallTradeoffConfig(
-        facts=FactsConfig(n_subjects=128, n_relations=8, steps=3000),
+        n_subjects=128,
+        n_relations=8,
+        steps=3000,
         dims=(8, 16, 24, 32, 48, 64),
         mlp_multiples=(0, 1, 2, 4, 8),
         seeds=3,
     ),
     small=lambda: RecallTradeoffConfig(
-        facts=FactsConfig(
-            n_subjects=8, n_relations=2, answers_per_relation=4, n_noise=4, seq_len=4, steps=150
-        ),
+        n_subjects=8,
+        n_relations=2,
+        answers_per_relation=4,
+        n_noise=4,
+        seq_len=4,
+        steps=150,
         dims=(4, 16),
         mlp_multiples=(0, 2),
     ),
@@ -122,7 +128,7 @@ def plot_recall_tradeoff(result: RecallTradeoffResult, out_dir: Path) -> list[Pa
 def run_recall_tradeoff(
     config: RecallTradeoffConfig, out_dir: Path, *, log=print, progress: bool = True
 ) -> RecallTradeoffResult:
-    facts = config.facts
+    facts = config
     task = FactualRecall(facts.task())
     log(
         f"recall-tradeoff: {facts.task().num_facts} facts (S={facts.n_subjects}, R={facts.n_relations}, "
