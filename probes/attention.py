@@ -5,9 +5,12 @@ Scores are pure functions of an attention pattern [batch, query, key] (one head;
 patterns. Every score asks the same question: how much does a query attend to one *target* key?
 
 - previous-token score (layer 1): target of query t is t - 1, for t >= 1;
-- trigger induction score (layer 2, triggered-bigram task): at queries whose input is a trigger seen
-  before (counter >= 2), the target is the position right after the trigger's previous occurrence,
-  where its output token sits;
+- induction score (layer 2) on a batch of the run's task (`induction_targets`): at a query whose
+  token occurred before, the target is the position right after its previous occurrence, where the
+  token that followed it sits. The queries: the repeated triggers (counter >= 2) of a task whose
+  batches count trigger occurrences (triggered-bigram), else those the task's ideal induction pattern
+  constrains (`tasks.circuits.InductionTask`: every repeated state of markov-icl), else every query
+  whose token occurred before;
 - prefix-matching (induction) score on repeated random tokens [x_1..x_n, x_1..x_n]: the target of a
   second-half query t is t - n + 1, the key right after the same token's first-half copy. This is
   the score TransformerLens / ARENA report (the mean of the diagonal at offset -(n-1)), restricted
@@ -27,6 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from tasks.circuits import InductionTask
+from tasks.protocol import Task, TokenBatch
 from tasks.shakespeare import CorpusStats
 from tasks.triggered_bigram import Batch
 
@@ -128,6 +133,30 @@ def trigger_induction_targets(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries with counter >= 2 (a trigger seen before) target the key after its previous occurrence."""
     return previous_occurrence(inputs) + 1, counter >= 2
+
+
+def induction_targets(
+    inputs: torch.Tensor, counter: torch.Tensor | None = None, task: Task | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(targets, valid) [B, T]: the queries an induction score reads and, for each, the key right
+    after the previous occurrence of its token. The queries: with an occurrence `counter` (the
+    batches of a `tasks.protocol.MemoryTask`), the repeated triggers (counter >= 2); else the rows
+    `task`'s ideal induction pattern constrains (`tasks.circuits.InductionTask`); else every query
+    whose token occurred before."""
+    if counter is not None:
+        return trigger_induction_targets(inputs, counter)
+    targets = previous_occurrence(inputs) + 1
+    if isinstance(task, InductionTask):
+        try:
+            return targets, task.induction_pattern(inputs)[1].to(inputs.device)
+        except ValueError:  # a configuration whose ideal pattern the tokens do not show
+            pass
+    return targets, targets >= 1
+
+
+def batch_counter(batch: TokenBatch) -> torch.Tensor | None:
+    """The occurrence counter [B, T] a `tasks.protocol.MemoryTask`'s batches carry, else None."""
+    return getattr(batch, "counter", None)
 
 
 def repeated_sequence_targets(batch_size: int, half_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,18 +416,41 @@ def _per_head_part(patterns, targets_valid, induction, inputs, predictions) -> d
 
 
 @torch.no_grad()
+def _batch_scores(model: nn.Module, batch: TokenBatch, task: Task | None) -> tuple[dict, torch.Tensor]:
+    """(`_per_head_part` of the model on `batch` with the induction queries of `induction_targets`,
+    the logits [B, T, N] on the CPU)."""
+    inputs = batch.inputs.cpu()
+    counter = batch_counter(batch)
+    logits, patterns = head_patterns(model, inputs)
+    induction = induction_targets(inputs, None if counter is None else counter.cpu(), task)
+    scores = _per_head_part(
+        patterns, previous_token_targets(*inputs.shape), induction, inputs, logits.argmax(dim=-1)
+    )
+    return scores, logits
+
+
+@torch.no_grad()
+def task_scores(model: nn.Module, task: Task, batch: TokenBatch) -> dict:
+    """Scores of every head on a batch of `task` (and of every layer, one head per layer), the
+    previous-token and induction heads found (`find_heads`), and `metrics`: the task's headline
+    metrics on the batch (`Task.headline`, named without their "eval/" prefix)."""
+    scores, logits = _batch_scores(model, batch, task)
+    values = task.metrics(logits.to(batch.tokens.device), batch)
+    scores["metrics"] = {name.removeprefix("eval/"): values[name] for name in task.headline}
+    scores["n_sequences"] = batch.inputs.shape[0]
+    return scores
+
+
+@torch.no_grad()
 def triggered_bigram_scores(model: nn.Module, batch: Batch) -> dict:
     """Scores of every head on a triggered-bigram batch (and of every layer, one head per layer),
     the previous-token and induction heads found (`find_heads`), and the in-context accuracy."""
-    inputs, counter = batch.inputs.cpu(), batch.counter.cpu()
-    logits, patterns = head_patterns(model, inputs)
+    scores, logits = _batch_scores(model, batch, None)
     predictions = logits.argmax(dim=-1)
-    induction = trigger_induction_targets(inputs, counter)
-    scores = _per_head_part(patterns, previous_token_targets(*inputs.shape), induction, inputs, predictions)
-    in_context = counter >= 2
+    in_context = batch.counter.cpu() >= 2
     correct = predictions == batch.targets.cpu()
     scores["icl_acc"] = correct[in_context].float().mean().item() if in_context.any() else float("nan")
-    scores["n_sequences"] = inputs.shape[0]
+    scores["n_sequences"] = batch.inputs.shape[0]
     return scores
 
 
@@ -428,15 +480,22 @@ def repeated_sequence_scores(model: nn.Module, half_len: int, batch_size: int = 
 # ---------------------------------------------------------------------------------------------
 
 
-def typical_sequence(batch: Batch, max_positions: int | None = None, min_repeats: int = 2) -> int:
+def typical_sequence(
+    batch: TokenBatch, max_positions: int | None = None, min_repeats: int = 2, task: Task | None = None
+) -> int:
     """The index of a typical sequence of `batch` to show: no trigger whose output is itself (that
     trigger is then followed by itself to the end of the sequence: "; ; ; ;"), at least
-    `min_repeats` repeated trigger occurrences (counter >= 2) among the first `max_positions`
-    positions, and among those the one whose count of repeated occurrences is the median's (the
-    lowest index on ties). Falls back to the sequences without a self-output, then to all."""
-    counter = batch.counter if max_positions is None else batch.counter[:, :max_positions]
-    repeats = (counter >= 2).sum(dim=1).cpu()
-    self_output = (batch.outputs == batch.triggers).any(dim=1).cpu()
+    `min_repeats` repeated occurrences (the induction queries of `induction_targets`: counter >= 2
+    for triggered-bigram) among the first `max_positions` positions, and among those the one whose
+    count of repeated occurrences is the median's (the lowest index on ties). Falls back to the
+    sequences without a self-output, then to all."""
+    counter = batch_counter(batch)
+    repeated = induction_targets(batch.inputs, counter, task)[1]
+    repeats = (repeated if max_positions is None else repeated[:, :max_positions]).sum(dim=1).cpu()
+    if counter is None:  # no triggers, so no trigger followed by itself
+        self_output = torch.zeros(batch.inputs.shape[0], dtype=torch.bool)
+    else:
+        self_output = (batch.outputs == batch.triggers).any(dim=1).cpu()
     for keep in (~self_output & (repeats >= min_repeats), ~self_output, torch.ones_like(self_output)):
         candidates = torch.nonzero(keep).flatten()
         if len(candidates):
@@ -448,6 +507,14 @@ def typical_sequence(batch: Batch, max_positions: int | None = None, min_repeats
 def display_char(char: str) -> str:
     """A tick label that shows whitespace."""
     return {" ": "␣", "\n": "\\n", "\t": "\\t"}.get(char, char)
+
+
+def token_labels(stats: CorpusStats | None, tokens: torch.Tensor) -> list[str]:
+    """Labels of the tokens [T]: their characters with corpus statistics (triggered-bigram),
+    their ids without (a task whose tokens are states, as markov-icl's)."""
+    if stats is None:
+        return [str(token) for token in tokens.tolist()]
+    return [display_char(c) for c in stats.decode(tokens)]
 
 
 def _sequence_roles(inputs: torch.Tensor, triggers: torch.Tensor) -> tuple[list[bool], list[bool]]:
@@ -464,16 +531,18 @@ OUTPUT_COLOR = "tab:blue"
 
 def save_attention_heatmaps(
     model: nn.Module,
-    stats: CorpusStats,
-    batch: Batch,
+    stats: CorpusStats | None,
+    batch: TokenBatch,
     out_dir: Path,
     *,
     step: int | None = None,
     index: int = 0,
     max_positions: int | None = 64,
+    task: Task | None = None,
 ) -> list[Path]:
-    """One PNG per head of the attention of sequence `index` of `batch`: characters as tick labels,
-    triggers red, outputs blue, expected induction targets circled. Returns the PNG paths:
+    """One PNG per head of the attention of sequence `index` of `batch`: tokens as tick labels
+    (`token_labels`), triggers red and outputs blue (a batch with triggers), expected induction
+    targets circled (`induction_targets`, `task` naming its ideal pattern). Returns the PNG paths:
     attention_layer{L}.png with one head per layer, attention_layer{L}_head{H}.png otherwise.
 
     `max_positions` keeps the first positions only, so that the characters stay readable (causal
@@ -486,13 +555,18 @@ def save_attention_heatmaps(
     if not 0 <= index < batch.tokens.shape[0]:
         raise ValueError(f"sequence index {index} is out of range for a batch of {batch.tokens.shape[0]}")
     inputs = batch.inputs[index].cpu()
-    counter = batch.counter[index].cpu()
     T = inputs.shape[0] if max_positions is None else min(max_positions, inputs.shape[0])
-    inputs, counter = inputs[:T], counter[:T]
+    inputs = inputs[:T]
+    counter = batch_counter(batch)
+    counter = None if counter is None else counter[index, :T].cpu().unsqueeze(0)
     _, patterns = head_patterns(model, inputs.unsqueeze(0))
-    labels = [display_char(c) for c in stats.decode(inputs)]
-    is_trigger, is_output = _sequence_roles(inputs, batch.triggers[index].cpu())
-    targets, valid = trigger_induction_targets(inputs.unsqueeze(0), counter.unsqueeze(0))
+    labels = token_labels(stats, inputs)
+    triggers = getattr(batch, "triggers", None)  # a MemoryTask batch's triggers (triggered-bigram)
+    if triggers is None:
+        is_trigger = is_output = [False] * T
+    else:
+        is_trigger, is_output = _sequence_roles(inputs, triggers[index].cpu())
+    targets, valid = induction_targets(inputs.unsqueeze(0), counter, task)
     queries = torch.nonzero(valid[0]).flatten()
     keys = targets[0, queries]
 
@@ -517,7 +591,7 @@ def save_attention_heatmaps(
                 facecolors="none",
                 edgecolors="white",
                 linewidths=0.8,
-                label="induction target (after the previous trigger)",
+                label=f"induction target (after the previous {'trigger' if counter is not None else 'occurrence'})",
             )
             ax.legend(loc="upper right", fontsize=7, framealpha=0.7)
         ticks = list(range(T))
@@ -535,7 +609,8 @@ def save_attention_heatmaps(
         ax.set_ylabel("query position")
         when = "" if step is None else f", step {step}"
         which = f"layer {layer}" if n_heads == 1 else f"layer {layer} head {head}"
-        ax.set_title(f"{which} attention{when} (triggers red, outputs blue)")
+        roles = "" if triggers is None else " (triggers red, outputs blue)"
+        ax.set_title(f"{which} attention{when}{roles}")
         fig.tight_layout()
         name = f"attention_layer{layer}" if n_heads == 1 else f"attention_layer{layer}_head{head}"
         path = out_dir / f"{name}{suffix}.png"
@@ -558,15 +633,16 @@ def _circuitsvis_bundle() -> str:
 
 def save_attention_html(
     model: nn.Module,
-    stats: CorpusStats,
-    batch: Batch,
+    stats: CorpusStats | None,
+    batch: TokenBatch,
     path: Path,
     *,
     index: int = 0,
     max_positions: int | None = None,
 ) -> Path:
     """A self-contained HTML page (circuitsvis `AttentionHeads`, its JavaScript inlined) that shows
-    every layer's attention on sequence `index` of `batch`; it opens offline, with no CDN."""
+    every layer's attention on sequence `index` of `batch` (tokens as `token_labels`); it opens
+    offline, with no CDN."""
     import html
     import json
     import uuid
@@ -585,13 +661,23 @@ def save_attention_html(
     props = {
         # 4 decimals: the page stays small and the colours are unchanged
         "attention": attention.round(decimals=4).tolist(),
-        "tokens": [display_char(c) for c in stats.decode(inputs)],
+        "tokens": token_labels(stats, inputs),
         "attentionHeadNames": names,
         "maskUpperTri": True,
     }
-    triggers = stats.decode(batch.triggers[index].cpu())
-    outputs = stats.decode(batch.outputs[index].cpu())
-    pairs = ", ".join(f"{display_char(q)} → {display_char(o)}" for q, o in zip(triggers, outputs))
+    if getattr(batch, "triggers", None) is None:  # no triggers: a repeated token's earlier followers
+        about = (
+            "Layer 1 should attend to the previous token; layer 2, at a token seen before, to the "
+            "tokens that followed its earlier occurrences."
+        )
+    else:
+        triggers = token_labels(stats, batch.triggers[index].cpu())
+        outputs = token_labels(stats, batch.outputs[index].cpu())
+        pairs = ", ".join(f"{q} → {o}" for q, o in zip(triggers, outputs))
+        about = (
+            f"Triggers → outputs of this sequence: {html.escape(pairs)}. Layer 1 should attend to the "
+            "previous token; layer 2, at a repeated trigger, to the token after its previous occurrence."
+        )
     props_js = json.dumps(props).replace("</", "<\\/")  # "</" would close the inline script
     element = f"circuits-vis-{uuid.uuid4().hex[:12]}"
     page = f"""<!DOCTYPE html>
@@ -602,8 +688,7 @@ def save_attention_html(
 </head>
 <body style="font-family: sans-serif">
 <h2>Attention of sequence {index} ({len(patterns)} layer{"s" if len(patterns) > 1 else ""})</h2>
-<p>Triggers → outputs of this sequence: {html.escape(pairs)}. Layer 1 should attend to the
-previous token; layer 2, at a repeated trigger, to the token after its previous occurrence.</p>
+<p>{about}</p>
 <div id="{element}" style="margin: 15px 0;"></div>
 <script>
 {_circuitsvis_bundle()}

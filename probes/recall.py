@@ -276,38 +276,115 @@ def previous_token_keys(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return _token_part(layer_norm(model, model_config(model).n_layers - 1), written)
 
 
+@torch.no_grad()
+def effective_embeddings(model: nn.Module, tokens: torch.Tensor | None = None) -> torch.Tensor:
+    """[K, d] token k as the last layer reads it at its own position: w_E(k) plus what each earlier
+    layer's feed-forward layer adds, x + MLP_l(LN2_l(x)), each LayerNorm applied to the vector
+    alone as `_read` does (no data scale); the earlier attention layers, which bring other positions
+    in, are left out. Without a feed-forward layer before the last layer: w_E(k). `tokens` None:
+    all N."""
+    config = model_config(model)
+    x = model.W_E if tokens is None else model.W_E[tokens]
+    for layer in range(config.n_layers - 1):
+        if config.has_mlp(layer):
+            x = x + apply_mlp(model, layer, _read(layer_norm(model, layer, "ln2"), x))
+    return x
+
+
+def _through_last_mlp(model: nn.Module, written: torch.Tensor) -> torch.Tensor:
+    """A vector the last attention layer writes, plus what its feed-forward layer (if any) adds
+    reading it alone: o + MLP(LN2(o))."""
+    config = model_config(model)
+    last = config.n_layers - 1
+    if not config.has_mlp(last):
+        return written
+    return written + apply_mlp(model, last, _read(layer_norm(model, last, "ln2"), written))
+
+
 def _stored_tokens(model: nn.Module, triggers: torch.Tensor | None) -> torch.Tensor:
     W_E = model.W_E
     return torch.arange(W_E.shape[0], device=W_E.device) if triggers is None else triggers.to(W_E.device)
 
 
 @torch.no_grad()
-def kq2_layer_recalls(model: nn.Module, triggers: torch.Tensor | None = None) -> dict[int, float]:
-    """W_KQ² of each head of the last layer: the query LN1(w_E(k)) picks, among the stored tokens'
-    keys (`previous_token_keys`), the one of k' = k (`triggers` None: the whole vocabulary)."""
+def in_context_trigger_shares(inputs: torch.Tensor, counter: torch.Tensor, n_tokens: int) -> torch.Tensor:
+    """[n_tokens] the share of a batch's in-context targets (counter >= 2) whose trigger is token k:
+    how much each pair of the W_KQ² memory is used (frequent tokens are triggers more often and
+    repeat more within a sequence). Uniform if the batch has no in-context target."""
+    counts = torch.bincount(inputs[counter >= 2].flatten().cpu(), minlength=n_tokens).double()
+    if counts.sum() == 0:
+        return torch.full((n_tokens,), 1.0 / n_tokens, dtype=torch.float64)
+    return counts / counts.sum()
+
+
+def _mean(hits: torch.Tensor, weights: torch.Tensor | None) -> float:
+    """The fraction of `hits` (bool [n]) that hold, each counted with its weight when given."""
+    if weights is None:
+        return hits.float().mean().item()
+    return (hits.double().cpu() * weights.double().cpu()).sum().item()
+
+
+@torch.no_grad()
+def kq2_layer_hits(model: nn.Module, triggers: torch.Tensor | None = None) -> torch.Tensor:
+    """[H, K] whether head h of the last layer, from the query LN1(x_k) (x_k the
+    `effective_embeddings`: w_E(k) and what the first layer's MLP adds), puts its argmax among the
+    stored tokens' keys (`previous_token_keys`) on the key of k' = k (`triggers` None: every token)."""
     config = model_config(model)
     last = config.n_layers - 1
     tokens = _stored_tokens(model, triggers)
-    queries = _read(layer_norm(model, last), model.W_E[tokens])
+    queries = _read(layer_norm(model, last), effective_embeddings(model, tokens))
+    keys = previous_token_keys(model, tokens)
     targets = torch.arange(len(tokens), device=tokens.device)
+    return torch.stack(
+        [
+            recall_scores(model.QK[last, h], queries, keys).argmax(dim=-1) == targets
+            for h in range(config.n_heads)
+        ]
+    )
+
+
+def _check_weights(triggers: torch.Tensor | None, trigger_weights: torch.Tensor | None) -> None:
+    if trigger_weights is not None and triggers is not None:
+        raise ValueError("trigger_weights weigh the whole vocabulary: only with random triggers (None)")
+
+
+@torch.no_grad()
+def kq2_layer_recalls(
+    model: nn.Module, triggers: torch.Tensor | None = None, trigger_weights: torch.Tensor | None = None
+) -> dict[int, float]:
+    """W_KQ² of each head of the last layer (`kq2_layer_hits`), the stored tokens counted alike or,
+    with `trigger_weights` ([N], random triggers only, e.g. `in_context_trigger_shares`), each query
+    token k with its weight (the candidates stay every token). A rotary model: `kq2_recalls`."""
+    _check_weights(triggers, trigger_weights)
+    config = model_config(model)
+    last = config.n_layers - 1
     if config.positions == "rotary":
         return {h: v for (layer, h), v in kq2_recalls(model, triggers).items() if layer == last}
-    keys = previous_token_keys(model, tokens)
-    return {h: memory_recall(model.QK[last, h], queries, keys, targets) for h in range(config.n_heads)}
+    return {h: _mean(hits, trigger_weights) for h, hits in enumerate(kq2_layer_hits(model, triggers))}
+
+
+@torch.no_grad()
+def kq2_layer_recall(
+    model: nn.Module, triggers: torch.Tensor | None = None, trigger_weights: torch.Tensor | None = None
+) -> float:
+    """W_KQ² of the last layer: its best head's (`kq2_layer_recalls`). Not "some head per token" as
+    W_KQ¹'s positions: with 5 fixed triggers, 4 random heads already hit 1 - (4/5)⁴ ≈ 0.59 of them."""
+    return max(kq2_layer_recalls(model, triggers, trigger_weights).values())
 
 
 @torch.no_grad()
 def induction_weights(model: nn.Module, triggers: torch.Tensor | None = None) -> torch.Tensor:
-    """[H] the attention each head of the last layer puts, from a stored token's query, on that
-    token's key among the keys of all N tokens (`previous_token_keys`), averaged over the stored
-    tokens: how much of the head is an induction head. A 1-layer model: ones (its heads' sum)."""
+    """[H] the attention each head of the last layer puts, from a stored token's query (as
+    `kq2_layer_hits` reads it), on that token's key among the keys of all N tokens
+    (`previous_token_keys`), averaged over the stored tokens: how much of the head is an induction
+    head. A 1-layer model: ones (its heads' sum)."""
     config = model_config(model)
     if config.n_layers < 2:
         return torch.ones(config.n_heads)
     last = config.n_layers - 1
     tokens = _stored_tokens(model, triggers)
     every = torch.arange(model.W_E.shape[0], device=tokens.device)
-    queries = _read(layer_norm(model, last), model.W_E[tokens])
+    queries = _read(layer_norm(model, last), effective_embeddings(model, tokens))
     if config.positions == "rotary":  # no positions to weigh the layer-0 heads by: all of them
         inputs = _read(layer_norm(model, 0), model.W_E)
         written = sum(apply_rows(model.OV[0, h], inputs) for h in range(config.n_heads))
@@ -324,29 +401,33 @@ def induction_weights(model: nn.Module, triggers: torch.Tensor | None = None) ->
 @torch.no_grad()
 def ov2_layer_recall(model: nn.Module, triggers: torch.Tensor | None = None) -> float:
     """W_OV² of the last layer: Σ_h a_h W_OV[h] (a_h the `induction_weights`; a 1-layer model: the
-    plain sum) stores w_E(k) → w_U(k): argmax_j r_j · Σ_h a_h OV[h] u_k == k over all N tokens, with
-    u_k the token part of LN1(w_E(k)) and r_j the final LayerNorm's reading of w_U(j)."""
+    plain sum) stores w_E(k) → w_U(k): argmax_j r_j · o_k == k over all N tokens, with o_k = Σ_h a_h
+    OV[h] u_k plus what the last layer's MLP adds reading it alone (`_through_last_mlp`), u_k the
+    token part of LN1(x_k) (x_k the `effective_embeddings`) and r_j the final LayerNorm's reading
+    of w_U(j)."""
     config = model_config(model)
     last = config.n_layers - 1
-    inputs = _token_part(layer_norm(model, last), model.W_E)
+    inputs = _token_part(layer_norm(model, last), effective_embeddings(model))
     weights = induction_weights(model, triggers).tolist()
     written = sum(w * apply_rows(model.OV[last, h], inputs) for h, w in enumerate(weights))
     targets = torch.arange(model.W_E.shape[0], device=model.W_E.device)
-    scores = written @ _readout(model).T
+    scores = _through_last_mlp(model, written) @ _readout(model).T
     return (scores.argmax(dim=-1) == targets).float().mean().item()
 
 
 @torch.no_grad()
-def layer_probes(model: nn.Module, triggers: torch.Tensor | None = None) -> dict[str, float]:
+def layer_probes(
+    model: nn.Module, triggers: torch.Tensor | None = None, trigger_weights: torch.Tensor | None = None
+) -> dict[str, float]:
     """The memories of a multi-head or LayerNorm model read per layer: `W_OV2` (`ov2_layer_recall`;
-    a 1-layer model's `W_OV`), `W_KQ2` (the best head of `kq2_layer_recalls`) and `W_KQ1`
-    (`kq1_layer_recall`, additive positions only)."""
+    a 1-layer model's `W_OV`), `W_KQ2` (`kq2_layer_recall`, its query tokens weighted by
+    `trigger_weights` when given) and `W_KQ1` (`kq1_layer_recall`, additive positions only)."""
     config = model_config(model)
     if config.n_layers < 2:
         return {"W_OV": ov2_layer_recall(model)}
     out = {
         "W_OV2": ov2_layer_recall(model, triggers),
-        "W_KQ2": max(kq2_layer_recalls(model, triggers).values()),
+        "W_KQ2": kq2_layer_recall(model, triggers, trigger_weights),
     }
     if config.positions != "rotary":
         out["W_KQ1"] = kq1_layer_recall(model)
@@ -391,17 +472,21 @@ def head_probes(model: nn.Module, triggers: torch.Tensor | None = None) -> dict[
 
 @torch.no_grad()
 def all_probes(
-    model: nn.Module, triggers: torch.Tensor | None = None, bigram: torch.Tensor | None = None
+    model: nn.Module,
+    triggers: torch.Tensor | None = None,
+    bigram: torch.Tensor | None = None,
+    trigger_weights: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """The memory-recall probes W_OV2, W_KQ2, W_KQ1 of a model with 2+ layers (a 1-layer model has
     only its W_OV, in W_OV2's role): the paper's per-head reading for the simplified model
-    (`head_probes`, with one head per layer exactly the old dict), the layer readings of
-    `layer_probes` for every other model; W_KQ1 only with additive positional embeddings; "W_F_kl"
-    (`ff_bigram_kl`) when `bigram` is given and the last layer has a feed-forward layer."""
+    (`head_probes`, with one head per layer exactly the old dict; `trigger_weights` unused), the
+    layer readings of `layer_probes` for every other model (random triggers: W_KQ2's query tokens
+    weighted by `trigger_weights` when given); W_KQ1 only with additive positional embeddings;
+    "W_F_kl" (`ff_bigram_kl`) when `bigram` is given and the last layer has a feed-forward layer."""
     if reads_per_head(model):
         out = head_probes(model, triggers)
     else:
-        out = layer_probes(model, triggers)
+        out = layer_probes(model, triggers, trigger_weights)
     if bigram is not None and model_config(model).has_final_ffn:
         out[FF_PROBE] = ff_bigram_kl(model, bigram, triggers)
     return out
@@ -409,17 +494,20 @@ def all_probes(
 
 @torch.no_grad()
 def probe_report(
-    model: nn.Module, triggers: torch.Tensor | None = None, bigram: torch.Tensor | None = None
+    model: nn.Module,
+    triggers: torch.Tensor | None = None,
+    bigram: torch.Tensor | None = None,
+    trigger_weights: torch.Tensor | None = None,
 ) -> dict:
     """What `birth inspect` reports of the memories: `reading` ("per_head": the simplified model,
     "layer": any other, `reads_per_head`) and `probes` (`all_probes`, the values a run logs as
     probes/NAME); for the layer reading also `head_probes` (`head_probes`), the layer-0 heads'
     `previous_token_weights` and `kq1_by_position` (additive positions), and the last layer's
-    `induction_weights` (2+ layers)."""
+    `induction_weights` (2+ layers). `trigger_weights`: as `all_probes`."""
     per_head = reads_per_head(model)
     out: dict = {
         "reading": "per_head" if per_head else "layer",
-        "probes": all_probes(model, triggers, bigram),
+        "probes": all_probes(model, triggers, bigram, trigger_weights),
     }
     if per_head:
         return out

@@ -6,8 +6,9 @@
 A group is a callable of the `Heldout` forward returning named metrics; its keys are written
 once, here or with the task (`tasks.triggered_bigram.ICL_ACC`). The forward is the fast path
 where the architecture allows it (`birth.models.transformer.supports_fast_path`), else the
-TransformerLens forward; a group that reads attention patterns (`CircuitProbes`) gets one
-TransformerLens forward with hooks instead, whose logits every group then reads.
+TransformerLens forward; a group that reads attention patterns (`CircuitProbes`) gets them from
+the same fast forward (`fast_logits_and_patterns`), or for other architectures from one
+TransformerLens forward with hooks, whose logits every group then reads.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from birth.base.curves import first_crossing
-from birth.models.transformer import fast_logits, model_config, supports_fast_path
+from birth.models.transformer import fast_logits, fast_logits_and_patterns, model_config, supports_fast_path
 from probes.attention import circuit_probes, forward_with_patterns
 from probes.margins import kq1_position_recall, margin_probes, recall_all_kq2
-from probes.recall import FF_PROBE, all_probes, head_probes, reads_per_head
+from probes.recall import FF_PROBE, all_probes, head_probes, in_context_trigger_shares, reads_per_head
 from tasks.circuits import AttentionTask
 from tasks.protocol import LossOn, MemoryTargets, MemoryTask, Task, TokenBatch, memory_targets
 
@@ -98,17 +99,24 @@ class RecallProbes:
     paper's per-head reading for the simplified model, the layer readings for any other), ranking
     the trigger set of `targets`; `probes/W_F_kl` when it has a bigram table and the last layer a
     feed-forward layer; for a multi-head or LayerNorm model also the per-head readings as
-    `head_probes/NAME` (best head) and `head_probes/NAME/l1h0` (`probes.recall.head_probes`)."""
+    `head_probes/NAME` (best head) and `head_probes/NAME/l1h0` (`probes.recall.head_probes`).
+    `in_context`: the held-out batch carries the occurrence counter (a `MemoryTask`'s); with random
+    triggers the layer reading of W_KQ2 then weighs each token by its share of the batch's in-context
+    targets (`probes.recall.in_context_trigger_shares`)."""
 
     targets: MemoryTargets = MemoryTargets()
+    in_context: bool = False
     patterns: ClassVar[bool] = False
 
     def applies(self, model: nn.Module) -> bool:
         return True
 
     def __call__(self, heldout: Heldout) -> dict[str, float]:
-        model, triggers = heldout.model, self.targets.triggers
-        probes = all_probes(model, triggers, self.targets.bigram)
+        model, triggers, batch = heldout.model, self.targets.triggers, heldout.batch
+        weights = None
+        if self.in_context and triggers is None and not reads_per_head(model):
+            weights = in_context_trigger_shares(batch.inputs, batch.counter, model.W_E.shape[0])
+        probes = all_probes(model, triggers, self.targets.bigram, weights)
         row = {PROBES + name: value for name, value in probes.items()}
         if not reads_per_head(model):
             row.update({HEAD_PROBES + name: value for name, value in head_probes(model, triggers).items()})
@@ -198,7 +206,7 @@ def standard_groups(
     targets = memory_targets(task) if targets is None else targets
     groups: list[MetricGroup] = [
         TaskMetrics(task, loss_on),
-        RecallProbes(targets),
+        RecallProbes(targets, in_context=isinstance(task, MemoryTask)),
         MarginReadings(targets.triggers),
     ]
     if attention and isinstance(task, MemoryTask):
@@ -217,9 +225,11 @@ def evaluate(
     """The metrics of every group that applies to `model`, from one forward on `batch`."""
     active = [group for group in groups if group.applies(model)]
     patterns: list[torch.Tensor] = []
+    fast = fast_path and supports_fast_path(model_config(model))
     if any(group.patterns for group in active):
-        logits, patterns = forward_with_patterns(model, batch.inputs)
-    elif fast_path and supports_fast_path(model_config(model)):
+        # the fast path computes the patterns the probes read (one head per layer) without hooks
+        logits, patterns = (fast_logits_and_patterns if fast else forward_with_patterns)(model, batch.inputs)
+    elif fast:
         logits = fast_logits(model, batch.inputs)
     else:
         logits = model(batch.inputs)

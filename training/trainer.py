@@ -142,6 +142,15 @@ def _oom_sizes(config: TrainConfig, where: str) -> str:
 
 
 @dataclass
+class _StepState:
+    """A step between its two halves (`_Loop.begin`, `_Loop.conclude`)."""
+
+    batch: TokenBatch
+    learning: bool  # whether any matrix trains at this step
+    pending: dict | None  # the evaluation row of this step, written once the gradients are known
+
+
+@dataclass
 class _Loop:
     """The step loop of one run: its parts, its metric groups and where it stands."""
 
@@ -172,8 +181,8 @@ class _Loop:
         for callback in self.callbacks:
             callback.on_row(self.run, row)
 
-    def step(self, step: int) -> bool:
-        """One step (an evaluation first when due); False when the loss diverged."""
+    def begin(self, step: int) -> _StepState:
+        """The first half of a step: an evaluation when due, the batch of `step`, the schedule."""
         run, config = self.run, self.run.config
         pending = None  # an evaluation row waiting for the gradient norms of this step
         if step % config.run.eval_every == 0:
@@ -183,31 +192,47 @@ class _Loop:
         task = run.task
         batch = task.sample(config.optim.batch_size, task.generator(step_seed(config.run.seed, step)))
         learning = self.schedule.apply(step)  # False: every scheduled matrix is frozen at this step
-        loss = training_loss(run.model, batch, config, task)
-        if loss is not None and not torch.isfinite(loss):
-            where = (
-                f"last good checkpoint: {checkpoint_path(run.run_dir, run.last_saved)}"
-                if run.last_saved is not None
-                else "no checkpoint was written yet"
-            )
-            self.log(f"loss became {loss.item()} at step {step}; stopping ({where})")
-            if pending is not None:
-                self.write(pending)
-            return False
-        updated = loss is not None and learning  # None: no target to learn from in this batch
-        if updated:
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if pending is not None:
-                pending.update(gradient_norms(self.schedule.matrices))
+        return _StepState(batch, learning, pending)
+
+    def stop_diverged(self, step: int, loss: float, state: _StepState) -> None:
+        run = self.run
+        where = (
+            f"last good checkpoint: {checkpoint_path(run.run_dir, run.last_saved)}"
+            if run.last_saved is not None
+            else "no checkpoint was written yet"
+        )
+        self.log(f"loss became {loss} at step {step}; stopping ({where})")
+        if state.pending is not None:
+            self.write(state.pending)
+
+    def conclude(self, step: int, state: _StepState, loss: float | None) -> None:
+        """The second half of a step, its gradients computed (`loss` None: no update)."""
+        run = self.run
+        if loss is not None:
+            if state.pending is not None:
+                state.pending.update(gradient_norms(self.schedule.matrices))
             run.optimizer.step()
-            run.train_loss = loss.item()
-        if pending is not None:
-            self.write(pending)
+            run.train_loss = loss
+        if state.pending is not None:
+            self.write(state.pending)
         self.n_updates += 1
         run.step = step + 1
         for callback in self.callbacks:
-            callback.on_step(run, updated)
+            callback.on_step(run, loss is not None)
+
+    def step(self, step: int) -> bool:
+        """One step (an evaluation first when due); False when the loss diverged."""
+        run = self.run
+        state = self.begin(step)
+        loss = training_loss(run.model, state.batch, run.config, run.task)
+        if loss is not None and not torch.isfinite(loss):
+            self.stop_diverged(step, loss.item(), state)
+            return False
+        updated = loss is not None and state.learning  # None: no target to learn from in this batch
+        if updated:
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+        self.conclude(step, state, loss.item() if updated else None)
         return True
 
     def run_steps(self, flag: _StopFlag) -> None:
@@ -221,11 +246,15 @@ class _Loop:
             if flag.signum is not None:
                 self.status = "interrupted"
                 break
+        self.end()
+
+    def end(self) -> None:
+        """After the last step: the final evaluation of a completed run, then the parts' `on_end`."""
         if self.status == "completed":
-            self.last_row = self.evaluate(run.step)
+            self.last_row = self.evaluate(self.run.step)
             self.write(self.last_row)
         for callback in self.callbacks:
-            callback.on_end(run, self.status)
+            callback.on_end(self.run, self.status)
 
 
 def _build(
@@ -265,6 +294,53 @@ def _parts(config: TrainConfig, wandb_mode: str, progress: bool, on_step, extra:
     return parts + list(extra)
 
 
+def _open_run(
+    config: TrainConfig,
+    run_dir: Path,
+    dev: torch.device,
+    point: ResumePoint | None,
+    *,
+    resume: bool,
+    parts: Sequence[Callback],
+    callbacks: Sequence[Callback],
+    groups: Callable[[Task, nn.Module], Sequence[MetricGroup]] | None,
+    log: Callable[[str], None],
+) -> _Loop:
+    """A run ready to step: its task, model, optimizer and held-out batch, its environment recorded,
+    its parts started (`train`; `training.stacked` opens several side by side)."""
+    task = config.build_task(dev)
+    model, schedule, optimizer = _build(config, task, dev, point, list(callbacks))
+    if resume:
+        # only now that the checkpoint (if any) loaded: record a possibly extended number of steps
+        atomic_write_json(run_dir / CONFIG, config.to_dict())
+    warning = record_environment(run_dir, dev, point.step if point is not None else None)
+    if warning:
+        print(warning, file=sys.stderr)
+    start = point.step if point is not None else 0
+    ckpt = point.checkpoint if point is not None else None
+    run = TrainingRun(
+        config,
+        run_dir,
+        task,
+        model,
+        dev,
+        resumed=resume,
+        start_step=start,
+        optimizer=optimizer,
+        eval_batch=task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed)),
+        step=start,
+        train_loss=ckpt.get("train_loss") if ckpt is not None else None,
+        last_saved=start if ckpt is not None else None,
+    )
+    if config.run.heatmap_every and not isinstance(task, TriggeredBigram):
+        print("warning: --heatmap-every draws triggered-bigram sequences only; no heatmaps", file=sys.stderr)
+    chosen = groups(task, model) if groups is not None else _default_groups(config, task, schedule)
+    loop = _Loop(run, schedule, chosen, parts, log)
+    for part in parts:
+        part.on_start(run)
+    return loop
+
+
 def train(
     config: TrainConfig,
     run_dir: Path,
@@ -298,39 +374,18 @@ def train(
     loop, phase = None, "building the model"
     flag = _StopFlag()
     try:
-        task = config.build_task(dev)
-        model, schedule, optimizer = _build(config, task, dev, point, list(callbacks))
-        phase = "at the first step"
-        if resume:
-            # only now that the checkpoint (if any) loaded: record a possibly extended number of steps
-            atomic_write_json(run_dir / CONFIG, config.to_dict())
-        warning = record_environment(run_dir, dev, point.step if point is not None else None)
-        if warning:
-            print(warning, file=sys.stderr)
-        start = point.step if point is not None else 0
-        ckpt = point.checkpoint if point is not None else None
-        run = TrainingRun(
+        loop = _open_run(
             config,
             run_dir,
-            task,
-            model,
             dev,
-            resumed=resume,
-            start_step=start,
-            optimizer=optimizer,
-            eval_batch=task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed)),
-            step=start,
-            train_loss=ckpt.get("train_loss") if ckpt is not None else None,
-            last_saved=start if ckpt is not None else None,
+            point,
+            resume=resume,
+            parts=parts,
+            callbacks=callbacks,
+            groups=groups,
+            log=log,
         )
-        if config.run.heatmap_every and not isinstance(task, TriggeredBigram):
-            print(
-                "warning: --heatmap-every draws triggered-bigram sequences only; no heatmaps", file=sys.stderr
-            )
-        chosen = groups(task, model) if groups is not None else _default_groups(config, task, schedule)
-        loop = _Loop(run, schedule, chosen, parts, log)
-        for part in parts:
-            part.on_start(run)
+        phase = "at the first step"
         t_start = time.perf_counter()
         with _stop_on_signals(flag):
             loop.run_steps(flag)

@@ -3,6 +3,11 @@
 JSON and YAML carry no types: an edited config can hold "40" for an int, 32.0 for an int, null or
 "fast" for a float. `config_from_dict` refuses those with a message naming the field, and refuses
 unknown names, instead of passing them on to fail deep inside a run.
+
+A config whose field types depend on its values reads and writes itself: a dataclass with a
+classmethod `from_dict(obj, source)` and a method `to_dict()` (TrainConfig: its `task` section is the
+config of the task its `task_name` key names) is rebuilt by `from_dict` wherever it appears, at the
+top or as a field, and `birth.base.io.to_jsonable` writes it with `to_dict()`.
 """
 
 from __future__ import annotations
@@ -24,7 +29,10 @@ T = TypeVar("T")
 
 def config_from_dict(cls: type[T], obj: Any, where: str = "config") -> T:
     """`cls(**obj)` with every value checked against the field's type (nested dataclasses too);
-    missing fields keep their defaults. Raises ValueError naming the field."""
+    missing fields keep their defaults. Raises ValueError naming the field. A class that reads
+    itself (`reads_itself`) is rebuilt by its own `from_dict`."""
+    if reads_itself(cls):
+        return cls.from_dict(obj, where or "config")
     at = f"{where}: " if where else ""
     if not isinstance(obj, dict):
         raise ValueError(f"{at}expected a mapping, got {type(obj).__name__}")
@@ -35,6 +43,12 @@ def config_from_dict(cls: type[T], obj: Any, where: str = "config") -> T:
         raise ValueError(f"{at}unknown key {unknown[0]!r} (known: {', '.join(fields)})")
     kwargs = {name: coerce(value, hints[name], _key(where, name)) for name, value in obj.items()}
     return cls(**kwargs)
+
+
+def reads_itself(cls: type) -> bool:
+    """Whether config class `cls` reads itself with a classmethod `from_dict(obj, source)` (its
+    field types depend on its values, so the field-by-field reading cannot rebuild it)."""
+    return dataclasses.is_dataclass(cls) and callable(getattr(cls, "from_dict", None))
 
 
 def _key(where: str, name: Any) -> str:

@@ -79,8 +79,11 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 def to_jsonable(obj: Any) -> Any:
     """Plain JSON values: dataclasses and mappings recursively, tensors/arrays as lists,
-    paths as strings, NaN and infinities as None (JSON has no NaN)."""
+    paths as strings, NaN and infinities as None (JSON has no NaN). A config that reads itself
+    (`birth.base.config_io.reads_itself`: a `from_dict` classmethod) is written by its `to_dict()`."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        if callable(getattr(type(obj), "from_dict", None)):
+            return to_jsonable(obj.to_dict())
         return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}

@@ -1,20 +1,24 @@
 """`birth inspect CHECKPOINT`: attention heatmaps, an offline circuitsvis page and induction scores.
 
-CHECKPOINT is a `step_*.pt` file or a run directory (its latest checkpoint is used). Writes, into
---out (default RUN_DIR/inspect/step_XXXXXX):
-    attention_layer{1,2}.png   heatmaps of one held-out sequence (triggers red, outputs blue);
-                               attention_layer{L}_head{H}.png, one per head, with several heads
+CHECKPOINT is a `step_*.pt` file or a run directory (its latest checkpoint is used), of a run on
+any task. Writes, into --out (default RUN_DIR/inspect/step_XXXXXX):
+    attention_layer{1,2}.png   heatmaps of one held-out sequence (triggers red, outputs blue, when
+                               the task has triggers); attention_layer{L}_head{H}.png, one per
+                               head, with several heads
     attention.html             circuitsvis view with its JavaScript inlined (opens offline)
     scores.json                the scores printed on the terminal: previous-token and induction
-                               scores of every head, the previous-token and induction heads found,
-                               and the memory-recall probes of the weights (`memory_probes`: the
+                               scores of every head on the task's held-out batch (under the task's
+                               name; the induction queries of `probes.attention.induction_targets`)
+                               and on repeated random tokens, the task's headline metrics, the
+                               previous-token and induction heads found, and the memory-recall
+                               probes of the weights (`memory_probes`: the
                                values the run logs as probes/NAME, and for a full model the
                                per-head readings and the heads' weights, `probes.recall.probe_report`)
 
 Files of an earlier inspection in a --out you name are kept unless --overwrite; the default folder
 is the run's own and is re-made (the files replaced are named).
 
-The figures show a typical sequence (`probes.attention.typical_sequence`: several repeated trigger
+The figures show a typical sequence (`probes.attention.typical_sequence`: several repeated
 occurrences, no trigger whose output is itself) unless --index picks one.
 """
 
@@ -93,19 +97,25 @@ def _fmt(value: float) -> str:
     return "  nan" if value is None or math.isnan(value) else f"{value:.3f}"
 
 
+def task_section(task_name: str) -> str:
+    """The key of scores.json holding the scores on the task's own sequences ("triggered_bigram")."""
+    return task_name.replace("-", "_")
+
+
 def format_scores(scores: dict) -> list[str]:
     """Terminal lines: the circuit's scores first (layer 1 previous token, last layer induction)."""
     lines = []
     n_layers = scores["n_layers"]
+    task = scores["task"]
     for name, title in (
-        ("triggered_bigram", "triggered-bigram sequences"),
+        (task_section(task), f"{task} sequences"),
         ("repeated_random", "repeated random tokens [x_1..x_n, x_1..x_n]"),
     ):
         part = scores[name]
         extra = (
-            f"in-context acc {_fmt(part['icl_acc'])}"
-            if name == "triggered_bigram"
-            else f"n={part['half_len']}, second-half acc {_fmt(part['repeat_acc'])}"
+            f"n={part['half_len']}, second-half acc {_fmt(part['repeat_acc'])}"
+            if name == "repeated_random"
+            else ", ".join(f"{metric} {_fmt(value)}" for metric, value in part["metrics"].items())
         )
         lines.append(f"{title} ({part['n_sequences']} sequences; {extra}):")
         for layer in range(1, n_layers + 1):
@@ -194,13 +204,11 @@ def execute(args: argparse.Namespace) -> int:
         repeated_sequence_scores,
         save_attention_heatmaps,
         save_attention_html,
-        triggered_bigram_scores,
+        task_scores,
         typical_sequence,
     )
     from probes.recall import probe_report
     from tasks.protocol import memory_targets
-    from tasks.shakespeare import load_stats
-    from tasks.triggered_bigram import TriggeredBigram
     from training.checkpoint import load_trained_model
 
     if args.batch_size < 1:
@@ -216,7 +224,6 @@ def execute(args: argparse.Namespace) -> int:
     out_dir = args.out if args.out is not None else default_out_dir(ckpt_path)
     check_writable(out_dir, "--out")
     model, config, step = load_trained_model(ckpt_path, device=device)
-    stats = load_stats()
     half_len = args.repeat_len if args.repeat_len is not None else config.task.seq_len // 2
     if not 1 <= half_len <= config.task.seq_len // 2:
         raise ValueError(f"--repeat-len must be in [1, T/2 = {config.task.seq_len // 2}], got {half_len}")
@@ -229,10 +236,7 @@ def execute(args: argparse.Namespace) -> int:
     )
 
     task = config.build_task(device)
-    if not isinstance(task, TriggeredBigram):  # the figures mark triggers and decode characters
-        raise ValueError(
-            f"birth inspect reads triggered-bigram runs; {ckpt_path} trained on {config.task_name!r}"
-        )
+    stats = getattr(task, "stats", None)  # corpus statistics decode characters (triggered-bigram)
     # the run's own held-out batch (same seed as evaluation during training)
     batch = task.sample(args.batch_size, task.generator(config.run.eval_seed))
     with torch.no_grad():
@@ -240,7 +244,8 @@ def execute(args: argparse.Namespace) -> int:
             "checkpoint": str(ckpt_path),
             "step": step,
             "n_layers": config.model.n_layers,
-            "triggered_bigram": triggered_bigram_scores(model, batch),
+            "task": config.task_name,
+            task_section(config.task_name): task_scores(model, task, batch),
             "repeated_random": repeated_sequence_scores(
                 model, half_len, batch_size=32, seed=config.run.eval_seed
             ),
@@ -248,11 +253,13 @@ def execute(args: argparse.Namespace) -> int:
         targets = memory_targets(task)
         scores["memory_probes"] = probe_report(model, targets.triggers, targets.bigram)
 
-    index = typical_sequence(batch, args.positions) if args.index is None else args.index
+    index = typical_sequence(batch, args.positions, task=task) if args.index is None else args.index
     scores["shown_sequence"] = index
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    pngs = save_attention_heatmaps(model, stats, batch, out_dir, index=index, max_positions=args.positions)
+    pngs = save_attention_heatmaps(
+        model, stats, batch, out_dir, index=index, max_positions=args.positions, task=task
+    )
     html = save_attention_html(model, stats, batch, out_dir / "attention.html", index=index)
     scores_path = atomic_write_json(out_dir / "scores.json", scores)  # NaN as null: strict JSON
 
@@ -261,7 +268,8 @@ def execute(args: argparse.Namespace) -> int:
     )
     for line in format_scores(scores):
         print(line)
-    chosen = "--index" if args.index is not None else "typical: repeated triggers, none followed by itself"
+    typical = "typical: repeated occurrences, no trigger followed by itself"
+    chosen = "--index" if args.index is not None else typical
     print(f"figures: held-out sequence {index} ({chosen})")
     print("wrote:")
     for path in (*pngs, html, scores_path):

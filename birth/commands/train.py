@@ -43,6 +43,9 @@ class TrainCommand:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int | None = None  # torch CPU threads (default: torch's choice); recorded with the run
     progress: bool = True  # progress bar
+    # train these seeds side by side in one process (0-7, or a list 0,3,5): one run directory per
+    # seed, OUT/seed0, ... (training.stacked); --resume OUT continues them all
+    seeds: str | None = None
 
 
 def _base_config(argv: list[str]) -> TrainConfig:
@@ -61,7 +64,7 @@ def _base_config(argv: list[str]) -> TrainConfig:
                 raise CLIError(
                     f"give either --resume RUN_DIR or {option}, not both (a resumed run keeps its config)"
                 )
-        saved = read_run_config(Path(known.resume))
+        saved = read_run_config(_first_run(Path(known.resume)))
         if known.task is not None and known.task != saved.task_name:
             raise CLIError(
                 f"--resume continues {known.resume} with its own config; these flags would change the run: "
@@ -81,6 +84,14 @@ def _base_config(argv: list[str]) -> TrainConfig:
     except ValueError as err:
         raise CLIError(str(err)) from None
     return base.replace(task=spec.config())  # another task: its own defaults
+
+
+def _first_run(run_dir: Path) -> Path:
+    """A run directory, or the first run of a stacked one (`birth train --seeds`)."""
+    from training.stacked import stack_runs  # the trainer's imports: only when resuming
+
+    runs = stack_runs(run_dir)
+    return runs[0] if runs else run_dir
 
 
 def _default_command(config: TrainConfig) -> TrainCommand:
@@ -148,7 +159,7 @@ def run(argv: list[str], prog: str) -> int:
     if cmd.resume is not None:
         if cmd.out is not None:
             raise CLIError("give either --resume RUN_DIR or --out, not both")
-        saved = read_run_config(cmd.resume)
+        saved = read_run_config(_first_run(cmd.resume))
         given = {a.split("=")[0]: i for i, a in reversed(list(enumerate(argv)))}
         changed = sorted(
             (f for f in _changed_fields(saved, config) if f != "--steps"),
@@ -172,6 +183,8 @@ def run(argv: list[str], prog: str) -> int:
     resolve_device(cmd.device)
     if cmd.threads is not None:
         torch.set_num_threads(cmd.threads)
+    if cmd.seeds is not None or (cmd.resume is not None and _first_run(cmd.resume) != cmd.resume):
+        return _run_stacked(cmd, argv, run_dir)
     print(f"run directory: {run_dir}")
     result = train(
         config,
@@ -183,6 +196,48 @@ def run(argv: list[str], prog: str) -> int:
     )
     print_summary(result)
     return result.exit_code
+
+
+def _run_stacked(cmd: TrainCommand, argv: list[str], out: Path) -> int:
+    """`--seeds`: one run per seed in OUT/seedN, trained side by side; `--resume OUT` of such runs."""
+    from birth.base.runtime import resolve_device
+    from birth.cli import CLIError
+    from training.stacked import RUN_PREFIX, check_stack_memory, parse_seeds, stack_runs, train_stacked
+    from training.trainer import print_summary
+
+    if cmd.resume is not None:
+        if cmd.seeds is not None:
+            raise CLIError("give either --resume OUT or --seeds, not both (a resumed stack keeps its seeds)")
+        run_dirs = stack_runs(cmd.resume)
+        configs = [read_run_config(d).replace(steps=cmd.config.optim.steps) for d in run_dirs]
+    else:
+        if any(a == "--seed" or a.startswith("--seed=") for a in argv):
+            raise CLIError("give either --seed or --seeds, not both")
+        try:
+            seeds = parse_seeds(cmd.seeds)
+            check_stack_memory(
+                [cmd.config] * len(seeds), cmd.config.build_task().vocab_size, resolve_device(cmd.device)
+            )
+        except ValueError as err:
+            raise CLIError(str(err)) from None
+        if cmd.out is None:
+            out = out.with_name(
+                out.name.replace(f"-seed{cmd.config.run.seed}-", f"-seeds{seeds[0]}-{seeds[-1]}-")
+            )
+        run_dirs = [out / f"{RUN_PREFIX}{s}" for s in seeds]
+        configs = [cmd.config.replace(seed=s) for s in seeds]
+    print(f"{len(run_dirs)} runs side by side in {out}")
+    results = train_stacked(
+        configs,
+        run_dirs,
+        resume=cmd.resume is not None,
+        device=cmd.device,
+        wandb_mode=cmd.wandb,
+        progress=cmd.progress,
+    )
+    for result in results:
+        print_summary(result)
+    return max(results, key=lambda r: r.exit_code != 0).exit_code
 
 
 def replace_config(cmd: TrainCommand, **changes) -> TrainCommand:

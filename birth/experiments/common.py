@@ -8,7 +8,7 @@ in its result: the final evaluation, the learning order and every evaluation row
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -23,7 +23,8 @@ from tasks.triggered_bigram import Batch, TriggeredBigram
 from training.checkpoint import load_run_model
 from training.config import TrainConfig
 from training.logger import read_metrics
-from training.trainer import train
+from training.stacked import stack_key, train_stacked
+from training.trainer import RunResult, train
 
 RUNS = "runs"  # sub-directory of an experiment's out_dir with its training runs (re-created by --overwrite)
 
@@ -108,16 +109,46 @@ def train_run(
     """Train one run into `out_dir/runs/NAME` and return its final metrics, order and every row."""
     run_dir = Path(out_dir) / RUNS / name
     result = train(config, run_dir, device=device, progress=progress, log=log)
+    return _trained(result, config, name)
+
+
+def train_runs(
+    configs: Sequence[TrainConfig],
+    out_dir: Path,
+    names: Sequence[str],
+    *,
+    device: Device = "auto",
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[TrainedRun]:
+    """Train runs into `out_dir/runs/NAME`, those of one architecture side by side in one process
+    (`training.stacked`: one run alone trains as `train_run`); returned in the order given."""
+    groups: dict[tuple, list[int]] = {}
+    for i, config in enumerate(configs):
+        groups.setdefault(stack_key(config), []).append(i)
+    trained: dict[int, TrainedRun] = {}
+    for members in groups.values():
+        group = [configs[i] for i in members]
+        run_dirs = [Path(out_dir) / RUNS / names[i] for i in members]
+        results = train_stacked(group, run_dirs, device=device, progress=progress, log=log)
+        for i, result in zip(members, results):
+            trained[i] = _trained(result, configs[i], names[i])
+    return [trained[i] for i in range(len(configs))]
+
+
+def _trained(result: RunResult, config: TrainConfig, name: str) -> TrainedRun:
     if result.status == "interrupted":
         raise KeyboardInterrupt  # Ctrl-C in one of its runs stops the experiment: one line, exit 130
     if result.status != "completed":
-        raise ValueError(f"run {run_dir} {result.status} at step {result.step} (its loss was not finite)")
+        raise ValueError(
+            f"run {result.run_dir} {result.status} at step {result.step} (its loss was not finite)"
+        )
     return TrainedRun(
         name=name,
         seed=config.run.seed,
         final={k: v for k, v in result.final.items() if k != "step"},
         order=dict(result.order),
-        history=read_metrics(run_dir / "metrics.jsonl"),
+        history=read_metrics(result.run_dir / "metrics.jsonl"),
         seconds_per_step=result.seconds_per_step,
     )
 

@@ -14,7 +14,9 @@ the first layer's scores and softmax, and the weighted sums that the second laye
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -102,7 +104,7 @@ def _checked(model: nn.Module, tokens: torch.Tensor) -> nn.Module:
 
 
 def fast_logits(
-    model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor | None = None
+    model: nn.Module, tokens: torch.Tensor, positions: torch.Tensor | None = None, *, compiled: bool = False
 ) -> torch.Tensor:
     """Logits equal to `model(tokens)`: [B, T, N], or [M, N] = `model(tokens)[positions]` when a
     boolean mask `positions` [B, T] is given (the training loss only needs counter >= 2 targets).
@@ -122,6 +124,9 @@ def fast_logits(
       tables (`_two_layer_selected`), so no [B, T, d] product of the first layer's output is formed;
     - attention over all positions is fused scaled_dot_product_attention.
 
+    `compiled`: the two-layer selected-query forward (what training runs) through `torch.compile`
+    (its first call compiles; the same function, fused kernels).
+
     Raises ValueError for an architecture `supports_fast_path` refuses (train those through
     `model(tokens)`).
     """
@@ -129,7 +134,7 @@ def fast_logits(
     if positions is None:
         return _all_positions(model, tokens)[0]
     if len(nm.layers) == 2:
-        last_layer = _two_layer_selected(model, tokens.shape[1])
+        last_layer = _two_layer_selected(model, tokens.shape[1], compiled)
     else:
         last_layer = lambda z, selected: _all_positions(model, z, selected=selected)[0]  # noqa: E731
     return _by_groups(last_layer, tokens, positions)
@@ -255,75 +260,105 @@ def _query_order(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return order, valid
 
 
-def _first_layer_scores(
-    attn: nn.Module, E: torch.Tensor, P: torch.Tensor, scale: float
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The first layer's attention pattern [B, T, T] as a function of the tokens, from tables.
+class _TwoLayerTables(NamedTuple):
+    """What the two-layer selected-query forward reads, computed once per call (`_two_layer_tables`)."""
 
-    q_t·k_s = qE[z_t]·kE[z_s] + qP[t]·kE[z_s] + qE[z_t]·kP[s] + qP[t]·kP[s]: lookups instead of
-    d-wide products. The first two terms are row t of a [B, T, N] lookup read at column z_s, the
-    third is row z_t of the [N, T] table qE kPᵀ, the last a [T, T] table added with the causal mask.
-    """
-    T = P.shape[0]
-    q_tok, q_pos = (E, P) if _is_frozen_identity(attn.q) else _linear_tables(attn.q, E, P)
-    k_tok, k_pos = _linear_tables(attn.k, E, P)
+    E: torch.Tensor  # [N, d] token rows of x
+    P: torch.Tensor  # [T, d] position rows of x
+    score_tok_tok: torch.Tensor  # [N, N] first-layer scores qE kEᵀ (scaled)
+    score_pos_tok: torch.Tensor  # [T, N] qP kEᵀ
+    score_tok_pos: torch.Tensor  # [N, T] qE kPᵀ
+    score_pos_pos: torch.Tensor  # [T, T] qP kPᵀ, -inf above the diagonal (causal)
+    v_tok: torch.Tensor  # [N, d] first-layer values W_OV¹ x (+ bias)
+    v_pos: torch.Tensor  # [T, d]
+    query: tuple[torch.Tensor, torch.Tensor | None] | None  # second-layer W_Q, b_Q (None: identity)
+    key: torch.Tensor  # [d, d] second-layer W_K
+    out_x_tok: torch.Tensor  # [N, N] x W_OV² W_Uᵀ (+ bias): the second layer's values, logit space
+    out_x_pos: torch.Tensor  # [T, N]
+    out_v_tok: torch.Tensor  # [N, N] v W_OV² W_Uᵀ
+    out_v_pos: torch.Tensor  # [T, N]
+    unembed: torch.Tensor  # [N, d] W_U (with a linear W_F folded in)
+    logit_bias: torch.Tensor | None  # [N]
+    scale: float
+
+
+def _two_layer_tables(model: nn.Module, T: int) -> _TwoLayerTables:
+    """The tables of `_two_layer_padded`. First-layer scores: q_t·k_s = qE[z_t]·kE[z_s] +
+    qP[t]·kE[z_s] + qE[z_t]·kP[s] + qP[t]·kP[s], four lookups instead of a d-wide product."""
+    nm = native(model)
+    E, P = nm.tok_embed.weight, nm.pos.weight[:T]
+    U, logit_bias = _readout(model)
+    scale = 1.0 / nm.layers[0].attn.scale
+    first, second = nm.layers[0].attn, nm.layers[1].attn
+    q_tok, q_pos = (E, P) if _is_frozen_identity(first.q) else _linear_tables(first.q, E, P)
+    k_tok, k_pos = _linear_tables(first.k, E, P)
     q_tok, q_pos = q_tok * scale, q_pos * scale
-    rows_tok, rows_pos = q_tok @ k_tok.t(), q_pos @ k_tok.t()  # [N, N], [T, N]
-    tok_pos = q_tok @ k_pos.t()  # [N, T]
-    pos_pos = q_pos @ k_pos.t() + _causal_bias(T, E)  # [T, T]
+    v_tok, v_pos = _tables(E, P, *_value_map(first))
+    w_out, b_out = _value_map(second, U)  # [d, N], [N]
+    out_x_tok, out_x_pos = _tables(E, P, w_out, b_out)
+    out_v_tok, out_v_pos = _tables(v_tok, v_pos, w_out)
+    query = None if _is_frozen_identity(second.q) else (second.q.weight, second.q.bias)
+    return _TwoLayerTables(
+        E, P, q_tok @ k_tok.t(), q_pos @ k_tok.t(), q_tok @ k_pos.t(), q_pos @ k_pos.t() + _causal_bias(T, E),
+        v_tok, v_pos, query, second.k.weight, out_x_tok, out_x_pos, out_v_tok, out_v_pos, U, logit_bias, scale,
+    )  # fmt: skip
 
-    def pattern(tokens: torch.Tensor) -> torch.Tensor:
-        B = tokens.shape[0]
-        scores = _gathered(tokens, rows_tok, rows_pos).gather(2, tokens.unsqueeze(1).expand(B, T, T))
-        return (scores + F.embedding(tokens, tok_pos) + pos_pos).softmax(dim=-1)
 
-    return pattern
-
-
-def _two_layer_selected(model: nn.Module, T: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """`(tokens, positions) ↦ model(tokens)[positions]` for two layers, the second read through the
-    first's tables (computed here, once for every group of sequences).
+def _two_layer_padded(tokens: torch.Tensor, order: torch.Tensor, t: _TwoLayerTables) -> torch.Tensor:
+    """Logits [B, Q, N] of a two-layer model at the queries `order` ([B, Q] positions, `_query_order`),
+    the second layer read through the first's tables.
 
     With A¹ the first pattern and v_u = W_OV¹ x_u (+ bias) its values (tables), the second layer's
-    input is x2_s = x_s + Σ_u A¹[s, u] v_u. It is formed at the Q selected queries only; every
-    other use of x2_s goes through a map pushed into the tables:
+    input is x2_s = x_s + Σ_u A¹[s, u] v_u. It is formed at the Q queries only; every other use of
+    x2_s goes through a map pushed into the tables:
     - scores: x2_q·(W_K² x2_s) = r_q·x_s + Σ_u A¹[s, u] (r_q·v_u) with r_q = W_K²ᵀ q2_q (the key
       bias adds q·b_K to every key alike, which softmax ignores): B·Q·T·(2d + T) FLOPs instead of
       B·T·T·d for the first layer's output;
     - values in logit space: x2_s W = x_s W + Σ_u A¹[s, u] (v_u W) with W = W_OV² W_Uᵀ, both
       [T, N] lookups in [N, N] and [T, N] tables.
     """
-    nm = native(model)
-    E, P = nm.tok_embed.weight, nm.pos.weight[:T]
-    U, logit_bias = _readout(model)
-    scale = 1.0 / nm.layers[0].attn.scale
-    first, second = nm.layers[0].attn, nm.layers[1].attn
-    first_pattern = _first_layer_scores(first, E, P, scale)
-    v_tables = _tables(E, P, *_value_map(first))
-    w_out, b_out = _value_map(second, U)  # [d, N], [N]
-    out_x_tables, out_v_tables = _tables(E, P, w_out, b_out), _tables(*v_tables, w_out)
+    B, T = tokens.shape
+    scores = _gathered(tokens, t.score_tok_tok, t.score_pos_tok).gather(
+        2, tokens.unsqueeze(1).expand(B, T, T)
+    )
+    pattern = (scores + F.embedding(tokens, t.score_tok_pos) + t.score_pos_pos).softmax(dim=-1)  # A¹
+    x, v = _gathered(tokens, t.E, t.P), _gathered(tokens, t.v_tok, t.v_pos)  # [B, T, d]
+    rows = order.unsqueeze(-1)
+    x2_query = torch.baddbmm(
+        x.gather(1, rows.expand(-1, -1, x.shape[-1])), pattern.gather(1, rows.expand(-1, -1, T)), v
+    )  # [B, Q, d]
+    query = x2_query if t.query is None else F.linear(x2_query, *t.query)
+    r = (query * t.scale) @ t.key
+    scores2 = torch.baddbmm(torch.bmm(r, x.mT), torch.bmm(r, v.mT), pattern.mT)  # [B, Q, T]
+    future = torch.arange(T, device=tokens.device) > rows
+    pattern2 = scores2.masked_fill(future, float("-inf")).softmax(dim=-1)
+    values = torch.baddbmm(
+        _gathered(tokens, t.out_x_tok, t.out_x_pos), pattern, _gathered(tokens, t.out_v_tok, t.out_v_pos)
+    )  # x2_s W + b: [B, T, N]
+    return torch.baddbmm(F.linear(x2_query, t.unembed, t.logit_bias), pattern2, values)
+
+
+def _two_layer_selected(
+    model: nn.Module, T: int, compiled: bool = False
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`(tokens, positions) ↦ model(tokens)[positions]` for two layers (`_two_layer_padded`), its
+    tables computed once for every group of sequences; `compiled`: through `torch.compile`."""
+    tables = _two_layer_tables(model, T)
+    padded = _compiled_two_layer_padded() if compiled else _two_layer_padded
 
     def group(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         order, valid = _query_order(positions)
         if not valid.any():
-            return U.new_zeros(0, U.shape[0])
-        pattern = first_pattern(tokens)  # A¹ [B, T, T]
-        x, v = _gathered(tokens, E, P), _gathered(tokens, *v_tables)  # [B, T, d]
-        rows = order.unsqueeze(-1)
-        x2_query = torch.baddbmm(
-            x.gather(1, rows.expand(-1, -1, x.shape[-1])), pattern.gather(1, rows.expand(-1, -1, T)), v
-        )  # [B, Q, d]
-        r = (_query(second.q, x2_query) * scale) @ second.k.weight
-        scores = torch.baddbmm(torch.bmm(r, x.mT), torch.bmm(r, v.mT), pattern.mT)  # [B, Q, T]
-        future = torch.arange(T, device=tokens.device) > rows
-        pattern2 = scores.masked_fill_(future, float("-inf")).softmax(dim=-1)
-        values = torch.baddbmm(
-            _gathered(tokens, *out_x_tables), pattern, _gathered(tokens, *out_v_tables)
-        )  # x2_s W + b: [B, T, N]
-        logits = torch.baddbmm(F.linear(x2_query, U, logit_bias), pattern2, values)
-        return logits[valid]
+            return tables.unembed.new_zeros(0, tables.unembed.shape[0])
+        return padded(tokens, order, tables)[valid]
 
     return group
+
+
+@functools.cache
+def _compiled_two_layer_padded() -> Callable[..., torch.Tensor]:
+    # dynamic: the number of queries Q changes from group to group and step to step
+    return torch.compile(_two_layer_padded, dynamic=True)
 
 
 def _padded_query_logits(

@@ -83,6 +83,12 @@ ROWS: list[tuple[str, str]] = [
     ("train --resume {run} --preset paper", "--preset"),
     ("train --resume {run} --config {lr_fast_yaml}", "--config"),
     ("train --resume {run} --out new", "--out"),
+    ("train --seeds ,", "--seeds"),  # empty
+    ("train --seeds -1", "--seeds"),
+    ("train --seeds 0,3,0", "--seeds"),  # a duplicate
+    ("train --seeds 0-100000000", "--seeds"),  # more runs than one process takes
+    ("train --seeds 0-4000 --d-model 8192 --batch-size 8192", "--seeds"),  # more than the memory
+    ("train --seeds 0-1 --seed 3", "--seeds"),
     ("train --resume {corrupt_run}", "the last intact checkpoint is step_000004.pt"),
     # an edited config.json: wrong types are refused naming the field
     ("train --resume {edited_lr_fast}", "lr"),

@@ -9,8 +9,11 @@ import pytest
 
 from birth.base.curves import first_crossing
 from birth.cli import main as cli_main
+from birth.experiments.transformer.markov_phases import markov_train
+from tasks.markov_icl import INDUCTION_MASS, KL_BIGRAM, PREV_MASS
 from training.checkpoint import checkpoint_path
 from training.config import QUICK
+from training.logger import read_metrics
 from training.trainer import train
 
 # the tiny_config fixture of conftest.py, at module scope so that the runs are trained once
@@ -199,3 +202,39 @@ def test_plot_names_every_malformed_line_and_a_binary_metrics_file(runs, tmp_pat
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{binary / 'metrics.jsonl'} is not UTF-8 text (byte 0x89 at offset 0)" in err[0]
     assert not (tmp_path / "q").exists()
+
+
+def test_inspect_and_plot_a_markov_icl_run(tmp_path, capsys):
+    """Any task: the scores on the task's own held-out batch are the ones its run logged."""
+    run = tmp_path / "markov"
+    config = markov_train(seq_len=16, d_model=16, batch_size=8, steps=4, eval_every=2, eval_batch_size=16)
+    train(config, run, progress=False, log=_quiet)
+    out = tmp_path / "inspect"
+    assert cli_main(["inspect", str(run), "--out", str(out), "--batch-size", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert {p.name for p in out.iterdir()} == {
+        "attention_layer1.png",
+        "attention_layer2.png",
+        "attention.html",
+        "scores.json",
+    }
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["task"] == "markov-icl" and "triggered_bigram" not in scores
+    part, logged = scores["markov_icl"], read_metrics(run / "metrics.jsonl")[-1]
+    assert logged["step"] == scores["step"] == 4
+    # the same held-out batch as the run's evaluation: the same readings
+    assert part["layer1"]["previous_token"]["mass"] == pytest.approx(logged[PREV_MASS], abs=1e-5)
+    assert part["layer1"]["previous_token"]["n_queries"] == 16 * 15
+    assert part["layer2"]["induction_any"]["mass"] == pytest.approx(logged[INDUCTION_MASS], abs=1e-5)
+    assert part["metrics"]["kl_bigram"] == pytest.approx(logged[KL_BIGRAM], rel=1e-4)
+    # induction queries: every query whose state occurred before (3 states: all but a few per row)
+    assert 16 * 12 <= part["layer2"]["induction"]["n_queries"] < 16 * 16
+    assert part["induction_head"]["layer"] == 2
+    assert "markov-icl sequences (16 sequences; kl_bigram" in printed
+    assert f"previous-token {part['layer1']['previous_token']['mass']:.3f}" in printed
+    html = (out / "attention.html").read_text()
+    assert "tokens that followed its earlier occurrences" in html and "Triggers" not in html
+    # plot: the strategy distances against the step
+    assert cli_main(["plot", str(run), "--out", str(tmp_path / "plot")]) == 0
+    summary = json.loads((tmp_path / "plot" / "learning_order.json").read_text())
+    assert summary["steps"] == [0, 2, 4]

@@ -43,6 +43,6 @@ def test_small_runs_write_their_result(tmp_path, name):
     assert list((tmp_path / name).glob("*.png"))
     if name == "markov-phases":
         assert [r.prior for r in result.runs] == list(PRIORS)
-        assert set(saved["bigram_start"]) == set(PRIORS)
+        assert set(saved["result"]["bigram_start"]) == set(PRIORS)
     else:
         assert len(result.conditions) == 2 * len(CONDITIONS)  # both tasks, every condition

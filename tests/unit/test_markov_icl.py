@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
+from dataclasses import dataclass, field
 
 import pytest
 import torch
 
+from birth.base.config_io import config_from_dict
+from birth.base.io import to_jsonable
 from tasks.circuits import (
     follows_current_token,
     induction_mass,
@@ -27,6 +31,7 @@ from tasks.markov_icl import (
     strategy_laws,
 )
 from tasks.registry import build_task
+from training.config import TrainConfig
 
 
 def test_registered_and_built_by_name():
@@ -145,3 +150,24 @@ def test_circuit_patterns_and_masses():
     assert prev[0, 0, 0] == 1 and prev[0, 4, 3] == 1
     uniform = torch.ones(1, 5, 5).tril() / torch.arange(1, 6)[:, None]
     assert previous_token_mass(uniform) == pytest.approx(sum(1 / t for t in range(2, 6)) / 4)
+
+
+@dataclass(frozen=True)
+class _HoldsARun:
+    """An experiment-like config with a training config field, as experiment configs have."""
+
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def test_a_train_config_field_reads_back_as_its_own_task():
+    held = _HoldsARun(train=TrainConfig(task=MarkovICLConfig(n_states=4, alpha=0.5, seq_len=16)))
+    written = json.loads(json.dumps(to_jsonable(held)))
+    assert written["train"]["task_name"] == "markov-icl"
+    assert config_from_dict(_HoldsARun, written) == held
+    # a section without task_name is the default task's, as in run configs written before it
+    plain = config_from_dict(_HoldsARun, {"train": {"task": {"seq_len": 32}}})
+    assert plain.train.task_name == "triggered-bigram" and plain.train.task.seq_len == 32
+    with pytest.raises(ValueError, match=r"config\.train\.task: unknown key 'alpha'"):
+        config_from_dict(_HoldsARun, {"train": {"task": {"alpha": 1.0}}})
+    with pytest.raises(ValueError, match=r"config\.train\.task_name: --task must be one of"):
+        config_from_dict(_HoldsARun, {"train": {"task_name": "nope"}})

@@ -318,40 +318,60 @@ def _perturbed_fast_model(config, dtype=torch.float32):
     return model.to(dtype)
 
 
+def _max_errors(got, exact) -> list[float]:
+    return [
+        float(((torch.zeros_like(e) if g is None else g).double() - e).abs().max())
+        for g, e in zip(got, exact)
+    ]
+
+
 @pytest.mark.parametrize("name", FAST_ARCHITECTURES)
 def test_fast_path_computes_the_reference_forward(name, one_thread):
     """fast_logits equals the reference on the same weights, values and gradients, on every position
-    and on selected ones (the training loss's): to float64 rounding in float64, and in float32 within
-    the tolerances below of the float64 reference (where unscaled scores saturate the softmax the
-    float32 reference itself is further from it than that)."""
+    and on selected ones (the training loss's): to float64 rounding in float64; in float32 within
+    the tolerances below of the float32 reference, or at least as close to the float64 one as the
+    float32 reference is (where unscaled scores saturate the softmax, float32 rounding in the
+    reference itself exceeds those tolerances)."""
     config = ARCHITECTURES[name]
-    exact_model = _perturbed_fast_model(config, torch.float64)
+    exact_model, model = _perturbed_fast_model(config, torch.float64), _perturbed_fast_model(config)
     gen = torch.Generator().manual_seed(3)
     tokens = torch.randint(0, 65, (7, 16), generator=gen)
     targets = torch.randint(0, 65, (7, 16), generator=gen)
     positions = torch.rand(7, 16, generator=gen) < torch.rand(7, 1, generator=gen)
     positions[1] = False  # a sequence with no selected position
     for select in (None, positions):
-        reference = reference_logits(exact_model, tokens)
-        expected = reference if select is None else reference[select]
         picked = (targets if select is None else targets[select]).reshape(-1)
-        expected_grads = torch.autograd.grad(
-            F.cross_entropy(expected.reshape(-1, 65), picked), trainable_parameters(exact_model)
-        )
-        for model in (exact_model, _perturbed_fast_model(config)):
-            params = trainable_parameters(model)
-            got = fast_logits(model, tokens, select)
-            assert got.shape == expected.shape
-            if got.dtype == torch.float64:
-                torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9 * float(expected.abs().max()))
+        results = {}
+        for label, fast, m in (
+            ("exact", False, exact_model),
+            ("fast64", True, exact_model),
+            ("reference32", False, model),
+            ("fast32", True, model),
+        ):
+            if fast:
+                logits = fast_logits(m, tokens, select)
             else:
-                torch.testing.assert_close(
-                    got, expected.float(), rtol=1e-4, atol=2e-5 * float(expected.detach().abs().max())
-                )
-            grads = torch.autograd.grad(
-                F.cross_entropy(got.reshape(-1, 65), picked), params, allow_unused=True
+                logits = reference_logits(m, tokens)
+                logits = logits if select is None else logits[select]
+            loss = F.cross_entropy(logits.reshape(-1, 65), picked)
+            results[label] = (logits, torch.autograd.grad(loss, trainable_parameters(m), allow_unused=True))
+        expected, exact_grads = results["exact"]
+        scale = float(expected.detach().abs().max())
+        got, grads = results["fast64"]
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9 * scale)
+        assert max(_max_errors(grads, exact_grads)) <= 1e-9 * max(float(e.abs().max()) for e in exact_grads)
+        got, grads = results["fast32"]
+        torch.testing.assert_close(got, results["reference32"][0], rtol=1e-4, atol=2e-5 * scale)
+        try:
+            _assert_gradients_close(grads, results["reference32"][1])
+        except AssertionError:
+            fast_errors = _max_errors(grads, exact_grads)
+            reference_errors = _max_errors(results["reference32"][1], exact_grads)
+            assert all(f <= 2 * r for f, r in zip(fast_errors, reference_errors)), (
+                fast_errors,
+                reference_errors,
             )
-            _assert_gradients_close(grads, [e.to(got.dtype) for e in expected_grads])
 
 
 @pytest.mark.parametrize("name", [name for name in FAST_ARCHITECTURES if ARCHITECTURES[name].n_layers == 2])

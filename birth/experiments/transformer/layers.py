@@ -10,7 +10,7 @@ from birth.base.curves import mean_std
 from birth.base.io import new_figure, save_figure
 from birth.base.runtime import Device
 from birth.base.validate import Validated
-from birth.experiments.common import Seeds, Train, TrainedRun, run_seeds, train_run
+from birth.experiments.common import Seeds, Train, TrainedRun, run_seeds, train_runs
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.common import DEPTHS, PAPER_SEEDS, paper, quick, tiny
 from tasks.triggered_bigram import ICL_ACC
@@ -74,14 +74,12 @@ def run_layers(config: LayersConfig, out_dir: Path, *, log=print, progress: bool
     runs: dict[str, list[TrainedRun]] = {}
     for layers in DEPTHS:
         key = f"{layers}L"
-        runs[key] = []
-        for seed in run_seeds(config.train, config.seeds):
-            train = config.train.replace(n_layers=layers, seed=seed)
-            log(f"[layers] {layers} layer(s), seed {seed}: {train.optim.steps} steps")
-            run = train_run(
-                train, out_dir, f"{key}-seed{seed}", device=config.device, progress=progress, log=log
-            )
-            runs[key].append(run)
+        seeds = run_seeds(config.train, config.seeds)
+        for seed in seeds:
+            log(f"[layers] {layers} layer(s), seed {seed}: {config.train.optim.steps} steps")
+        trains = [config.train.replace(n_layers=layers, seed=seed) for seed in seeds]
+        names = [f"{key}-seed{seed}" for seed in seeds]
+        runs[key] = train_runs(trains, out_dir, names, device=config.device, progress=progress, log=log)
         accs = [run.final[ICL_ACC] for run in runs[key]]
         mean, std = mean_std(accs)
         table[key] = DepthSummary(mean, std, accs)

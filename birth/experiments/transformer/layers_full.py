@@ -12,7 +12,7 @@ from birth.base.curves import mean_std
 from birth.base.io import new_figure, save_figure
 from birth.base.runtime import Device
 from birth.base.validate import Validated
-from birth.experiments.common import Seeds, Train, TrainedRun, eval_batch, run_seeds, train_run
+from birth.experiments.common import Seeds, Train, TrainedRun, eval_batch, run_seeds, train_runs
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.common import DEPTHS, PAPER_SEEDS, full_reference, full_train, tiny
 from birth.experiments.transformer.global_vs_icl import probe_tracking
@@ -95,15 +95,12 @@ def run_layers_full(
     runs: dict[str, list[TrainedRun]] = {}
     for layers in DEPTHS:
         key = f"{layers}L"
-        runs[key] = []
-        for seed in run_seeds(config.train, config.seeds):
-            train = config.train.replace(n_layers=layers, seed=seed)
-            log(f"[layers-full] {layers} layer(s), seed {seed}: {train.optim.steps} steps")
-            runs[key].append(
-                train_run(
-                    train, out_dir, f"{key}-seed{seed}", device=config.device, progress=progress, log=log
-                )
-            )
+        seeds = run_seeds(config.train, config.seeds)
+        for seed in seeds:
+            log(f"[layers-full] {layers} layer(s), seed {seed}: {config.train.optim.steps} steps")
+        trains = [config.train.replace(n_layers=layers, seed=seed) for seed in seeds]
+        names = [f"{key}-seed{seed}" for seed in seeds]
+        runs[key] = train_runs(trains, out_dir, names, device=config.device, progress=progress, log=log)
         icl = [_number(run.final.get(ICL_ACC)) for run in runs[key]]
         bigram = [_number(run.final.get(BIGRAM_LOSS)) for run in runs[key]]
         tracking = [probe_tracking(run) for run in runs[key]]

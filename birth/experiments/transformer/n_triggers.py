@@ -11,7 +11,7 @@ from typing import Annotated, get_args
 from birth.base.io import new_figure, save_figure
 from birth.base.runtime import Device
 from birth.base.validate import Choices, Ints, Validated
-from birth.experiments.common import Seeds, Train, TrainedRun, run_seeds, train_run
+from birth.experiments.common import Seeds, Train, TrainedRun, run_seeds, train_runs
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.common import (
     STUDY_SEEDS,
@@ -102,15 +102,18 @@ def run_n_triggers(
     config: NTriggersConfig, out_dir: Path, *, log=print, progress: bool = True
 ) -> NTriggersResult:
     stats = load_stats()
+    bases = {
+        (m, k): config.train.replace(trigger_mode=m, n_triggers=k) for m in config.modes for k in config.ks
+    }
+    jobs = [(arm, seed) for arm, base in bases.items() for seed in run_seeds(base, config.seeds)]
+    for (mode, k), seed in jobs:
+        log(f"[n-triggers] {mode} K={k}, seed {seed}: {config.train.optim.steps} steps")
+    trained = train_runs([bases[arm].replace(seed=seed) for arm, seed in jobs], out_dir,
+                         [f"{m}-K{k}-seed{seed}" for (m, k), seed in jobs],
+                         device=config.device, progress=progress, log=log)  # fmt: skip
     points = []
-    for mode in config.modes:
-        for k in config.ks:
-            base = config.train.replace(trigger_mode=mode, n_triggers=k)
-            runs = []
-            for seed in run_seeds(base, config.seeds):
-                log(f"[n-triggers] {mode} K={k}, seed {seed}: {base.optim.steps} steps")
-                runs.append(train_run(base.replace(seed=seed), out_dir, f"{mode}-K{k}-seed{seed}",
-                                      device=config.device, progress=progress, log=log))  # fmt: skip
-            points.append(TriggerPoint(mode, k, targets_per_sequence(base, stats), final_values(runs),
-                                       icl_crossings(runs), probe_crossings(runs), runs))  # fmt: skip
+    for (mode, k), base in bases.items():
+        runs = [run for (arm, _), run in zip(jobs, trained) if arm == (mode, k)]
+        points.append(TriggerPoint(mode, k, targets_per_sequence(base, stats), final_values(runs),
+                                   icl_crossings(runs), probe_crossings(runs), runs))  # fmt: skip
     return NTriggersResult(points)

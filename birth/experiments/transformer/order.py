@@ -10,7 +10,7 @@ from pathlib import Path
 from birth.base.io import new_figure, save_figure
 from birth.base.runtime import Device
 from birth.base.validate import Validated
-from birth.experiments.common import Seeds, Train, run_seeds, train_run
+from birth.experiments.common import Seeds, Train, run_seeds, train_runs
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.common import PAPER_SEEDS, THRESHOLD, paper, quick, tiny
 from birth.models.targets import MEMORIES
@@ -77,12 +77,12 @@ def plot_order(result: OrderResult, out_dir: Path) -> list[Path]:
     small=lambda: OrderConfig(train=tiny(), seeds=1, device="cpu"),
 )
 def run_order(config: OrderConfig, out_dir: Path, *, log=print, progress: bool = True) -> OrderResult:
-    per_seed: list[SeedOrder] = []
-    for seed in run_seeds(config.train, config.seeds):
-        train = config.train.replace(seed=seed)
-        log(f"[order] seed {seed}: {train.optim.steps} steps")
-        run = train_run(train, out_dir, f"seed{seed}", device=config.device, progress=progress, log=log)
-        per_seed.append(SeedOrder(seed, run.order))
+    seeds = run_seeds(config.train, config.seeds)
+    for seed in seeds:
+        log(f"[order] seed {seed}: {config.train.optim.steps} steps")
+    trains, names = [config.train.replace(seed=seed) for seed in seeds], [f"seed{seed}" for seed in seeds]
+    runs = train_runs(trains, out_dir, names, device=config.device, progress=progress, log=log)
+    per_seed = [SeedOrder(seed, run.order) for seed, run in zip(seeds, runs)]
     crossings = {k: [s.order.get(k) for s in per_seed] for k in MEMORIES}
     median = {
         k: statistics.median(reached) if (reached := [v for v in vs if v is not None]) else None

@@ -31,8 +31,9 @@ from tasks.factual_recall import FactualRecall
 
 @dataclass(frozen=True)
 class RecallTradeoffConfig(FactsConfig):
-    """The task and the training (FactsConfig's fields) and the grid."""
+    """The task and the training (FactsConfig's fields, trained longer here) and the grid."""
 
+    steps: Annotated[int, Int(1)] = 1500  # training steps per run
     dims: Annotated[tuple[int, ...], Ints(1, distinct=True)] = (8, 16, 32)  # model widths d
     # MLP widths m = k d (k = 0: no MLP)
     mlp_multiples: Annotated[tuple[int, ...], Ints(0, distinct=True)] = (0, 1, 4)

@@ -10,7 +10,7 @@ from typing import Annotated
 from birth.base.io import new_figure, save_figure
 from birth.base.runtime import Device
 from birth.base.validate import Ints, Validated
-from birth.experiments.common import Seeds, Train, TrainedRun, run_seeds, train_run
+from birth.experiments.common import Seeds, Train, TrainedRun, run_seeds, train_runs
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.common import (
     STUDY_SEEDS,
@@ -109,17 +109,22 @@ def run_trigger_frequency(
     config: TriggerFrequencyConfig, out_dir: Path, *, log=print, progress: bool = True
 ) -> TriggerFrequencyResult:
     stats = load_stats()
+    bases = {
+        offset: config.train.replace(trigger_mode="fixed", trigger_offset=offset) for offset in config.offsets
+    }
+    jobs = [(offset, seed) for offset, base in bases.items() for seed in run_seeds(base, config.seeds)]
+    trained = train_runs([bases[offset].replace(seed=seed) for offset, seed in jobs], out_dir,
+                         [f"offset{offset}-seed{seed}" for offset, seed in jobs],
+                         device=config.device, progress=progress, log=log)  # fmt: skip
     points = []
-    for offset in config.offsets:
-        base = config.train.replace(trigger_mode="fixed", trigger_offset=offset)
+    for offset, base in bases.items():
         task = TriggeredBigram(base.task, stats)
         chars = "".join(stats.decode(task.fixed_triggers.tolist()))
         mass = float(stats.unigram_probs[task.fixed_triggers].sum())
-        runs = []
-        for seed in run_seeds(base, config.seeds):
-            log(f"[trigger-frequency] offset {offset} ({chars!r}, mass {mass:.3f}), seed {seed}")
-            runs.append(train_run(base.replace(seed=seed), out_dir, f"offset{offset}-seed{seed}",
-                                  device=config.device, progress=progress, log=log))  # fmt: skip
+        runs = [run for (o, seed), run in zip(jobs, trained) if o == offset]
+        log(
+            f"[trigger-frequency] offset {offset} ({chars!r}, mass {mass:.3f}): seeds {[r.seed for r in runs]}"
+        )
         points.append(FrequencyPoint(offset, chars, mass, targets_per_sequence(base, stats), final_values(runs),
                                      icl_crossings(runs), probe_crossings(runs), runs))  # fmt: skip
     return TriggerFrequencyResult(points)

@@ -1,0 +1,78 @@
+"""Whether a run's training step goes through `torch.compile` (`--compile auto|on|off`).
+
+Compiling (CPU inductor: fused softmax, masks and gathers around the same matmuls) costs seconds
+to minutes at the first compiled step and saves a fraction of every later one, so it pays only for
+long runs. `auto` decides with a measured rule: the run's first `PROBE_STEPS` steps run eager and
+are timed (after one warm-up step), and the step is compiled from then on iff the rest of the run,
+at that speed, would save more than compiling costs:
+
+    remaining steps x eager step seconds x COMPILE_GAIN  >  COMPILE_SECONDS
+
+`COMPILE_GAIN` (the fraction of a step compiling saves) and `COMPILE_SECONDS` (what the first
+compiled step costs) are measured by `python scripts/bench_train.py --compile` (docs/tuning.md has
+the numbers and the machine); the rule errs towards eager, which is what short runs and the tests
+get. Compiling applies where the compiled function runs: the fast path of a two-layer model with
+the loss on the selected targets (`birth.models.fast`); everything else runs eager whatever the flag.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Literal
+
+from birth.models.transformer import supports_fast_path
+
+Compile = Literal["auto", "on", "off"]
+
+PROBE_STEPS = 3  # eager steps timed by `auto`, after one warm-up step
+COMPILE_GAIN = 0.15  # fraction of a step's time the compiled step saves (a lower bound of the measured)
+COMPILE_SECONDS = 120.0  # seconds the first compiled step costs (an upper bound of the measured)
+
+
+def compilable(config) -> bool:
+    """Whether `config`'s training step has a compiled form (two layers on the fast path, loss on
+    the selected targets); `config` is a `training.config.TrainConfig`."""
+    return (
+        config.run.fast_path
+        and supports_fast_path(config.model)
+        and config.model.n_layers == 2
+        and config.optim.loss_on == "outputs"
+    )
+
+
+def worth_compiling(remaining_steps: int, eager_seconds: float) -> bool:
+    """The `auto` rule: compiling saves more than it costs over the rest of the run."""
+    return remaining_steps * eager_seconds * COMPILE_GAIN > COMPILE_SECONDS
+
+
+@dataclass
+class StepCompilation:
+    """Per step of a run: whether to run the compiled step (`use`), from the `--compile` choice and,
+    for `auto`, the times of the first steps (`record`)."""
+
+    mode: Compile
+    first_step: int
+    last_step: int  # the run's number of steps
+    applies: bool = True
+    times: list[float] = field(default_factory=list)
+    decided: bool | None = None  # auto, once decided
+
+    @classmethod
+    def for_run(cls, config, first_step: int) -> StepCompilation:
+        return cls(config.run.compile, first_step, config.optim.steps, compilable(config))
+
+    def use(self, step: int) -> bool:
+        if not self.applies or self.mode == "off":
+            return False
+        if self.mode == "on":
+            return True
+        if self.decided is None and len(self.times) > PROBE_STEPS:
+            eager = statistics.median(self.times[1:])  # the first timed step is the warm-up
+            self.decided = worth_compiling(self.last_step - step, eager)
+        return bool(self.decided)
+
+    def record(self, seconds: float) -> None:
+        """The seconds of a step's forward and backward (kept until `auto` has decided)."""
+        if self.mode == "auto" and self.decided is None:
+            self.times.append(seconds)
