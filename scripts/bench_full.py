@@ -5,8 +5,9 @@ all tokens, backward, AdamW. Two models of the same architecture and the same we
 
 - `tl`: `birth.models.transformer.build_model(FULL_MODEL)` called as `model(tokens)` (the TransformerBridge with its
   hook points, nothing hooked);
-- `plain`: the same transformer written below in plain PyTorch (nn.Linear, nn.LayerNorm, explicit
-  softmax attention, as the reference code), the TL weights copied in;
+- `plain`: the same transformer in plain PyTorch, the package's reference architecture
+  (`birth.models.reference.ReferenceTransformer`: nn.Linear, nn.LayerNorm, explicit softmax
+  attention, as the reference code), on a copy of the TL weights;
 - `plain-sdpa`: the plain model with fused scaled_dot_product_attention, the kernel the TL model's
   attention runs when no hook reads its pattern (`birth.models.transformer`): the same computation.
 
@@ -21,8 +22,8 @@ time per step and the ratios. Measured numbers are in docs/model.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
-import math
 import statistics
 import time
 
@@ -31,13 +32,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from birth.base.seeds import step_seed
+from birth.models.reference import CausalSelfAttention
 from birth.models.transformer import (
     FULL_MODEL,
+    ReferenceTransformer,
     attn_linear,
     build_model,
-    layer_norm,
-    mlp_linear,
-    native,
     trainable_parameters,
 )
 from tasks.shakespeare import load_stats
@@ -47,60 +47,27 @@ from tasks.triggered_bigram import TaskConfig, TriggeredBigram
 LR, WEIGHT_DECAY, BETAS = 0.01, 0.01, (0.9, 0.99)
 
 
-class PlainBlock(nn.Module):
-    """Pre-LayerNorm block: x + attn(LN(x)), then + MLP(LN(x)); no biases."""
+class FusedAttention(CausalSelfAttention):
+    """The reference attention with fused scaled_dot_product_attention instead of the explicit
+    mask + softmax (the kernel the TL model's attention runs when no hook reads its pattern)."""
 
-    def __init__(self, d: int, n_heads: int, d_mlp: int, sdpa: bool) -> None:
-        super().__init__()
-        self.n_heads, self.sdpa = n_heads, sdpa
-        self.ln1, self.ln2 = nn.LayerNorm(d, eps=1e-5), nn.LayerNorm(d, eps=1e-5)
-        self.q, self.k, self.v, self.o = (nn.Linear(d, d, bias=False) for _ in range(4))
-        self.fc_in, self.fc_out = nn.Linear(d, d_mlp, bias=False), nn.Linear(d_mlp, d, bias=False)
-
-    def forward(self, x: torch.Tensor, future: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, d = x.shape
-        h = self.ln1(x)
-        q, k, v = (lin(h).view(B, T, self.n_heads, -1).transpose(1, 2) for lin in (self.q, self.k, self.v))
-        if self.sdpa:
-            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
-            out = scores.masked_fill(future, float("-inf")).softmax(dim=-1) @ v
-        x = x + self.o(out.transpose(1, 2).reshape(B, T, d))
-        return x + self.fc_out(F.relu(self.fc_in(self.ln2(x))))
+        q, k, v = (
+            lin(x).view(B, T, self.n_heads, self.d_head).transpose(1, 2) for lin in (self.q, self.k, self.v)
+        )
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=1.0 / self.scale)
+        return self.o(out.transpose(1, 2).reshape(B, T, d))
 
 
-class PlainTransformer(nn.Module):
-    def __init__(self, vocab: int, n_ctx: int, d: int, n_layers: int, n_heads: int, d_mlp: int, sdpa: bool):
-        super().__init__()
-        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(n_ctx, d)
-        self.blocks = nn.ModuleList(PlainBlock(d, n_heads, d_mlp, sdpa) for _ in range(n_layers))
-        self.ln_f = nn.LayerNorm(d, eps=1e-5)
-        self.head = nn.Linear(d, vocab, bias=False)
-        self.register_buffer("future", torch.ones(n_ctx, n_ctx, dtype=torch.bool).triu(1), persistent=False)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        T = tokens.shape[1]
-        x = self.tok(tokens) + self.pos.weight[:T]
-        for block in self.blocks:
-            x = block(x, self.future[:T, :T])
-        return self.head(self.ln_f(x))
-
-
-@torch.no_grad()
-def copy_weights(tl: nn.Module, plain: PlainTransformer) -> None:
-    nm = native(tl)
-    plain.tok.weight.copy_(nm.tok_embed.weight)
-    plain.pos.weight.copy_(nm.pos.weight)
-    plain.head.weight.copy_(nm.head.weight)
-    plain.ln_f.load_state_dict(layer_norm(tl, None).state_dict())
-    for i, block in enumerate(plain.blocks):
-        for name in "qkvo":
-            getattr(block, name).weight.copy_(attn_linear(tl, i, name).weight)
-        block.fc_in.weight.copy_(mlp_linear(tl, i, "in").weight)
-        block.fc_out.weight.copy_(mlp_linear(tl, i, "out").weight)
-        block.ln1.load_state_dict(layer_norm(tl, i, "ln1").state_dict())
-        block.ln2.load_state_dict(layer_norm(tl, i, "ln2").state_dict())
+def plain_copy(tl: nn.Module, fused: bool) -> ReferenceTransformer:
+    """The reference architecture (`birth.models.reference`) on a copy of `tl`'s weights (its own
+    tensors: each model trains by itself), with fused attention if `fused`."""
+    plain = copy.deepcopy(ReferenceTransformer.from_bridge(tl))
+    if fused:
+        for block in plain.blocks:
+            block.attn.__class__ = FusedAttention  # same parameters, the fused kernel
+    return plain
 
 
 def loss_of(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
@@ -114,7 +81,7 @@ def check_equal(tl: nn.Module, plain: nn.Module, tokens: torch.Tensor) -> float:
     if diff > 1e-3:
         raise SystemExit(f"the models disagree: max |logit difference| = {diff:.2e}")
     g_tl = torch.autograd.grad(loss_of(tl, tokens), attn_linear(tl, 0, "q").weight)[0]
-    g_plain = torch.autograd.grad(loss_of(plain, tokens), plain.blocks[0].q.weight)[0]
+    g_plain = torch.autograd.grad(loss_of(plain, tokens), plain.blocks[0].attn.q.weight)[0]
     if not torch.allclose(g_tl, g_plain, rtol=1e-3, atol=1e-6):
         raise SystemExit("the models' gradients disagree")
     return diff
@@ -142,12 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     T, N = args.seq_len, stats.vocab_size
     models: dict[str, nn.Module] = {"tl": build_model(config, n_ctx=T, vocab_size=N, seed=0)}
     kinds = {"plain": False, "plain-sdpa": True}
-    for name, sdpa in kinds.items():
-        plain = PlainTransformer(
-            N, T, config.d_model, config.n_layers, config.n_heads, config.mlp_width * config.d_model, sdpa
-        )
-        copy_weights(models["tl"], plain)
-        models[name] = plain
+    for name, fused in kinds.items():
+        models[name] = plain_copy(models["tl"], fused)
     probe = task.sample(4, task.generator(12345)).tokens
     for name in kinds:
         print(f"{name} vs tl: max |logit difference| {check_equal(models['tl'], models[name], probe):.1e}")

@@ -15,7 +15,8 @@ Per preset, on the same weights and batches:
   (`training.trainer.training_loss`, what `birth train` runs), measured interleaved so that both
   see the same machine load, with freed memory kept (`training.allocator`, as `birth train`);
   `eager (default allocator)` is measured first, before that setting applies to the process;
-- the ratios: fast to its floor, eager to fast; and for the quick preset the whole run
+- the ratios: fast to its floor, eager to fast (wall time, and CPU time of the process, which a
+  loaded machine moves less); and for the quick preset the whole run
   (`steps` x (step + evaluation / eval_every)) against `steps` x floor.
 
 The load average is printed at the start and the end: on a loaded machine absolute times (and,
@@ -86,12 +87,16 @@ class Bench:
         return F.cross_entropy(logits, batch.targets[mask])
 
     def step(self, loss_fn: Callable, step: int) -> float:
-        t0 = time.perf_counter()
+        return self.timed_step(loss_fn, step)[0]
+
+    def timed_step(self, loss_fn: Callable, step: int) -> tuple[float, float]:
+        """(wall, CPU) seconds of one step: sample, forward, backward, optimizer update."""
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = loss_fn(self.batch(step))
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, time.process_time() - c0
 
     def flops(self, loss_fn: Callable) -> float:
         with FlopCounterMode(display=False) as counter:
@@ -138,18 +143,21 @@ def run_preset(name: str, repeats: int, compiled: bool, eager_default: float) ->
         print(f"  compile (first compiled step): {time.perf_counter() - t0:.1f} s")
         variants["fast, compiled"] = bench.compiled_loss
     best = dict.fromkeys(variants, float("inf"))
+    best_cpu = dict.fromkeys(variants, float("inf"))
     for loss_fn in variants.values():
         bench.step(loss_fn, 0)  # warm-up
     for r in range(repeats):  # interleaved: every variant sees the same load
         for variant, loss_fn in variants.items():
-            best[variant] = min(best[variant], bench.step(loss_fn, r + 1))
-    eager = best["eager"]
+            wall, cpu = bench.timed_step(loss_fn, r + 1)
+            best[variant], best_cpu[variant] = min(best[variant], wall), min(best_cpu[variant], cpu)
+    eager, eager_cpu = best["eager"], best_cpu["eager"]
     print(f"  {'eager (default allocator)':26s} {eager_default * 1e3:9.1f} ms/step")
     for variant, seconds in best.items():
         print(
             f"  {variant:26s} {seconds * 1e3:9.1f} ms/step   {seconds / floor:5.2f}x floor   "
             f"{eager / seconds:5.2f}x faster than eager, {eager_default / seconds:5.2f}x than eager "
-            "(default allocator)"
+            f"(default allocator); CPU {best_cpu[variant] * 1e3:.1f} ms/step, "
+            f"{eager_cpu / best_cpu[variant]:.2f}x eager's"
         )
     if name == "quick":
         evaluation = bench.evaluation_seconds()

@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from birth.models.transformer import supports_fast_path
+
+if TYPE_CHECKING:  # training.config imports this module
+    from training.config import TrainConfig
 
 Compile = Literal["auto", "on", "off"]
 
@@ -30,9 +33,9 @@ COMPILE_GAIN = 0.15  # fraction of a step's time the compiled step saves (a lowe
 COMPILE_SECONDS = 120.0  # seconds the first compiled step costs (an upper bound of the measured)
 
 
-def compilable(config) -> bool:
+def compilable(config: TrainConfig) -> bool:
     """Whether `config`'s training step has a compiled form (two layers on the fast path, loss on
-    the selected targets); `config` is a `training.config.TrainConfig`."""
+    the selected targets)."""
     return (
         config.run.fast_path
         and supports_fast_path(config.model)
@@ -52,15 +55,14 @@ class StepCompilation:
     for `auto`, the times of the first steps (`record`)."""
 
     mode: Compile
-    first_step: int
     last_step: int  # the run's number of steps
     applies: bool = True
     times: list[float] = field(default_factory=list)
     decided: bool | None = None  # auto, once decided
 
     @classmethod
-    def for_run(cls, config, first_step: int) -> StepCompilation:
-        return cls(config.run.compile, first_step, config.optim.steps, compilable(config))
+    def for_run(cls, config: TrainConfig) -> StepCompilation:
+        return cls(config.run.compile, config.optim.steps, compilable(config))
 
     def use(self, step: int) -> bool:
         if not self.applies or self.mode == "off":

@@ -27,6 +27,7 @@ from tasks.protocol import LossOn, Task
 from tasks.registry import DEFAULT_TASK, build_task, get_task, task_of_config
 from tasks.triggered_bigram import TaskConfig
 from training.clamps import check_clamps, check_task_clamps, parse_clamps
+from training.compilation import Compile
 from training.schedule import parse_schedule, parse_targets
 
 Optimizer = Literal["sgd", "adamw"]
@@ -73,7 +74,10 @@ class RunConfig(Validated):
     checkpoint_every: Annotated[int, Int(1)] = 100  # checkpoint every this many steps, and at the end
     heatmap_every: Annotated[int, Int(0)] = 0  # W&B attention heatmaps every this many steps (0: never)
     fast_path: bool = True  # fused forward (tested equal to the TransformerLens forward)
-    attention_probes: bool = True  # evaluations: score_acc, score2_acc, ... (TransformerLens forward, hooks)
+    # torch.compile the training step: on, off, or auto (on iff the run is long enough that the
+    # measured gain repays the compile time: training/compilation.py)
+    compile: Compile = "auto"
+    attention_probes: bool = True  # evaluations: score_acc, score2_acc, ... (attention patterns)
 
     def __post_init__(self) -> None:
         check_seed(self.seed, "--seed")

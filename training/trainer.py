@@ -33,6 +33,7 @@ from training.allocator import keep_freed_memory
 from training.callbacks import Callback, Checkpoints, MetricsLog, OnStep, ProgressBar, TrainingRun, Wandb
 from training.checkpoint import CheckpointError, checkpoint_path, load_model_state
 from training.clamps import install_clamps
+from training.compilation import StepCompilation
 from training.config import OptimConfig, TrainConfig
 from training.evaluation import (
     PROBES,
@@ -87,10 +88,16 @@ class RunResult:
 
 
 def training_loss(
-    model: nn.Module, batch: TokenBatch, config: TrainConfig, task: Task | None = None
+    model: nn.Module,
+    batch: TokenBatch,
+    config: TrainConfig,
+    task: Task | None = None,
+    *,
+    compiled: bool = False,
 ) -> torch.Tensor | None:
     """Cross-entropy on the targets `--loss-on` selects (`Task.loss_mask`; None when the batch has
-    none). `task`: the run's task (default: built from the config)."""
+    none). `task`: the run's task (default: built from the config); `compiled`: the fast path's
+    compiled step where it has one (`training.compilation`)."""
     loss_on = config.optim.loss_on
     mask = (task or config.build_task(batch.tokens.device)).loss_mask(batch, loss_on)
     if not mask.any():
@@ -98,7 +105,7 @@ def training_loss(
     if config.run.fast_path and supports_fast_path(config.model):
         # the fast path evaluates the last layer at the selected queries only; other architectures
         # (several heads, LayerNorm, a ReLU MLP) train through the TransformerLens forward
-        logits = fast_logits(model, batch.inputs, mask if loss_on == "outputs" else None)
+        logits = fast_logits(model, batch.inputs, mask if loss_on == "outputs" else None, compiled=compiled)
         if loss_on != "outputs":
             logits = logits[mask]
     else:
@@ -162,6 +169,10 @@ class _Loop:
     status: str = "completed"
     last_row: dict = field(default_factory=dict)
     n_updates: int = 0
+    compilation: StepCompilation = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.compilation = StepCompilation.for_run(self.run.config)
 
     def evaluate(self, step: int) -> dict:
         run = self.run
@@ -224,7 +235,9 @@ class _Loop:
         """One step (an evaluation first when due); False when the loss diverged."""
         run = self.run
         state = self.begin(step)
-        loss = training_loss(run.model, state.batch, run.config, run.task)
+        started = time.perf_counter()
+        compiled = self.compilation.use(step)
+        loss = training_loss(run.model, state.batch, run.config, run.task, compiled=compiled)
         if loss is not None and not torch.isfinite(loss):
             self.stop_diverged(step, loss.item(), state)
             return False
@@ -232,6 +245,7 @@ class _Loop:
         if updated:
             run.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+        self.compilation.record(time.perf_counter() - started)
         self.conclude(step, state, loss.item() if updated else None)
         return True
 

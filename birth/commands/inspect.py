@@ -142,8 +142,9 @@ def format_scores(scores: dict) -> list[str]:
     return lines
 
 
-def _values(values: dict[str, float], skip_heads: bool = True) -> str:
-    return "  ".join(f"{k} {_fmt(v)}" for k, v in values.items() if not (skip_heads and "/" in k))
+def _values(values: dict[str, float]) -> str:
+    """NAME value pairs, the per-head entries ("W_OV2/l1h0") left out."""
+    return "  ".join(f"{k} {_fmt(v)}" for k, v in values.items() if "/" not in k)
 
 
 def _probe_lines(report: dict) -> list[str]:
@@ -207,7 +208,7 @@ def execute(args: argparse.Namespace) -> int:
         task_scores,
         typical_sequence,
     )
-    from probes.recall import probe_report
+    from probes.recall import in_context_trigger_shares, probe_report
     from tasks.protocol import memory_targets
     from training.checkpoint import load_trained_model
 
@@ -250,8 +251,13 @@ def execute(args: argparse.Namespace) -> int:
                 model, half_len, batch_size=32, seed=config.run.eval_seed
             ),
         }
-        targets = memory_targets(task)
-        scores["memory_probes"] = probe_report(model, targets.triggers, targets.bigram)
+        # random triggers: W_KQ2 weighs the tokens by their share of the in-context targets of the
+        # run's own held-out batch, as the run logged it (`training.evaluation.RecallProbes`)
+        targets, weights = memory_targets(task), None
+        if targets.triggers is None:
+            heldout = task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed))
+            weights = in_context_trigger_shares(heldout.inputs, heldout.counter, model.W_E.shape[0])
+        scores["memory_probes"] = probe_report(model, targets.triggers, targets.bigram, weights)
 
     index = typical_sequence(batch, args.positions, task=task) if args.index is None else args.index
     scores["shown_sequence"] = index

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Annotated, Literal
 
-from birth.base.validate import Int, Validated
+from birth.base.validate import Int, Validated, check_int
 
 Variant = Literal["simplified", "full"]
 TrainableInit = Literal["random", "zero"]
@@ -37,7 +37,7 @@ class ModelConfig(Validated):
     """The architecture (the sequence length and vocabulary come from the task: `build_model`)."""
 
     n_layers: Annotated[int, Int(1)] = 2  # attention layers (the simplified variant: 1 or 2)
-    d_model: Annotated[int, Int(1)] = 256  # residual width d (d_head = d / n_heads)
+    d_model: Annotated[int, Int(1)] = 256  # residual width d (d_head = d / n_heads unless --head-width)
     variant: Variant = "simplified"  # simplified: only W_K¹, W_K², W_O² and W_F train, W_Q = I; full: all
     trainable_init: TrainableInit = "random"  # zero: every W_K, the last W_O and each MLP's W_out start at 0
     # token and positional embeddings N(0, 1) per coordinate (norm √d), as nn.Embedding / randn
@@ -45,6 +45,7 @@ class ModelConfig(Validated):
     # with d, which is what its SGD learning rate of 0.03 is tuned for.
     unit_embeddings: bool = False  # w_E, p_t ~ N(0, I) (the reference code's scale) instead of N(0, I/d)
     n_heads: Annotated[int, Int(1)] = 1  # attention heads per layer (the simplified variant: 1)
+    head_width: int | None = None  # each head's query/key/value width (default: --d-model / --n-heads)
     mlp: Mlp = "none"  # feed-forward layer: none, ReLU MLP of width --mlp-width x d, or one linear d x d map
     mlp_width: Annotated[int, Int(1)] = 4  # ReLU MLP hidden width in multiples of --d-model (linear: d x d)
     mlp_layers: MlpLayers = "all"  # which layers have the MLP; final: only after the last attention (W_F)
@@ -57,12 +58,14 @@ class ModelConfig(Validated):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.d_model % self.n_heads:
+        if self.head_width is not None:
+            check_int("head_width", self.head_width, 1)
+        elif self.d_model % self.n_heads:
             raise ValueError(f"--n-heads must divide --d-model (got {self.n_heads}, {self.d_model})")
         if self.positions == "rotary" and self.d_head % 2:
             raise ValueError(
-                f"--positions rotary rotates pairs of coordinates: the head width --d-model / --n-heads "
-                f"must be even, got {self.d_model} / {self.n_heads} = {self.d_head}"
+                f"--positions rotary rotates pairs of coordinates: the head width (--head-width, or "
+                f"--d-model / --n-heads) must be even, got {self.d_head}"
             )
         if self.variant == "simplified":
             if self.n_layers not in (1, 2):
@@ -70,6 +73,11 @@ class ModelConfig(Validated):
             if self.n_heads != 1:
                 raise ValueError(
                     f"--variant simplified has one head per layer: --n-heads must be 1, got {self.n_heads}"
+                )
+            if self.d_head != self.d_model:
+                raise ValueError(
+                    f"--variant simplified has W_Q = I: --head-width must be --d-model ({self.d_model}), "
+                    f"got {self.head_width}"
                 )
             if self.normalization != "none":
                 raise ValueError(
@@ -79,7 +87,13 @@ class ModelConfig(Validated):
 
     @property
     def d_head(self) -> int:
-        return self.d_model // self.n_heads
+        """Each head's width: head_width, or d / n_heads."""
+        return self.d_model // self.n_heads if self.head_width is None else self.head_width
+
+    @property
+    def attention_width(self) -> int:
+        """n_heads x d_head: the width of the queries, keys and values of all heads together."""
+        return self.n_heads * self.d_head
 
     @property
     def embedding_mode(self) -> Literal["frozen", "trained", "tied"]:

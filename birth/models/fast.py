@@ -30,6 +30,8 @@ def fast_path_obstacle(config: ModelConfig) -> str | None:
     """Why `fast_logits` cannot run `config` (None: it can)."""
     if config.n_heads != 1:
         return f"{config.n_heads} heads per layer"
+    if config.d_head != config.d_model:
+        return f"a head width {config.d_head} other than d = {config.d_model}"
     if config.normalization != "none":
         return "LayerNorm"
     if config.positions == "rotary":

@@ -7,7 +7,7 @@ architectures. For tokens z_1..z_T:
 
     x_t = w_E(z_t) + p_t                      (rotary positions: no p_t; q and k rotate instead)
     for each layer l:
-        x = x + Attention_l(LN1_l(x))         causal, n_heads heads of width d_head = d / n_heads
+        x = x + Attention_l(LN1_l(x))         causal, n_heads heads of width d_head (default d / n_heads)
         x = x + MLP_l(LN2_l(x))               only in the layers that have an MLP
     logits = LN_f(x) W_Uᵀ                     (tied embeddings: W_U = w_E)
 
@@ -61,12 +61,12 @@ class CausalSelfAttention(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        d = config.d_model
+        d, width = config.d_model, config.attention_width  # width = n_heads x d_head (d by default)
         self.n_heads, self.d_head = config.n_heads, config.d_head
-        self.q = nn.Linear(d, d, bias=config.biases)  # W_Q (the simplified variant: a frozen identity)
-        self.k = nn.Linear(d, d, bias=config.biases)  # W_K
-        self.v = nn.Linear(d, d, bias=config.biases)  # W_V
-        self.o = nn.Linear(d, d, bias=config.biases)  # W_O
+        self.q = nn.Linear(d, width, bias=config.biases)  # W_Q (the simplified variant: a frozen identity)
+        self.k = nn.Linear(d, width, bias=config.biases)  # W_K
+        self.v = nn.Linear(d, width, bias=config.biases)  # W_V
+        self.o = nn.Linear(width, d, bias=config.biases)  # W_O
         self.scale = math.sqrt(config.d_head) if config.attn_scale == "sqrt_d_head" else 1.0
         self.rotary = config.positions == "rotary"
 
@@ -80,7 +80,7 @@ class CausalSelfAttention(nn.Module):
         scores = q @ k.transpose(-1, -2) / self.scale  # [B, heads, T (query), T (key)]
         future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)  # key after query
         pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-        heads = (pattern @ v).transpose(1, 2).reshape(B, T, d)
+        heads = (pattern @ v).transpose(1, 2).reshape(B, T, self.n_heads * self.d_head)
         return self.o(heads)
 
 

@@ -1,32 +1,45 @@
-"""The W&B learning-order dashboard reads only keys the trainer logs: a real short run (W&B offline)
-is the reference, so a renamed metric fails here instead of leaving an empty panel."""
+"""The W&B learning-order dashboard reads only keys the trainer logs: a real short run is the
+reference, so a renamed metric fails here instead of leaving an empty panel."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+import wandb
 
 import birth
-from tests.integration.test_wandb_offline import _items, wandb_records
 from training.dashboard import DashboardKey, build_workspace, dashboard_keys, workspace_spec
 from training.logger import read_metrics
+
+
+class _RecordingRun:
+    """Stands in for the run `wandb.init` returns: keeps every key the trainer logs to W&B (the
+    metric rows, the heatmap images, the probe chart) and the summary, and sends nothing."""
+
+    id = "recorded"
+
+    def __init__(self) -> None:
+        self.history: set[str] = set()
+        self.summary: dict[str, Any] = {}
+
+    def log(self, row: dict[str, Any]) -> None:
+        self.history |= set(row)
+
+    def finish(self) -> None:
+        pass
 
 
 @pytest.fixture(scope="module")
 def logged_keys(tmp_path_factory) -> dict[str, set[str]]:
     """The keys of one tiny run with every optional metric on (attention probes, a W_F layer,
-    heatmaps): its metrics.jsonl columns, its summary.json keys and its W&B history keys."""
+    heatmaps): its metrics.jsonl columns, its summary.json keys and what it logged to W&B."""
     root = tmp_path_factory.mktemp("dashboard")
-    env = {
-        "WANDB_MODE": "offline",
-        "WANDB_DIR": str(root / "wandb_dir"),
-        "WANDB_CONFIG_DIR": str(root / "wandb_config"),
-        "WANDB_CACHE_DIR": str(root / "wandb_cache"),
-    }
+    run = _RecordingRun()
     with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
+        mp.setattr(wandb, "init", lambda **_: run)
+        mp.setattr(wandb, "define_metric", lambda *_, **__: None)
         config = birth.QUICK.replace(
             d_model=16,
             seq_len=16,
@@ -44,15 +57,12 @@ def logged_keys(tmp_path_factory) -> dict[str, set[str]]:
         run_dir = root / "run"
         result = birth.train(config, run_dir, wandb_mode="offline", progress=False, log=lambda *_: None)
     assert result.status == "completed"
-    (log,) = (run_dir / "wandb").glob("offline-run-*/run-*.wandb")
-    history: set[str] = set()
-    for record in wandb_records(log):
-        if record.WhichOneof("record_type") == "history":
-            history |= set(_items(record.history.item))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert run.summary == summary  # W&B's summary is summary.json
     return {
         "history": set().union(*read_metrics(run_dir / "metrics.jsonl")),
-        "summary": set(json.loads((run_dir / "summary.json").read_text())),
-        "media": history,
+        "summary": set(summary),
+        "media": run.history,
     }
 
 

@@ -81,3 +81,16 @@ def test_wo2_arm_at_a_large_step_grows_margins_like_log_t_with_spikes(tmp_path, 
     assert run.stored > 0.9  # almost every token's W_OV² margin is positive
     assert run.spikes >= 2 and run.max_jump > 1.5  # large steps spike
     assert run.diverged is None
+
+
+def test_a_diverging_arm_stops_recording_at_its_first_non_finite_loss(tmp_path, one_thread):
+    config = TransformerWo2Config(
+        d_model=16, seq_len=16, batch_size=8, eval_batch_size=8, steps=6, margin_every=1
+    )
+    traj = train_arm(config, "all", 1e38, tmp_path / "run", log=lambda line: None)
+    assert traj.diverged is not None and 0 < traj.diverged < config.steps
+    assert torch.isfinite(traj.loss[: traj.diverged]).all()
+    assert torch.isnan(traj.loss[traj.diverged + 1 :]).all()
+    assert traj.margin_steps.tolist() == list(range(traj.diverged + 1))
+    run = summarize(config, "all", 1e38, traj)
+    assert run.diverged == traj.diverged and run.spikes >= 1

@@ -248,7 +248,7 @@ def test_inspect_a_full_model_reports_every_head_and_writes_one_heatmap_per_head
 ):
     config = PRESETS["full"].replace(
         d_model=16, n_heads=2, seq_len=16, batch_size=8, steps=2, eval_every=2, eval_batch_size=8,
-        checkpoint_every=2)  # fmt: skip
+        checkpoint_every=2, trigger_mode="random")  # fmt: skip
     train(config, tmp_path / "run", device="cpu", progress=False, log=_quiet)
     out = tmp_path / "inspect"
     assert cli_main(["inspect", str(tmp_path / "run"), "--out", str(out), "--batch-size", "8"]) == 0

@@ -103,6 +103,32 @@ def test_every_small_experiment_writes_its_result_config_and_figures(small_runs)
         assert any(out.glob("*.png")) and any(out.glob("*.pdf")), name
 
 
+def test_recall_tradeoff_small_places_the_facts(small_runs):
+    result, _, _ = small_runs["recall-tradeoff"]
+    points = {(p.d_model, p.mlp_multiple): p for p in result.points}
+    # d = 16 stores the 16 facts with attention alone, and with an MLP; d = 4 does not
+    assert points[16, 0].fact_acc == 1.0 and points[16, 0].mlp_ablated == 1.0
+    assert points[16, 2].fact_acc == 1.0
+    assert points[4, 0].fact_acc < 1.0 and points[4, 2].fact_acc < 1.0
+    # one layer: without the values the subject never reaches the last position
+    assert all(p.value_ablated < 0.5 for p in result.points)
+    assert result.frontier == {"d=4 2x2": None, "d=16 2x8": 0}
+    # the attention alone (4 d^2 = 1024 parameters at d = 16) stores them; no MLP rescues d = 4
+    assert (result.attention_alone, result.mlp_beside_short_attention) == (1024, None)
+    assert result.headline().startswith("16 facts: 2/4 grid points at 100%; attention alone from 1024")
+
+
+def test_recall_dynamics_small_starts_above_the_relation_only_baseline(small_runs):
+    result, out, _ = small_runs["recall-dynamics"]
+    assert result.baseline_loss == pytest.approx(1.1105722, abs=1e-4)  # relation-only loss of the facts
+    assert result.uniform_loss == pytest.approx(1.3862944, abs=1e-6)
+    assert [r.seed for r in result.runs] == [0, 1]
+    assert all(r.steps == [0, 10, 20, 30, 40, 50, 60] for r in result.runs)
+    # at initialization the answer loss is far above the relation-only baseline
+    assert all(r.answer_loss[0] > result.baseline_loss for r in result.runs)
+    assert (out / "recall_dynamics.png").exists()
+
+
 def test_training_runs_change_only_their_arm_field(small_runs):
     arms = {
         "layers": ("n_layers", {"2L-seed0": 2, "1L-seed0": 1}),

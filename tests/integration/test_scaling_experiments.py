@@ -92,6 +92,18 @@ def test_every_scaling_and_capacity_experiment_runs_small_and_measures_its_claim
     capacity = results["capacity"].memories
     assert 0.5 < capacity["linear"].fit.slope < 1.2  # n* ∝ d (theory 1)
     assert max(capacity["nearest"].capacity) > max(capacity["linear"].capacity)
+    # trained memories: N* per seed at 100% accuracy (seeded), growing with the parameter count
+    trained = results["capacity-vs-parameters"]
+    linear = {p.dim: p.capacity["1"] for p in trained.points if p.kind == "linear"}
+    mlp = {p.width: p.capacity["1"] for p in trained.points if p.kind == "mlp"}
+    assert linear == {4: [7, 6], 8: [15, 15]} and mlp == {8: [12, 7], 16: [21, 24]}
+    assert min(linear[8]) > max(linear[4]) and min(mlp[16]) > max(mlp[8])
+    linear_fit, mlp_fit = trained.fits["linear"]["1"], trained.fits["mlp"]["1"]
+    # d x d memory: N* ~ d^2 / (2 log N*), a slope under 1 in d^2; the MLP's about 1
+    assert 0.5 < linear_fit.slope < 1.0 and linear_fit.ci_low <= linear_fit.slope <= linear_fit.ci_high
+    assert 0.8 < mlp_fit.slope < 1.5
+    assert all(0.5 < c < 1.0 for c in trained.linear_constant["1"])  # N* ln N* / d^2 near the sharp 1/2
+    assert "linear slope" in trained.headline()
 
 
 def test_schemes_writes_files_prints_slopes_and_refuses_to_overwrite(tmp_path):

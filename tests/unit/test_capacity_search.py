@@ -82,7 +82,9 @@ def test_mlp_memory_stores_more_than_a_linear_one_of_its_width():
 
 def test_mlp_map_trains_both_layers_and_is_seeded():
     problem = random_associations(6, 4, generator(0))
-    config = MemoryTrainConfig(features="mlp", mlp_width=8, optimizer="adam", lr=0.05, batch_size=6, num_steps=5)
+    config = MemoryTrainConfig(
+        features="mlp", mlp_width=8, optimizer="adam", lr=0.05, batch_size=6, num_steps=5
+    )
     batches = torch.arange(6).expand(1, 5, 6)
     one = train_memory(problem, config, seed=1, batches=batches)
     two = train_memory(problem, config, seed=1, batches=batches)

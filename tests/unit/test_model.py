@@ -154,6 +154,10 @@ def test_attention_pattern_hook_matches_causal_softmax():
         ({"attn_scale": "sqrt_d"}, "--attn-scale"),
         ({"biases": 0}, "--biases"),
         ({"n_heads": 1.0}, "--n-heads"),
+        ({"variant": "full", "head_width": 0}, "--head-width"),
+        ({"variant": "full", "head_width": 2.0}, "--head-width"),
+        ({"variant": "full", "head_width": 5, "positions": "rotary"}, "--positions rotary"),
+        ({"d_model": 16, "head_width": 8}, "--head-width must be --d-model"),  # simplified: W_Q = I
     ],
 )
 def test_invalid_model_config_raises_naming_the_flag(kwargs, flag):
@@ -234,6 +238,12 @@ ARCHITECTURES = {
     ),
     "full-rotary-relu-width-2": dataclasses.replace(SMALL_FULL, positions="rotary", mlp_width=2),
     "full-1-layer-frozen-embeddings": dataclasses.replace(SMALL_FULL, n_layers=1, embeddings="frozen"),
+    # attention of 3 heads x 5 (15 wide) in d = 32, and of 2 rotary heads x 24 (48 wide): W_Q, W_K, W_V
+    # map d to n_heads x head_width and W_O back
+    "full-3-heads-of-width-5": dataclasses.replace(SMALL_FULL, n_heads=3, head_width=5),
+    "full-rotary-2-heads-of-width-24": dataclasses.replace(
+        SMALL_FULL, n_heads=2, head_width=24, positions="rotary", n_layers=1
+    ),
     "simplified-ffn": dataclasses.replace(SIMPLIFIED_FFN, d_model=32),
     "simplified-ffn-relu": dataclasses.replace(SIMPLIFIED_FFN, d_model=32, mlp="relu"),
     "simplified-first-ffn-1-layer": dataclasses.replace(
@@ -561,6 +571,20 @@ def test_position_and_embedding_options():
     assert sum(p is native(tied).head.weight for p in trainable_parameters(tied)) == 1
 
 
+def test_head_width_sets_the_attention_apart_from_d():
+    # head_width = d / n_heads is the default: the same model, draw for draw
+    default = build_model(SMALL_FULL, n_ctx=8, seed=0)
+    explicit = build_model(dataclasses.replace(SMALL_FULL, head_width=8), n_ctx=8, seed=0)
+    for (key, a), b in zip(native(default).state_dict().items(), native(explicit).state_dict().values()):
+        assert torch.equal(a, b), key
+    config = ARCHITECTURES["full-3-heads-of-width-5"]
+    assert (config.d_head, config.attention_width) == (5, 15)
+    model = build_model(config, n_ctx=8, seed=0)
+    for name, shape in (("q", (15, 32)), ("k", (15, 32)), ("v", (15, 32)), ("o", (32, 15))):
+        assert attn_linear(model, 0, name).weight.shape == shape, name
+    assert tuple(model.blocks[0].attn.W_Q.shape) == (3, 32, 5)
+
+
 def test_fast_path_support_and_its_error():
     assert supports_fast_path(ModelConfig()) and supports_fast_path(SIMPLIFIED_FFN)
     assert supports_fast_path(ModelConfig(variant="full", attn_scale="none", positions="sinusoidal"))
@@ -569,6 +593,9 @@ def test_fast_path_support_and_its_error():
     assert not supports_fast_path(ModelConfig(positions="rotary"))
     assert not supports_fast_path(FULL_MODEL)
     assert not supports_fast_path(dataclasses.replace(FULL_MODEL, normalization="none", mlp="none"))  # heads
+    assert not supports_fast_path(
+        ModelConfig(variant="full", d_model=16, head_width=8)
+    )  # one head, not d wide
     with pytest.raises(
         ValueError, match="fast_logits does not support a model with 4 heads.*model\\(tokens\\)"
     ):
@@ -652,7 +679,9 @@ def test_full_model_learns_bigrams_with_adamw_through_the_tl_forward(one_thread)
     assert before > math.log(65) and after < unigram_entropy - 0.1, (before, after)
 
 
-@pytest.mark.parametrize("name", ["full", "full-rotary-relu-width-2", "simplified-ffn"])
+@pytest.mark.parametrize(
+    "name", ["full", "full-rotary-relu-width-2", "simplified-ffn", "full-rotary-2-heads-of-width-24"]
+)
 def test_fused_attention_equals_transformer_lens_explicit_attention(name, one_thread):
     """Without hooks on the pattern the attention runs fused; a hook on hook_pattern (or a cache)
     switches to TransformerLens' explicit forward: same logits, same gradients, and the hook sees

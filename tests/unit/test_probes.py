@@ -21,16 +21,21 @@ from birth.models.transformer import (
 from probes.recall import (
     FF_PROBE,
     all_probes,
+    effective_embeddings,
     ff_bigram_kl,
     ff_logits,
     head_probes,
+    in_context_trigger_shares,
     induction_weights,
     kq1_by_position,
     kq1_recalls,
+    kq2_layer_hits,
+    kq2_layer_recall,
     kq2_layer_recalls,
     kq2_recalls,
     layer_probes,
     memory_recall,
+    ov2_layer_recall,
     ov2_recalls,
     previous_token_weights,
     probe_report,
@@ -223,6 +228,58 @@ def test_w_kq1_by_position_and_the_probe_report_of_a_multi_head_model():
         "reading": "per_head",
         "probes": all_probes(simplified, TRIGGERS),
     }
+
+
+def test_w_kq2_weighted_by_the_in_context_targets_and_read_after_the_first_mlp():
+    """Random triggers: W_KQ² counts each token with its share of the in-context targets; the query
+    is the token after the first layer's MLP (`effective_embeddings`); W_OV² adds the last MLP."""
+    inputs = torch.tensor([[3, 5, 3, 5, 3], [2, 7, 2, 7, 2]])
+    counter = torch.tensor([[1, 0, 2, 0, 3], [0, 0, 0, 0, 0]])
+    shares = in_context_trigger_shares(inputs, counter, 8)
+    assert shares[3] == 1.0 and shares.sum() == 1.0  # only token 3 is a repeated trigger
+    assert torch.allclose(
+        in_context_trigger_shares(inputs, torch.zeros_like(counter), 8),
+        torch.full((8,), 1 / 8, dtype=torch.float64),
+    )
+
+    model = build_model(MULTI, n_ctx=32, seed=0)  # no MLP: the effective embedding is w_E
+    _perturb_norms(model)
+    W_E = model.W_E.detach()
+    assert torch.equal(effective_embeddings(model), W_E)
+    written = _ln(model, 0, W_E) @ model.OV[0, 1].AB.detach()  # W_KQ² on the previous-token head
+    _store(
+        model, 0, 1, "QK", _ln(model, 0, model.W_pos.detach())[1:], _ln(model, 0, model.W_pos.detach())[:-1]
+    )
+    keys = (written - written.mean(-1, keepdim=True)) * layer_norm(model, 1).weight
+    stored = torch.arange(65) < 20  # the memory holds tokens 0..19 only
+    _store(model, 1, 0, "QK", _ln(model, 1, W_E)[stored], keys[stored])
+    hits = kq2_layer_hits(model)[0]
+    assert hits[:20].all() and hits[20:].float().mean() < 0.2
+    weights = torch.zeros(65, dtype=torch.float64)
+    weights[:10], weights[30:40] = 0.08, 0.02  # 80% of the in-context targets on stored tokens
+    assert kq2_layer_recalls(model, None, weights)[0] == pytest.approx(0.8 + 0.02 * hits[30:40].sum().item())
+    assert kq2_layer_recall(model, None, weights) == max(kq2_layer_recalls(model, None, weights).values())
+    assert kq2_layer_recall(model) == max(kq2_layer_recalls(model).values()) < 0.5  # unweighted
+    assert all_probes(model, None, None, weights)["W_KQ2"] == kq2_layer_recall(model, None, weights)
+    with pytest.raises(ValueError, match="random triggers"):
+        kq2_layer_recalls(model, TRIGGERS, weights)
+
+    mlp = build_model(dataclasses.replace(MULTI, mlp="relu"), n_ctx=32, seed=0)
+    _perturb_norms(mlp)
+    E = mlp.W_E.detach()
+    first = torch.relu(layer_norm(mlp, 0, "ln2")(E) @ mlp_linear(mlp, 0, "in").weight.T)
+    effective = E + first @ mlp_linear(mlp, 0, "out").weight.T  # w_E + MLP0(LN2_0(w_E)), no biases
+    assert torch.allclose(effective_embeddings(mlp), effective, atol=1e-4)
+    final = layer_norm(mlp, None)
+    readout = mlp.W_U.T.detach() * final.weight
+    readout = readout - readout.mean(-1, keepdim=True)
+    inputs = (effective - effective.mean(-1, keepdim=True)) * layer_norm(mlp, 1).weight
+    # the copy stored on the tokens after the first MLP (dual basis: inputs @ OV = readout exactly)
+    _store(mlp, 1, 0, "OV", torch.linalg.pinv(inputs).T, 1e3 * readout)
+    assert ov2_layer_recall(mlp) == 1.0
+    with torch.no_grad():  # without the first MLP's output the memory is read on the raw w_E
+        mlp_linear(mlp, 0, "out").weight.zero_()
+    assert torch.equal(effective_embeddings(mlp), E) and ov2_layer_recall(mlp) < 0.5
 
 
 def test_one_head_models_keep_the_probe_names():

@@ -197,8 +197,9 @@ def plot_capacity_vs_parameters(result: CapacityVsParametersResult, out_dir: Pat
         mlp_dims=(4,),
         mlp_widths=(8, 16),
         seeds=2,
-        steps=100,
-        rel_tol=0.1,
+        lr=0.3,
+        steps=60,
+        rel_tol=0.25,
         bootstrap=50,
     ),
 )

@@ -50,7 +50,8 @@ from tasks.zipf import ZipfAssociations
 from training.memories import FEATURE_MAPS, FeatureMap, Init, MemoryTrainConfig, train_memory
 
 GridOptimizer = Literal["sgd", "adam"]
-MODELS: tuple[str, ...] = FEATURE_MAPS
+# every feature map but the mlp memory (its capacity is measured by capacity-vs-parameters)
+MODELS: tuple[str, ...] = tuple(m for m in FEATURE_MAPS if m != "mlp")
 GRID_OPTIMIZERS: tuple[str, ...] = get_args(GridOptimizer)
 
 # The reference's numbers (reference-facts.md): SGD, batch 64, matrix memory without LayerNorm,

@@ -35,7 +35,7 @@ from birth.experiments.common import Train, eval_batch, probe_triggers, train_ru
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.common import full_train, quick, tiny
 from birth.models.transformer import model_config
-from probes.recall import all_probes, induction_weights, previous_token_weights
+from probes.recall import all_probes, in_context_trigger_shares, induction_weights, previous_token_weights
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import Batch
 
@@ -148,7 +148,10 @@ def ablate_memories(model: nn.Module, batch: Batch, triggers: torch.Tensor | Non
     """The probes of `model`, the heads they name and the accuracy with each memory ablated."""
     config = model_config(model)
     last = config.n_layers - 1
-    probes = all_probes(model, triggers)
+    trigger_weights = None
+    if triggers is None:  # random triggers: W_KQ2 weighs the tokens as the training run logs it
+        trigger_weights = in_context_trigger_shares(batch.inputs, batch.counter, model.W_E.shape[0])
+    probes = all_probes(model, triggers, None, trigger_weights)
     weights = {
         "previous_token": previous_token_weights(model),
         "induction": induction_weights(model, triggers),

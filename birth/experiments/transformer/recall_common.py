@@ -13,14 +13,13 @@ both at random positions only the MLP can combine them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
 from birth.base.validate import Int, Validated
-from birth.experiments.common import Positive, experiment_train, trained_model
+from birth.experiments.common import Positive, experiment_train
 from birth.models.config import ModelConfig
 from tasks.factual_recall import FACT_ACC, RELATION_ACC, FactualRecall, FactualRecallConfig, Layout
 from training.config import OptimConfig, RunConfig, TrainConfig
@@ -59,15 +58,26 @@ class FactsConfig(Validated):
             facts_seed=self.seed,
         )
 
-    def train_config(self, d_model: int, mlp_multiple: int, seed: int) -> TrainConfig:
-        """The run of a model of width d with an MLP of width mlp_multiple x d (0: no MLP)."""
-        if d_model % self.n_heads:
-            raise ValueError(f"--n-heads {self.n_heads} must divide every d, got d = {d_model}")
+    def train_config(
+        self,
+        d_model: int,
+        mlp_multiple: int,
+        seed: int,
+        *,
+        n_heads: int | None = None,
+        head_width: int | None = None,
+    ) -> TrainConfig:
+        """The run of a model of width d with an MLP of width mlp_multiple x d (0: no MLP) and an
+        attention of n_heads (default --n-heads) heads of width head_width (default d / heads)."""
+        heads = self.n_heads if n_heads is None else n_heads
+        if head_width is None and d_model % heads:
+            raise ValueError(f"--n-heads {heads} must divide every d, got d = {d_model}")
         model = ModelConfig(
             n_layers=1,
             d_model=d_model,
             variant="full",
-            n_heads=self.n_heads,
+            n_heads=heads,
+            head_width=head_width,
             mlp="relu" if mlp_multiple else "none",
             mlp_width=max(mlp_multiple, 1),
             normalization="none",
@@ -81,12 +91,14 @@ class FactsConfig(Validated):
         return experiment_train(TrainConfig(task=self.task(), model=model, optim=optim, run=run))
 
 
-def parameter_counts(d_model: int, mlp_multiple: int) -> dict[str, int]:
-    """Trained parameters of the attention (W_Q, W_K, W_V, W_O: 4 d^2), of its value path
-    (W_V, W_O: 2 d^2) and of the MLP (2 m d with m = multiple x d)."""
+def parameter_counts(d_model: int, mlp_multiple: int, attention_width: int | None = None) -> dict[str, int]:
+    """Trained parameters of the attention (W_Q, W_K, W_V, W_O: 4 d a, with a = heads x head
+    width, d by default), of its value path (W_V, W_O: 2 d a) and of the MLP (2 m d with
+    m = multiple x d)."""
+    width = d_model if attention_width is None else attention_width
     return {
-        "attention": 4 * d_model * d_model,
-        "value_path": 2 * d_model * d_model,
+        "attention": 4 * d_model * width,
+        "value_path": 2 * d_model * width,
         "mlp": 2 * mlp_multiple * d_model * d_model,
     }
 
@@ -100,7 +112,3 @@ def fact_accuracy(model: nn.Module, task: FactualRecall, ablation: Ablation = "n
     logits = model.run_with_hooks(batch.inputs, fwd_hooks=hooks)
     metrics = task.metrics(logits, batch)
     return {"fact_acc": metrics[FACT_ACC], "relation_acc": metrics[RELATION_ACC]}
-
-
-def run_model(out_dir: Path, name: str) -> nn.Module:
-    return trained_model(out_dir, name)
