@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import io
 import re
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -29,7 +31,7 @@ EXPERIMENT_COMMAND = "birth.commands.experiment"  # runs the experiments of its 
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": (
         "birth.commands.train",
-        "train a transformer on the triggered-bigram task and watch its memories form",
+        "train a transformer on a registered task (--task) and watch its memories form",
     ),
     "inspect": ("birth.commands.inspect", "attention maps and induction scores of a checkpoint, per head"),
     "plot": ("birth.commands.plot", "learning-order figure (probes and accuracy vs step) of runs"),
@@ -79,12 +81,33 @@ def parse_dataclass(cls: type[T], default: T, args: Sequence[str], prog: str, de
                 args=list(args),
                 prog=prog,
                 description=description,
-                config=(tyro.conf.OmitArgPrefixes,),
+                config=(tyro.conf.OmitArgPrefixes,) if _leaf_names_unique(cls) else (),
             )
     except SystemExit as stop:
         if stop.code in (0, None):
             raise
         raise CLIError(_with_flag_hint(_one_line(buffer.getvalue()), list(args))) from None
+
+
+def _leaf_names_unique(cls: type) -> bool:
+    """Whether the fields of `cls`, its nested sections flattened, have distinct names: then the
+    flags drop their section prefixes (`--lr`); a config holding two training configs (one per arm
+    of a study) keeps them (`--config.bigram.optim.lr`, `--config.markov.optim.lr`)."""
+    names: list[str] = []
+
+    def walk(kind: Any) -> None:
+        kind = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Annotated else kind
+        if not dataclasses.is_dataclass(kind):
+            return
+        for name, hint in typing.get_type_hints(kind, include_extras=True).items():
+            inner = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+            if dataclasses.is_dataclass(inner):
+                walk(inner)
+            else:
+                names.append(name)
+
+    walk(cls)
+    return len(names) == len(set(names))
 
 
 def _with_flag_hint(message: str, args: list[str]) -> str:

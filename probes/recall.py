@@ -14,6 +14,12 @@ The vectors u_i, v_j are what the head reads and writes (docs/model.md has the t
   is common to all candidates and its bias β is the same for every input, so they are left out).
 Without normalization both are the identity and the probes read the raw embeddings.
 
+Every model but the simplified one is read per layer (`layer_probes`): heads weighted by the
+attention they give to a memory, the token read after the first layer's MLP
+(`effective_embeddings`), the last MLP's response added to the copy, and with random triggers
+W_KQ² counted over the tokens as often as they are repeated triggers (`in_context_trigger_shares`,
+the only input from data: which tokens the task makes triggers, never an activation).
+
 The W_F probe is a divergence, not a recall (lower is better): KL(π_b(·|k) ‖ softmax(logits of
 W_F(w_E(k)))) averaged over the non-trigger tokens k (the reference's `test_ff1`).
 

@@ -1,6 +1,6 @@
 """Profile: where a training step's time goes, per op and per kind of work (`torch.profiler`).
 
-    python scripts/profile_step.py [--preset quick|paper] [--steps 3] [--ops 25] [--compile off|on]
+    python scripts/profile_step.py [--preset quick|paper] [--steps 3] [--ops 25]
 
 Runs the step `birth train` runs (sample, fast-path forward, backward, optimizer update, with freed
 memory kept) and, every `eval_every` steps' worth, one held-out evaluation; each phase is a

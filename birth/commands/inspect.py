@@ -29,6 +29,7 @@ import math
 from pathlib import Path
 
 from birth.base.io import atomic_write_json, check_writable, refuse_replacing
+from birth.cli import parse_args
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -67,7 +68,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def resolve_checkpoint(path: Path) -> Path:
     """A checkpoint file, or the latest checkpoint of a run directory."""
-    from training.checkpoint import latest_checkpoint
+    from training.checkpoint import latest_checkpoint  # torch: imported once a run is read (see execute)
 
     if path.is_dir():
         return latest_checkpoint(path)
@@ -192,12 +193,12 @@ def _head_lines(part: dict) -> list[str]:
 
 
 def run(argv: list[str], prog: str) -> int:
-    from birth.cli import parse_args
-
     return execute(parse_args(add_arguments, argv, prog, __doc__))
 
 
 def execute(args: argparse.Namespace) -> int:
+    # torch, the probes and the model loader (transformer_lens, matplotlib) take seconds to import
+    # (docs/tuning.md, "Start-up"): `birth inspect --help` and a bad flag answer without them
     import torch
 
     from birth.base.runtime import resolve_device
@@ -209,7 +210,7 @@ def execute(args: argparse.Namespace) -> int:
         typical_sequence,
     )
     from probes.recall import in_context_trigger_shares, probe_report
-    from tasks.protocol import memory_targets
+    from tasks.protocol import MemoryTask, memory_targets
     from training.checkpoint import load_trained_model
 
     if args.batch_size < 1:
@@ -251,10 +252,11 @@ def execute(args: argparse.Namespace) -> int:
                 model, half_len, batch_size=32, seed=config.run.eval_seed
             ),
         }
-        # random triggers: W_KQ2 weighs the tokens by their share of the in-context targets of the
-        # run's own held-out batch, as the run logged it (`training.evaluation.RecallProbes`)
+        # a memory task with random triggers: W_KQ2 weighs the tokens by their share of the
+        # in-context targets of the run's own held-out batch, as the run logged it
+        # (`training.evaluation.RecallProbes`)
         targets, weights = memory_targets(task), None
-        if targets.triggers is None:
+        if targets.triggers is None and isinstance(task, MemoryTask):
             heldout = task.sample(config.run.eval_batch_size, task.generator(config.run.eval_seed))
             weights = in_context_trigger_shares(heldout.inputs, heldout.counter, model.W_E.shape[0])
         scores["memory_probes"] = probe_report(model, targets.triggers, targets.bigram, weights)

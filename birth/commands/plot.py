@@ -21,6 +21,7 @@ import numpy as np
 
 from birth.base.curves import first_crossing
 from birth.base.io import check_writable, refuse_replacing, save_figure
+from birth.cli import parse_args
 from tasks.markov_icl import KL, KL_BIGRAM
 from tasks.triggered_bigram import ICL_ACC
 from training.logger import report_skipped, scan_metrics
@@ -206,8 +207,6 @@ def _crossing_text(name: str, c: dict, n_runs: int) -> str:
 
 
 def run(argv: list[str], prog: str) -> int:
-    from birth.cli import parse_args
-
     return execute(parse_args(add_arguments, argv, prog, __doc__))
 
 

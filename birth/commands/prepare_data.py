@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from birth.base.io import check_writable
+from birth.cli import CLIError, parse_args
 from tasks.shakespeare import (
     CANONICAL_SHA256,
     DataError,
@@ -55,8 +57,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(argv: list[str], prog: str) -> int:
-    from birth.cli import parse_args
-
     return execute(parse_args(add_arguments, argv, prog, __doc__))
 
 
@@ -65,7 +65,6 @@ def _is_shipped(path: Path) -> bool:
 
 
 def _check_out_file(out: Path) -> None:
-    from birth.base.io import check_writable
 
     if out.is_dir():
         raise ValueError(f"--out {out} is a directory; give the statistics file's path")
@@ -73,7 +72,6 @@ def _check_out_file(out: Path) -> None:
 
 
 def execute(args: argparse.Namespace) -> int:
-    from birth.cli import CLIError
 
     shipped = shipped_stats_path()
     new_vocab_refused = CLIError(

@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import tyro
 
-from birth.base.runtime import WandbMode
+from birth.base.io import check_writable
+from birth.base.runtime import WandbMode, resolve_device
+from birth.cli import CLIError, parse_dataclass, print_config, read_yaml
 from tasks.registry import DEFAULT_TASK, get_task
 from tasks.triggered_bigram import TaskConfig
 from training.config import PRESETS, TASK_NAME, PresetName, TrainConfig
@@ -50,8 +53,6 @@ class TrainCommand:
 
 def _base_config(argv: list[str]) -> TrainConfig:
     """The config the flags override: --resume's saved config, --config FILE or --preset."""
-    from birth.cli import CLIError, read_yaml
-
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--preset", default="quick")
     pre.add_argument("--config", default=None)
@@ -123,8 +124,6 @@ def preset_given(argv: list[str]) -> bool:
 
 
 def parse(argv: list[str], prog: str = "birth train") -> TrainCommand:
-    from birth.cli import parse_dataclass
-
     base = _base_config(argv)
     default = _default_command(base)
     cmd = parse_dataclass(type(default), default, argv, prog, __doc__.split("\n\n")[0])
@@ -139,21 +138,15 @@ def _changed_fields(old: TrainConfig, new: TrainConfig) -> list[str]:
 
 
 def run(argv: list[str], prog: str) -> int:
-    import torch
-
-    from birth.base.io import check_writable
-    from birth.base.runtime import resolve_device
-    from birth.cli import CLIError, print_config
-
-    # imported once a run starts: the trainer's imports (probes, tqdm) take seconds that
-    # --print-config and a bad flag need not wait for
-    from training.trainer import print_summary, train
-
     cmd = parse(argv, prog)
     config = cmd.config
     if cmd.print_config:
         print_config(config.to_dict())
         return 0
+    # imported once a run starts: the trainer's imports (wandb, probes, tqdm) take seconds
+    # (docs/tuning.md, "Start-up") that --print-config and a bad flag need not wait for
+    from training.trainer import print_summary, train
+
     if cmd.threads is not None and cmd.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {cmd.threads}")
     if cmd.resume is not None:
@@ -200,8 +193,7 @@ def run(argv: list[str], prog: str) -> int:
 
 def _run_stacked(cmd: TrainCommand, argv: list[str], out: Path) -> int:
     """`--seeds`: one run per seed in OUT/seedN, trained side by side; `--resume OUT` of such runs."""
-    from birth.base.runtime import resolve_device
-    from birth.cli import CLIError
+    # the trainer's imports: see `run`
     from training.stacked import RUN_PREFIX, check_stack_memory, parse_seeds, stack_runs, train_stacked
     from training.trainer import print_summary
 

@@ -122,8 +122,9 @@ def fast_logits(
       (h + h W_F) W_U = h (I + W_F) W_U;
     - with `positions`, the last layer attends from the selected queries only, with W_K applied
       to those queries instead of to every key, and sequences are processed in groups of similar
-      query counts (`_by_groups`); with two layers the second layer reads the first through its
-      tables (`_two_layer_selected`), so no [B, T, d] product of the first layer's output is formed;
+      query counts (`_by_groups`); with two layers the first layer's scores are table lookups and
+      the second layer reads the first through its tables (`_two_layer_padded`), so no d-wide
+      product of the first layer's output is formed at every position;
     - attention over all positions is fused scaled_dot_product_attention.
 
     `compiled`: the two-layer selected-query forward (what training runs) through `torch.compile`

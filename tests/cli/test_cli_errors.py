@@ -63,6 +63,8 @@ ROWS: list[tuple[str, str]] = [
     ("train --wandb maybe", "--wandb"),
     ("train --preset nope", "--preset"),
     ("train --fast-path maybe", "--fast-path"),
+    ("train --compile maybe", "--compile"),
+    ("train --compile 1", "--compile"),
     ("train --n-triggers 0", "--n-triggers"),
     ("train --seed -1", "--seed"),
     ("train --seed 1e20", "--seed"),

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -170,6 +171,29 @@ def test_small_experiments_run_and_write_json_png_headline(tmp_path, one_thread)
                 result.final_icl_acc >= 0.99
                 and result.final_bigram_loss <= (1 + result.tolerance) * result.bigram_floor
             )
+        if name == "layers-full":  # the memories of each run: 0.9-crossing steps and correlations
+            for key, row in result.table.items():
+                assert row.probe_steps == [
+                    {k: run.order[k] for k in steps} for run, steps in zip(result.runs[key], row.probe_steps)
+                ]
+            assert set(result.table["2L"].probe_steps[0]) == {"W_OV2", "W_KQ2", "W_KQ1"}
+            assert set(result.table["1L"].probe_steps[0]) == {"W_OV"}
+        if name == "global-vs-icl":  # the memories, and where the previous-token memory is stored
+            assert set(result.probe_steps) == set(result.probe_icl_correlation) == {"W_OV2", "W_KQ2", "W_KQ1"}
+            icl = np.array(result.run.curve("eval/icl_acc"))
+            ov2 = np.array(result.run.curve("probes/W_OV2"))
+            if ov2.std() > 0 and icl.std() > 0:
+                assert result.probe_icl_correlation["W_OV2"] == pytest.approx(np.corrcoef(ov2, icl)[0, 1])
+            by_position = result.previous_token
+            assert by_position.bin_starts[0] == 0 and len(by_position.bin_starts) == len(
+                by_position.attention
+            )
+            assert sum(by_position.first_occurrences) == pytest.approx(1.0)
+            # the weight reading by position averages, over all T - 1 positions, to the run's W_KQ1
+            n = exp.small().train.task.seq_len - 1
+            sizes = np.diff([*by_position.bin_starts, n])
+            stored = float(np.dot(sizes, by_position.weight_reading)) / n
+            assert stored == pytest.approx(result.run.final["probes/W_KQ1"], abs=1e-6)
         if name == "global-vs-icl-ffn":
             assert math.isfinite(result.ff_kl_start) and math.isfinite(result.ff_kl_final)
             kl = result.run.curve(f"probes/{FF_PROBE}")

@@ -34,6 +34,12 @@ def test_additivity_and_gating():
     additivity, gating = _analysis(conditions)
     assert gating == {"t": "prev_token"}
     assert additivity["t:prev_token+induction"] == {"measured": 70.0, "additive": 70.0}
+    # a clamp with which some seed never forms the circuit saves no measured step, and gates nothing
+    partial = [c for c in conditions if c.clamps != ["prev_token"]]
+    partial.append(Condition("t", ["prev_token"], [10, None], 10.0, 0.0, 1))
+    additivity, gating = _analysis(partial)
+    assert gating == {"t": "W_O2"}
+    assert additivity["t:prev_token+induction"] == {"measured": 70.0, "additive": None}
 
 
 @pytest.mark.parametrize("name", ["markov-phases", "clamps"])

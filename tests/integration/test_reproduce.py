@@ -26,6 +26,8 @@ from birth.experiments.transformer.common import PAPER_SEEDS, THRESHOLD
 from birth.experiments.transformer.layers import LayersConfig
 from birth.experiments.transformer.loss import LossConfig
 from birth.experiments.transformer.order import OrderConfig, paper_order
+from birth.experiments.transformer.recall_common import parameter_counts
+from birth.experiments.transformer.recall_tradeoff import GridPoint, RecallTradeoffConfig, storage_thresholds
 from birth.models.targets import MEMORIES
 from tasks.shakespeare import load_stats
 from training.config import PAPER, QUICK, TrainConfig
@@ -116,6 +118,22 @@ def test_recall_tradeoff_small_places_the_facts(small_runs):
     # the attention alone (4 d^2 = 1024 parameters at d = 16) stores them; no MLP rescues d = 4
     assert (result.attention_alone, result.mlp_beside_short_attention) == (1024, None)
     assert result.headline().startswith("16 facts: 2/4 grid points at 100%; attention alone from 1024")
+
+
+def test_recall_tradeoff_grid_of_heads_and_head_widths_and_its_thresholds():
+    config = RecallTradeoffConfig(dims=(6, 32), head_counts=(1, 4), head_widths=(2, 8), mlp_multiples=(0, 1))
+    assert config.attentions()[:2] == [(6, 1, 2), (6, 1, 8)] and len(config.attentions()) == 8
+    assert RecallTradeoffConfig(dims=(8, 16)).attentions() == [(8, 2, None), (16, 2, None)]  # d / heads
+    counts = parameter_counts(32, 1, attention_width=4 * 2)
+    assert counts == {"attention": 4 * 32 * 8, "value_path": 2 * 32 * 8, "mlp": 2 * 32 * 32}
+
+    def point(heads, width, k, acc):
+        return GridPoint(32, k, heads, width, parameter_counts(32, k, heads * width), acc, 1.0, acc, 0.0)
+
+    points = [point(1, 2, 0, 0.4), point(1, 2, 1, 1.0), point(4, 8, 0, 1.0), point(4, 8, 1, 1.0)]
+    # attention alone: 4 x 8 heads (4096 parameters); the MLP: m = d beside the 1 x 2 heads
+    assert storage_thresholds(points) == (4096, 2048)
+    assert storage_thresholds(points[:1]) == (None, None)
 
 
 def test_recall_dynamics_small_starts_above_the_relation_only_baseline(small_runs):

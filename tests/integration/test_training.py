@@ -20,8 +20,8 @@ from training.checkpoint import (
     load_checkpoint,
 )
 from training.config import PRESETS, TrainConfig
-from training.logger import read_metrics
 from training.evaluation import learning_order
+from training.logger import read_metrics
 from training.trainer import train
 
 

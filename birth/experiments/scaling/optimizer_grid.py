@@ -43,6 +43,7 @@ from birth.base.io import atomic_write_json, new_figure, save_figure
 from birth.base.runtime import Device, resolve_device, torch_threads
 from birth.base.validate import Choices, Float, Floats, Int, Ints, Validated
 from birth.experiments.common import Seed
+from birth.experiments.grid import read_results
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.scaling.common import Alpha, NumInputs, NumOutputs, check_threads
 from birth.memories.problem import from_task, sample_batches
@@ -461,10 +462,6 @@ def run_optimizer_grid(
 def combine(results_files: Iterable[str | Path]) -> OptimizerGridResult:
     """One result from the "ok" lines of optimizer-grid points in `birth grid` results files
     (the latest line of a point wins; a setting measured twice keeps its latest value)."""
-    # birth.experiments.grid imports the command line (birth.cli), which imports the registry: only
-    # merging needs it, and importing it with this module would load the CLI with every experiment
-    from birth.experiments.grid import read_results
-
     runs: dict[tuple, GridRun] = {}
     seeds, seconds = set(), 0.0
     for path in results_files:

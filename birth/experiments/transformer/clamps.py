@@ -125,7 +125,13 @@ def _analysis(conditions: list[Condition]) -> tuple[dict, dict]:
     additivity: dict[str, dict[str, float | None]] = {}
     gating: dict[str, str | None] = {}
     for task in dict.fromkeys(c.task for c in conditions):
-        mean = {tuple(c.clamps): c.mean for c in conditions if c.task == task}
+        # a condition whose circuit some seed never formed has no step to compare (its mean over
+        # the other seeds would be a biased saving)
+        mean = {
+            tuple(c.clamps): c.mean if c.reached == len(c.steps) else None
+            for c in conditions
+            if c.task == task
+        }
         base = mean[()]
         saving = {k: None if base is None or v is None else base - v for k, v in mean.items()}
         singles = {k[0]: v for k, v in saving.items() if len(k) == 1 and v is not None}

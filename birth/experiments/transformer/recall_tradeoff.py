@@ -1,12 +1,14 @@
 """`recall-tradeoff`: where a one-layer transformer stores facts (Nichani, Lee, Bietti, ICLR 2025,
 section 4). A grid of model widths d, attention sizes (heads x head width a = H d_h, d by default:
 4 d a parameters, 2 d a in its value path) and MLP widths m = k d (k = 0: no MLP; 2 m d
-parameters) trained at a fixed number S R of facts; per grid point the exact accuracy over every fact, with the MLP's output
-zeroed (what the attention alone holds) and with the attention's values zeroed (the value path, the
-only route of the subject to the last position in one layer). The frontier: per attention (d, H x d_h) the
-smallest MLP reaching 100%; the smallest attention storing every fact without an MLP, and the
-smallest MLP storing them beside an attention that alone does not. Claim: 100% once either the attention or the MLP parameters reach about S R (up to
-log factors), so a wider MLP lets a smaller attention suffice. Writes recall_tradeoff.png.
+parameters) trained at a fixed number S R of facts; per grid point the exact accuracy over every
+fact, with the MLP's output zeroed (what the attention alone holds) and with the attention's values
+zeroed (the value path, the only route of the subject to the last position in one layer).
+Reported: per attention (d, H x d_h) the smallest MLP reaching 100%; the fewest attention
+parameters storing every fact without an MLP; the fewest MLP parameters storing them beside an
+attention that alone does not. Claim: 100% once either the attention or the MLP parameters reach
+about S R (up to log factors), so a wider MLP lets a smaller attention suffice. Writes
+recall_tradeoff.png.
 """
 
 from __future__ import annotations
