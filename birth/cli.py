@@ -72,21 +72,74 @@ def parse_dataclass(cls: type[T], default: T, args: Sequence[str], prog: str, de
     """Parse `args` into a `cls` dataclass starting from `default`, with tyro: one flag per field
     (nested sections flattened), its type, choices, default and help comment in `--help`.
     A bad value becomes a CLIError with tyro's message on one line."""
+    kind, start = _retyped(cls, default)
     buffer = io.StringIO()
     try:
         with contextlib.redirect_stderr(buffer):
-            return tyro.cli(
-                cls,
-                default=default,
+            parsed = tyro.cli(
+                kind,
+                default=start,
                 args=list(args),
                 prog=prog,
                 description=description,
-                config=(tyro.conf.OmitArgPrefixes,) if _leaf_names_unique(cls) else (),
+                config=(tyro.conf.OmitArgPrefixes,) if _leaf_names_unique(kind) else (),
             )
     except SystemExit as stop:
         if stop.code in (0, None):
             raise
         raise CLIError(_with_flag_hint(_one_line(buffer.getvalue()), list(args))) from None
+    return _restored(parsed)
+
+
+_RETYPED = "_birth_retyped"  # marks the subclasses `_retyped` makes
+
+
+def _retyped(cls: type[T], default: T) -> tuple[type[T], T]:
+    """(`cls`, `default`) with every nested section annotated as the type of its value in `default`.
+
+    tyro reads the flags from the annotations: a section holding another config than its
+    annotation names (a training config's task section holding the markov-icl task's config, where
+    the annotation names the default task's) would become a subcommand whose flags do not parse.
+    Such a class is replaced by a subclass that re-annotates the field (`_restored` undoes it);
+    `cls` and `default` themselves when every section is what its annotation says."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    values: dict[str, Any] = {}
+    changed: list[tuple[str, Any, dataclasses.Field]] = []
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not f.init:
+            continue
+        value = values[f.name] = getattr(default, f.name)
+        if not dataclasses.is_dataclass(value) or isinstance(value, type):
+            continue
+        kind, values[f.name] = _retyped(type(value), value)
+        hint = hints[f.name]
+        extras = hint.__metadata__ if typing.get_origin(hint) is typing.Annotated else ()
+        if kind is not (typing.get_args(hint)[0] if extras else hint):
+            annotation = typing.Annotated[(kind, *extras)] if extras else kind
+            changed.append(
+                (f.name, annotation, dataclasses.field(default_factory=lambda v=values[f.name]: v))
+            )
+    if not changed:
+        return cls, default
+    params = cls.__dataclass_params__  # type: ignore[attr-defined]
+    sub = dataclasses.make_dataclass(cls.__name__, changed, bases=(cls,), frozen=params.frozen)
+    sub.__doc__ = cls.__doc__
+    setattr(sub, _RETYPED, True)
+    return sub, sub(**values)
+
+
+def _restored(value: T) -> T:
+    """`value` with every object of a `_retyped` subclass rebuilt as its original class."""
+    if not dataclasses.is_dataclass(value) or isinstance(value, type):
+        return value
+    kind = type(value)
+    fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value) if f.init}
+    restored = {name: _restored(v) for name, v in fields.items()}
+    if kind.__dict__.get(_RETYPED):
+        return kind.__mro__[1](**restored)
+    if any(restored[name] is not fields[name] for name in fields):
+        return dataclasses.replace(value, **restored)
+    return value
 
 
 def _leaf_names_unique(cls: type) -> bool:

@@ -24,7 +24,6 @@ from birth.base.io import check_writable
 from birth.base.runtime import WandbMode, resolve_device
 from birth.cli import CLIError, parse_dataclass, print_config, read_yaml
 from tasks.registry import DEFAULT_TASK, get_task
-from tasks.triggered_bigram import TaskConfig
 from training.config import PRESETS, TASK_NAME, PresetName, TrainConfig
 from training.run_dir import read_run_config
 
@@ -95,40 +94,14 @@ def _first_run(run_dir: Path) -> Path:
     return runs[0] if runs else run_dir
 
 
-def _default_command(config: TrainConfig) -> TrainCommand:
-    """The command the flags override: TrainCommand, or for another task a subclass whose task
-    section is typed as that task's config (tyro reads the flags from the types)."""
-    if isinstance(config.task, TaskConfig):
-        return TrainCommand(config=config, task=config.task_name)
-    task_type = type(config.task)
-    train_type = dataclasses.make_dataclass(
-        "TaskTrainConfig",
-        [("task", task_type, field(default_factory=task_type))],
-        bases=(TrainConfig,),
-        frozen=True,
-    )
-    command_type = dataclasses.make_dataclass(
-        "TaskTrainCommand",
-        [("config", train_type, field(default_factory=train_type))],
-        bases=(TrainCommand,),
-        frozen=True,
-    )
-    c = config
-    return command_type(
-        config=train_type(task=c.task, model=c.model, optim=c.optim, run=c.run), task=c.task_name
-    )
-
-
 def preset_given(argv: list[str]) -> bool:
     return any(a == "--preset" or a.startswith("--preset=") for a in argv)
 
 
 def parse(argv: list[str], prog: str = "birth train") -> TrainCommand:
     base = _base_config(argv)
-    default = _default_command(base)
-    cmd = parse_dataclass(type(default), default, argv, prog, __doc__.split("\n\n")[0])
-    c = cmd.config  # back to a plain TrainConfig (another task's was parsed through a subclass)
-    return dataclasses.replace(cmd, config=TrainConfig(task=c.task, model=c.model, optim=c.optim, run=c.run))
+    default = TrainCommand(config=base, task=base.task_name)
+    return parse_dataclass(TrainCommand, default, argv, prog, __doc__.split("\n\n")[0])
 
 
 def _changed_fields(old: TrainConfig, new: TrainConfig) -> list[str]:

@@ -97,6 +97,29 @@ def probe_crossings(runs: Sequence[TrainedRun]) -> dict[str, Crossings]:
     return {m: Crossings.of([crossing(r, f"probes/{m}", THRESHOLD) for r in runs]) for m in MEMORIES}
 
 
+@dataclass(frozen=True, kw_only=True)
+class StudyPoint:
+    """One arm of a study over its seeds (a point of n-triggers, trigger-frequency); the studies
+    add the arm's coordinates as fields of their own."""
+
+    targets_per_sequence: float  # held-out targets after a 2nd+ occurrence, per sequence
+    final_icl: list[float]  # per seed
+    icl: dict[str, Crossings]  # "0.9", "0.99"
+    probes: dict[str, Crossings]  # memory -> steps to its probe's 0.9
+    runs: list[TrainedRun]
+
+
+def study_outcome(base: TrainConfig, stats: CorpusStats, runs: list[TrainedRun]) -> dict[str, Any]:
+    """The `StudyPoint` fields of the arm `base` trained as `runs` (one per seed)."""
+    return dict(
+        targets_per_sequence=targets_per_sequence(base, stats),
+        final_icl=final_values(runs),
+        icl=icl_crossings(runs),
+        probes=probe_crossings(runs),
+        runs=runs,
+    )
+
+
 def mean_curve(runs: Sequence[TrainedRun], key: str) -> tuple[list[int], list[float]]:
     """Seed-mean of a metric at the evaluation steps all runs share."""
     steps = runs[0].steps()

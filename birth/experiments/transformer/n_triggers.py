@@ -11,20 +11,17 @@ from typing import Annotated, get_args
 from birth.base.io import new_figure, save_figure
 from birth.base.runtime import Device
 from birth.base.validate import Choices, Ints, Validated
-from birth.experiments.common import Seeds, Train, TrainedRun, run_seeds, train_runs
+from birth.experiments.common import Seeds, Train, run_seeds, train_runs
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.common import (
     STUDY_SEEDS,
-    Crossings,
+    StudyPoint,
     check_studied_model,
-    final_values,
-    icl_crossings,
     mean_or_nan,
     paper,
-    probe_crossings,
     quick,
+    study_outcome,
     study_tiny,
-    targets_per_sequence,
 )
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import TriggerMode
@@ -49,14 +46,9 @@ class NTriggersConfig(Validated):
 
 
 @dataclass(frozen=True)
-class TriggerPoint:
+class TriggerPoint(StudyPoint):
     mode: str  # fixed or random
     k: int  # number of triggers (fixed: its trigger offset is the base run's)
-    targets_per_sequence: float  # held-out targets after a 2nd+ occurrence, per sequence
-    final_icl: list[float]  # per seed
-    icl: dict[str, Crossings]  # "0.9", "0.99"
-    probes: dict[str, Crossings]  # memory -> steps to its probe's 0.9
-    runs: list[TrainedRun]
 
 
 @dataclass(frozen=True)
@@ -114,6 +106,5 @@ def run_n_triggers(
     points = []
     for (mode, k), base in bases.items():
         runs = [run for (arm, _), run in zip(jobs, trained) if arm == (mode, k)]
-        points.append(TriggerPoint(mode, k, targets_per_sequence(base, stats), final_values(runs),
-                                   icl_crossings(runs), probe_crossings(runs), runs))  # fmt: skip
+        points.append(TriggerPoint(mode, k, **study_outcome(base, stats, runs)))
     return NTriggersResult(points)

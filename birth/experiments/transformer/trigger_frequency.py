@@ -10,20 +10,17 @@ from typing import Annotated
 from birth.base.io import new_figure, save_figure
 from birth.base.runtime import Device
 from birth.base.validate import Ints, Validated
-from birth.experiments.common import Seeds, Train, TrainedRun, run_seeds, train_runs
+from birth.experiments.common import Seeds, Train, run_seeds, train_runs
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.common import (
     STUDY_SEEDS,
-    Crossings,
+    StudyPoint,
     check_studied_model,
-    final_values,
-    icl_crossings,
     mean_curve,
     paper,
-    probe_crossings,
     quick,
+    study_outcome,
     study_tiny,
-    targets_per_sequence,
 )
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import ICL_ACC, TriggeredBigram
@@ -49,15 +46,10 @@ class TriggerFrequencyConfig(Validated):
 
 
 @dataclass(frozen=True)
-class FrequencyPoint:
+class FrequencyPoint(StudyPoint):
     offset: int  # rank of the first trigger in the frequency ranking (0: the most frequent)
     triggers: str  # the K trigger characters
     unigram_mass: float  # their total unigram probability
-    targets_per_sequence: float  # held-out targets after a 2nd+ occurrence, per sequence
-    final_icl: list[float]  # per seed
-    icl: dict[str, Crossings]  # "0.9", "0.99"
-    probes: dict[str, Crossings]  # memory -> steps to its probe's 0.9
-    runs: list[TrainedRun]
 
 
 @dataclass(frozen=True)
@@ -125,6 +117,5 @@ def run_trigger_frequency(
         log(
             f"[trigger-frequency] offset {offset} ({chars!r}, mass {mass:.3f}): seeds {[r.seed for r in runs]}"
         )
-        points.append(FrequencyPoint(offset, chars, mass, targets_per_sequence(base, stats), final_values(runs),
-                                     icl_crossings(runs), probe_crossings(runs), runs))  # fmt: skip
+        points.append(FrequencyPoint(offset, chars, mass, **study_outcome(base, stats, runs)))
     return TriggerFrequencyResult(points)
