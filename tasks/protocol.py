@@ -23,7 +23,7 @@ attention probes read its batches' occurrence counter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -84,6 +84,24 @@ class Task(Protocol):
         """Held-out metrics of the model's logits [B, T, N] on `batch`, named `eval/...`
         (NaN for a metric whose targets the batch lacks)."""
         ...
+
+
+@runtime_checkable
+class ManySampler(Protocol):
+    """A task that draws the batches of several generators together (`sample_many`)."""
+
+    def sample_many(self, batch_size: int, generators: Sequence[torch.Generator]) -> list[TokenBatch]:
+        """`[task.sample(batch_size, g) for g in generators]`, each batch exactly that one."""
+        ...
+
+
+def sample_many(task: Task, batch_size: int, generators: Sequence[torch.Generator]) -> list[TokenBatch]:
+    """The batches `task.sample(batch_size, g)` of the generators, in order, each exactly what its
+    own generator gives (stacked training draws the batches of its runs this way). A task that
+    implements `ManySampler` draws them together; any other samples them one by one."""
+    if isinstance(task, ManySampler):
+        return task.sample_many(batch_size, generators)
+    return [task.sample(batch_size, generator) for generator in generators]
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ sequence's triggers redirected to their outputs), no Python loop over sequences.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Annotated, Literal, get_args
@@ -285,15 +285,42 @@ class TriggeredBigram:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if isinstance(gen, int):
             gen = self.generator(gen)
-        T = self.config.seq_len
-        n = self.vocab_size
+        return self._chains(*self._draws(batch_size, gen))
+
+    def sample_many(self, batch_size: int, generators: Sequence[torch.Generator]) -> list[Batch]:
+        """`[self.sample(batch_size, g) for g in generators]`, equal bit for bit: each generator
+        makes the same draws in the same order as in `sample`, and the chains of all the batches
+        run as one batch (the per-position loop costs the same for any number of sequences)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not generators:
+            return []
+        draws = [self._draws(batch_size, gen) for gen in generators]
+        triggers, outputs, u = (torch.cat(parts, dim=dim) for parts, dim in zip(zip(*draws), (0, 0, 1)))
+        whole = self._chains(triggers, outputs, u)
+        fields = (whole.tokens, whole.counter, whole.triggers, whole.outputs)
+        return [Batch(*parts) for parts in zip(*(x.split(batch_size) for x in fields))]
+
+    def _draws(
+        self, batch_size: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The random draws of a batch, in `sample`'s order: triggers [B, K], outputs [B, K] and the
+        uniforms [T + 1, B] (row 0 for z_1, row t for the step z_t -> z_{t+1})."""
         triggers = self.sample_triggers(batch_size, gen)
         outputs = self.sample_outputs(triggers, gen)
+        u = torch.rand(
+            self.config.seq_len + 1, batch_size, generator=gen, device=self.device, dtype=torch.float64
+        )
+        return triggers, outputs, u
+
+    def _chains(self, triggers: torch.Tensor, outputs: torch.Tensor, u: torch.Tensor) -> Batch:
+        """The sequences of the draws `_draws` made: the chain run by table look-ups, no draw."""
+        T = self.config.seq_len
+        n = self.vocab_size
+        batch_size = triggers.shape[0]
         # --show-latents: z_1..z_K are the triggers, and the chain starts afresh at z_{K+1} ~ unigram
         # (the latents are not followed by their outputs and do not count as occurrences)
         first = triggers.shape[1] if self.config.show_latents else 0
-        # all uniforms drawn at once: row 0 for z_1, row t for the step z_t -> z_{t+1}
-        u = torch.rand(T + 1, batch_size, generator=gen, device=self.device, dtype=torch.float64)
         # per-sequence look-up rows [B*N]: a trigger q_k of sequence b points at the length-one
         # segment of its output o_k, every other token at its bigram row
         offset = self.row_offset.repeat(batch_size, 1)

@@ -9,6 +9,7 @@ the metrics file, W&B, checkpoints and the progress bar.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -90,6 +91,15 @@ class MetricsLog(Callback):
             self.file.close()
 
 
+def heatmap_images(paths: list[Path]) -> dict[str, Path]:
+    """W&B image keys of `probes.attention.save_attention_heatmaps`' PNGs: attention_layer1_step000010.png
+    -> attention/layer1, attention_layer2_head0_step000010.png -> attention/layer2_head0 (the keys the
+    dashboard's heatmap panel shows)."""
+    return {
+        "attention/" + re.sub(r"_step\d+$", "", path.stem).removeprefix("attention_"): path for path in paths
+    }
+
+
 class Wandb(Callback):
     """Weights & Biases: the rows, attention heatmaps every `--heatmap-every` steps, the summary.
     A resumed run continues its W&B run (RUN/wandb_id.txt)."""
@@ -114,22 +124,24 @@ class Wandb(Callback):
         self.logger.log(row)
 
     def on_evaluate(self, run: TrainingRun, step: int) -> None:
-        """Attention heatmaps of the first held-out sequence, as W&B images (a triggered-bigram
-        task: the figures mark its triggers and decode its characters)."""
+        """Attention heatmaps of the first held-out sequence, as W&B images `attention/layer{L}`
+        (`attention/layer{L}_head{H}` with several heads), for any task: the task's ideal induction
+        keys circled (`probes.attention.induction_targets`); a triggered-bigram task's figures also
+        mark its triggers and decode its characters, other tasks' label the token ids."""
         every = run.config.run.heatmap_every
-        if not every or step % every or self.logger.run is None or not isinstance(run.task, TriggeredBigram):
+        if not every or step % every or self.logger.run is None:
             return
         from probes.attention import save_attention_heatmaps  # matplotlib: imported only when used
 
+        stats = run.task.stats if isinstance(run.task, TriggeredBigram) else None
         try:
             paths = save_attention_heatmaps(
-                run.model, run.task.stats, run.eval_batch, run.run_dir / "heatmaps", step=step
+                run.model, stats, run.eval_batch, run.run_dir / "heatmaps", step=step, task=run.task
             )
         except Exception as err:  # noqa: BLE001 - a figure must never stop training
             print(f"warning: attention heatmap failed: {err}", file=sys.stderr)
             return
-        images = {f"attention/layer{layer}": path for layer, path in enumerate(paths, start=1)}
-        self.logger.log_images(images, step)
+        self.logger.log_images(heatmap_images(paths), step)
 
     def summary(self, summary: dict[str, Any]) -> None:
         if self.logger is not None:

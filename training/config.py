@@ -28,7 +28,7 @@ from tasks.registry import DEFAULT_TASK, build_task, get_task, task_of_config
 from tasks.triggered_bigram import TaskConfig
 from training.clamps import check_clamps, check_task_clamps, parse_clamps
 from training.compilation import Compile
-from training.schedule import parse_schedule, parse_targets
+from training.schedule import LrDecay, parse_schedule, parse_targets
 
 Optimizer = Literal["sgd", "adamw"]
 
@@ -39,6 +39,7 @@ class OptimConfig(Validated):
 
     optimizer: Optimizer = "sgd"  # SGD with momentum, or AdamW
     lr: Annotated[float, Float(0.0, open_low=True)] = 0.03  # learning rate
+    lr_decay: LrDecay = "none"  # none: --lr throughout; cosine, linear: from --lr down to 0 at the end
     momentum: Annotated[float, Float(0.0, 1.0, open_high=True)] = 0.9  # SGD momentum (AdamW uses --betas)
     betas: Annotated[tuple[float, float], Floats(0.0, 1.0, open_high=True)] = (0.9, 0.99)  # AdamW betas
     weight_decay: Annotated[float, Float(0.0)] = 1e-4  # decoupled for AdamW, L2 for SGD

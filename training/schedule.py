@@ -28,8 +28,10 @@ x_t W_KQ x_sᵀ / √d of a stored (query, key) pair.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -226,3 +228,30 @@ def prepare_schedule(
     triggers = memory_targets(task).triggers
     init_at_target(model, parse_targets(init_at), triggers, target_scale)
     return Schedule.for_model(schedule, model)
+
+
+LrDecay = Literal["none", "cosine", "linear"]
+"""How the learning rate moves over a run (`--lr-decay`): held at `--lr`, or from `--lr` at step 0
+down to 0 at the end of the run (step `--steps`) along a half cosine or a line."""
+
+
+def decayed_lr(lr: float, step: int, steps: int, decay: LrDecay) -> float:
+    """The learning rate of step `step` of a run of `steps` steps: a function of the step alone, so a
+    resumed run takes the steps an uninterrupted one would (a run resumed with more steps stretches
+    the rest of its decay)."""
+    if decay == "none" or steps <= 0:
+        return lr
+    progress = min(step / steps, 1.0)
+    if decay == "cosine":
+        return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return lr * (1.0 - progress)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float, step: int, steps: int, decay: LrDecay) -> None:
+    """Give every parameter group the learning rate of `step` (`decayed_lr`); without a decay the
+    optimizer is left untouched, so a run without one takes exactly the steps it always took."""
+    if decay == "none":
+        return
+    value = decayed_lr(lr, step, steps, decay)
+    for group in optimizer.param_groups:
+        group["lr"] = value

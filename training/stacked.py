@@ -8,15 +8,19 @@ summary, written by the same parts as a separate run's; a stacked run resumes ru
 run's checkpoint. The runs may differ in anything but the model's shape (seed, learning rate,
 schedule, task settings, steps); `stack_key` says which configs stack.
 
-What is shared is the step: with the batched forward (`birth.models.stacked.StackedForward`,
-`torch.func.vmap` over the K parameter sets) the K losses come from one forward and one backward;
-each run's optimizer then steps its own parameters. Its numbers equal the separate runs' to float
+What is shared is the step: the runs' batches are drawn together (`tasks.protocol.sample_many`:
+each exactly what its own generator gives), and with the batched forward
+(`birth.models.stacked.StackedForward`, `torch.func.vmap` over the K parameter sets) the K losses
+come from one forward and one backward, at the selected queries only for two-layer fast-path
+models trained on their outputs (as a single run's step) and at every position otherwise; each
+run's optimizer then steps its own parameters. Its numbers equal the separate runs' to float
 rounding (`tests/integration/test_stacked.py` states the tolerance). Without it (`batched=False`)
 each run takes its own step in turn: the numbers are exactly a separate run's. `batched=None`
-chooses: batched on an accelerator, and on the CPU for runs of at most `BATCHED_MAX_TOKENS`
-tokens per batch, where per-op overhead outweighs the FLOPs the batched forward adds (it computes
-every position where the fast path computes only the trained ones): docs/tuning.md has the
-measurements. A single run is trained by `training.trainer.train` itself.
+chooses: batched on an accelerator and on a CPU with several threads; on one CPU thread, for runs
+on the fast path of at most `BATCHED_MAX_TOKENS` tokens per batch (the reference forward of the
+other architectures is no faster batched there); larger batches are compute-bound on a CPU, where the batched step gains nothing
+and its larger tensors can make it slower (docs/tuning.md has the measurements). A single run is
+trained by `training.trainer.train` itself.
 """
 
 from __future__ import annotations
@@ -31,10 +35,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from birth.base.io import OutputError
 from birth.base.memory_errors import as_out_of_memory
 from birth.base.runtime import resolve_device
 from birth.base.seeds import check_seed
+from birth.models.fast import supports_fast_path
 from birth.models.stacked import StackedForward
+from tasks.protocol import TokenBatch, sample_many
 from training.allocator import keep_freed_memory
 from training.config import TrainConfig
 from training.run_dir import CONFIG, prepare_run_dir, remove_new_run, resume_point
@@ -53,7 +60,8 @@ from training.trainer import (
 
 SEEDS = "--seeds"
 MAX_RUNS = 4096  # runs in one stack, whatever the memory says
-BATCHED_MAX_TOKENS = 2048  # CPU: batch_size x seq_len per run up to which the step is batched
+BATCHED_MAX_TOKENS = 4096  # CPU: batch_size x seq_len per run up to which the step is batched
+SELECTED_MIN_TOKENS = 2048  # batch_size x seq_len from which the batched step forms selected queries only
 STACK_INDEX = "stack_index"  # TrainingRun.extras: the run's place in the stack
 RUN_PREFIX = "seed"  # `birth train --seeds 0-7 --out OUT` writes OUT/seed0, ..., OUT/seed7
 _BYTES = 4  # float32
@@ -144,9 +152,12 @@ def use_batched(configs: Sequence[TrainConfig], device: torch.device) -> bool:
     c = configs[0]
     if len(configs) < 2 or c.optim.clamp:
         return False
-    if device.type != "cpu":
+    if device.type != "cpu" or torch.get_num_threads() > 1:
+        # the batched step's larger ops keep several CPU threads busy where a small run's leave
+        # them idle (docs/tuning.md: faster batched at every size measured on 2 threads)
         return True
-    return c.optim.batch_size * c.task.seq_len <= BATCHED_MAX_TOKENS
+    # one thread: batched only where it gains, small batches on the fast path
+    return supports_fast_path(c.model) and c.optim.batch_size * c.task.seq_len <= BATCHED_MAX_TOKENS
 
 
 def train_stacked(
@@ -159,11 +170,13 @@ def train_stacked(
     progress: bool = True,
     log: Callable[[str], None] = print,
     batched: bool | None = None,
+    on_step: Callable[[int], None] | None = None,
 ) -> list[RunResult]:
     """Train (or resume) the runs `configs` into `run_dirs` side by side (one `stack_key`).
 
     `batched`: one forward and backward for all runs (True), each run's own step in turn (False),
-    or the default (`use_batched`). A start-up failure removes the directories this call created,
+    or the default (`use_batched`). `on_step(n)`: called after each step of the stack, n the number
+    of steps done (as `train`'s for one run). A start-up failure removes the directories this call created,
     as `train` does for one run; Ctrl-C stops every run at the same step, each checkpointed."""
     if len(configs) != len(run_dirs) or not configs:
         raise ValueError("train_stacked takes one run directory per config, and at least one")
@@ -172,7 +185,7 @@ def train_stacked(
     if len(configs) == 1:
         return [
             train(configs[0], run_dirs[0], resume=resume, device=device, wandb_mode=wandb_mode,
-                  progress=progress, log=log)
+                  progress=progress, on_step=on_step, log=log)
         ]  # fmt: skip
     run_dirs = [Path(d) for d in run_dirs]
     dev = resolve_device(device)
@@ -189,7 +202,7 @@ def train_stacked(
     flag = _StopFlag()
     try:
         for config, run_dir, point, run_parts in zip(configs, run_dirs, points, parts):
-            created.append(None if resume else prepare_run_dir(run_dir, config))
+            created.append(None if resume else _prepare_stack_dir(run_dir, config, run_dirs))
             loops.append(
                 _open_run(config, run_dir, dev, point, resume=resume, parts=run_parts, callbacks=(),
                           groups=None, log=log)
@@ -200,7 +213,7 @@ def train_stacked(
         forward = StackedForward([loop.run.model for loop in loops]) if step_batched else None
         t_start = time.perf_counter()
         with _stop_on_signals(flag):
-            _run_steps(loops, forward, flag)
+            _run_steps(loops, forward, flag, on_step)
         elapsed = time.perf_counter() - t_start
     except BaseException as err:
         for run_parts in parts:
@@ -221,7 +234,25 @@ def train_stacked(
     return [_finish(loop, run_parts, elapsed, log) for loop, run_parts in zip(loops, parts)]
 
 
-def _run_steps(loops: Sequence[_Loop], forward: StackedForward | None, flag: _StopFlag) -> None:
+def _prepare_stack_dir(run_dir: Path, config: TrainConfig, run_dirs: Sequence[Path]) -> list[Path]:
+    """`prepare_run_dir`, whose refusal of an existing directory names `--resume OUT` (what resumes
+    a stack: `birth train --resume OUT`) where the runs are the OUT/seedN of one stack."""
+    try:
+        return prepare_run_dir(run_dir, config)
+    except OutputError as err:
+        out = run_dir.parent
+        one_stack = all(d.parent == out and re.fullmatch(rf"{RUN_PREFIX}\d+", d.name) for d in run_dirs)
+        if one_stack and f"--resume {run_dir} " in str(err):
+            raise OutputError(str(err).replace(f"--resume {run_dir} ", f"--resume {out} ")) from None
+        raise
+
+
+def _run_steps(
+    loops: Sequence[_Loop],
+    forward: StackedForward | None,
+    flag: _StopFlag,
+    on_step: Callable[[int], None] | None = None,
+) -> None:
     """Step every run from its own start (runs resumed from different checkpoints join when the
     stack reaches their step) to its own end; a diverged run leaves the stack."""
     for loop in loops:
@@ -237,6 +268,8 @@ def _run_steps(loops: Sequence[_Loop], forward: StackedForward | None, flag: _St
                 loop.status = "diverged"
                 loop.run.step = step
                 live.remove(loop)
+            if on_step is not None:
+                on_step(step + 1)
         if flag.signum is not None:
             for loop in live:
                 if loop.run.step < loop.run.config.optim.steps:
@@ -251,20 +284,64 @@ def _each_step(due: Sequence[_Loop], step: int) -> list[_Loop]:
     return [loop for loop in due if not loop.step(step)]
 
 
-def _batched_step(due: Sequence[_Loop], step: int, forward: StackedForward) -> list[_Loop]:
-    """One forward and backward for the runs `due`, then each run's optimizer; returns the runs that
-    diverged. A run's loss is the mean cross-entropy over its `--loss-on` targets, as alone."""
-    states: list[_StepState] = [loop.begin(step) for loop in due]
+def _draw_batches(due: Sequence[_Loop], step: int) -> list[TokenBatch]:
+    """The batch of `step` of each run, each exactly what its own generator gives; the runs whose
+    tasks have one config draw theirs together (`tasks.protocol.sample_many`)."""
+    by_task: dict[str, list[int]] = {}
+    for i, loop in enumerate(due):
+        by_task.setdefault(repr((loop.run.config.task_name, loop.run.config.task)), []).append(i)
+    batches: list[TokenBatch | None] = [None] * len(due)
+    for members in by_task.values():
+        first = due[members[0]].run
+        drawn = sample_many(
+            first.task, first.config.optim.batch_size, [due[i].batch_generator(step) for i in members]
+        )
+        for i, batch in zip(members, drawn):
+            batches[i] = batch
+    return batches
+
+
+def _loss_sums(
+    forward: StackedForward, due: Sequence[_Loop], states: Sequence[_StepState]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of the cross-entropies over each run's `--loss-on` targets [k], their number [k]).
+
+    With the loss on the outputs of two-layer fast-path models and batches of at least
+    `SELECTED_MIN_TOKENS` tokens, the logits come at the selected queries only
+    (`StackedForward.at_queries`), as a single run's do; otherwise at every position, weighted by
+    the runs' masks: on smaller batches the queries' sorting, grouping and padding cost more than
+    the FLOPs they save (docs/tuning.md)."""
     tokens = torch.stack([s.batch.inputs for s in states])
     targets = torch.stack([s.batch.targets for s in states])
     masks = torch.stack(
         [loop.run.task.loss_mask(s.batch, loop.run.config.optim.loss_on) for loop, s in zip(due, states)]
     )
-    logits = forward(tokens, [loop.run.extras[STACK_INDEX] for loop in due])
+    runs = [loop.run.extras[STACK_INDEX] for loop in due]
+    counts = masks.sum(dim=(1, 2)).to(torch.float32)
+    if not bool(counts.any()):
+        return counts, counts
+    _, B, T = tokens.shape
+    on_outputs = all(loop.run.config.optim.loss_on == "outputs" for loop in due)
+    if forward.selects_queries and on_outputs and B * T >= SELECTED_MIN_TOKENS:
+        sums = counts.new_zeros(len(due))
+        for group in forward.at_queries(tokens, masks, runs):
+            group_targets = targets.gather(1, group.sequences.unsqueeze(-1).expand(-1, -1, T))
+            cross_entropy = F.cross_entropy(
+                group.logits.flatten(0, 2), group_targets.gather(2, group.order).flatten(), reduction="none"
+            )
+            sums = sums + (cross_entropy.view(group.valid.shape) * group.valid).sum(dim=(1, 2))
+        return sums, counts
+    logits = forward(tokens, runs)
     cross_entropy = F.cross_entropy(logits.flatten(0, 2), targets.flatten(), reduction="none")
-    weights = masks.to(cross_entropy.dtype)
-    counts = weights.sum(dim=(1, 2))
-    losses = (cross_entropy.view(masks.shape) * weights).sum(dim=(1, 2)) / counts.clamp(min=1.0)
+    return (cross_entropy.view(masks.shape) * masks).sum(dim=(1, 2)), counts
+
+
+def _batched_step(due: Sequence[_Loop], step: int, forward: StackedForward) -> list[_Loop]:
+    """One forward and backward for the runs `due`, then each run's optimizer; returns the runs that
+    diverged. A run's loss is the mean cross-entropy over its `--loss-on` targets, as alone."""
+    states: list[_StepState] = [loop.begin(step, batch) for loop, batch in zip(due, _draw_batches(due, step))]
+    sums, counts = _loss_sums(forward, due, states)
+    losses = sums / counts.clamp(min=1.0)
     values, has_target = losses.tolist(), (counts > 0).tolist()
     diverged, updated = [], []
     for i, (loop, state) in enumerate(zip(due, states)):
@@ -288,6 +365,7 @@ __all__ = [
     "MAX_RUNS",
     "RUN_PREFIX",
     "SEEDS",
+    "SELECTED_MIN_TOKENS",
     "check_stack_memory",
     "parse_seeds",
     "run_bytes",

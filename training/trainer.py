@@ -28,7 +28,6 @@ from birth.base.runtime import resolve_device
 from birth.base.seeds import step_seed
 from birth.models.transformer import fast_logits, native, supports_fast_path, trainable_parameters
 from tasks.protocol import Task, TokenBatch
-from tasks.triggered_bigram import TriggeredBigram
 from training.allocator import keep_freed_memory
 from training.callbacks import Callback, Checkpoints, MetricsLog, OnStep, ProgressBar, TrainingRun, Wandb
 from training.checkpoint import CheckpointError, checkpoint_path, load_model_state
@@ -59,7 +58,7 @@ from training.run_dir import (
     resume_point,
     write_summary,
 )
-from training.schedule import Schedule, prepare_schedule
+from training.schedule import Schedule, prepare_schedule, set_lr
 
 __all__ = [
     "OutOfMemory",
@@ -192,17 +191,24 @@ class _Loop:
         for callback in self.callbacks:
             callback.on_row(self.run, row)
 
-    def begin(self, step: int) -> _StepState:
-        """The first half of a step: an evaluation when due, the batch of `step`, the schedule."""
+    def batch_generator(self, step: int) -> torch.Generator:
+        """The generator the batch of `step` is drawn from (seeded by the run's seed and `step`)."""
+        return self.run.task.generator(step_seed(self.run.config.run.seed, step))
+
+    def begin(self, step: int, batch: TokenBatch | None = None) -> _StepState:
+        """The first half of a step: an evaluation when due, the batch of `step` (drawn here unless
+        given: `training.stacked` draws those of a stack together), the schedule."""
         run, config = self.run, self.run.config
         pending = None  # an evaluation row waiting for the gradient norms of this step
         if step % config.run.eval_every == 0:
             # written after this step's backward, with the gradient norms at the evaluated
             # parameters (the gradient of the batch of this step: a resumed run has it too)
             self.last_row = pending = self.evaluate(step)
-        task = run.task
-        batch = task.sample(config.optim.batch_size, task.generator(step_seed(config.run.seed, step)))
+        if batch is None:
+            batch = run.task.sample(config.optim.batch_size, self.batch_generator(step))
         learning = self.schedule.apply(step)  # False: every scheduled matrix is frozen at this step
+        o = config.optim
+        set_lr(run.optimizer, o.lr, step, o.steps, o.lr_decay)
         return _StepState(batch, learning, pending)
 
     def stop_diverged(self, step: int, loss: float, state: _StepState) -> None:
@@ -346,8 +352,6 @@ def _open_run(
         train_loss=ckpt.get("train_loss") if ckpt is not None else None,
         last_saved=start if ckpt is not None else None,
     )
-    if config.run.heatmap_every and not isinstance(task, TriggeredBigram):
-        print("warning: --heatmap-every draws triggered-bigram sequences only; no heatmaps", file=sys.stderr)
     chosen = groups(task, model) if groups is not None else _default_groups(config, task, schedule)
     loop = _Loop(run, schedule, chosen, parts, log)
     for part in parts:

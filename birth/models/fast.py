@@ -9,7 +9,8 @@ The first layer's input x_t = w_E(z_t) + p_t is a token row plus a position row,
 of it is a lookup in an [N, ·] token table plus a [T, ·] position table, computed once per call on
 N + T rows instead of B·T: W_K¹'s keys, the layer-1 values W_OV¹ x, their images under the second
 layer's W_O² W_V² W_U, and the first layer's scores themselves. What stays B·T·T work is attention:
-the first layer's scores and softmax, and the weighted sums that the second layer reads.
+the first layer's scores and softmax, and the weighted sums that the second layer reads; at long
+sequences these are computed in causal row blocks that skip part of the pattern's zero upper half.
 """
 
 from __future__ import annotations
@@ -63,19 +64,31 @@ def _tables(
 
 
 def _gathered(tokens: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """tok[z_t] + pos[t] for every (b, t): [B, T, ·]."""
-    return F.embedding(tokens, tok) + pos
+    """tok[z_t] + pos[t] for every (b, t): [B, T, ·]. The sum is taken in place, in the lookup's
+    output (its backward does not read it): a second [B, T, ·] tensor would be one more pass over
+    fresh memory."""
+    return F.embedding(tokens, tok).add_(pos)
 
 
 def _is_frozen_identity(lin: nn.Linear) -> bool:
-    """W_Q of the simplified model: a frozen identity with zero bias, so q = x needs no matmul."""
+    """W_Q of the simplified model: a frozen identity with zero bias, so q = x needs no matmul.
+
+    Under `torch.func.vmap` (stacked runs, `birth.models.stacked`) only the parameters that differ
+    between the runs or train are batched, and such a parameter is no frozen identity; its values
+    cannot be read there (a data-dependent branch), so a batched weight or bias answers False."""
     w = lin.weight
+    if any(_batched(p) for p in (w, lin.bias) if p is not None):
+        return False
     return (
         not w.requires_grad
         and w.shape[0] == w.shape[1]
         and (lin.bias is None or (not lin.bias.requires_grad and not bool(lin.bias.any())))
         and torch.equal(w, torch.eye(w.shape[0], device=w.device, dtype=w.dtype))
     )
+
+
+def _batched(tensor: torch.Tensor) -> bool:
+    return torch._C._functorch.is_batchedtensor(tensor)
 
 
 def _query(lin: nn.Linear, x: torch.Tensor) -> torch.Tensor:
@@ -124,7 +137,8 @@ def fast_logits(
       to those queries instead of to every key, and sequences are processed in groups of similar
       query counts (`_by_groups`); with two layers the first layer's scores are table lookups and
       the second layer reads the first through its tables (`_two_layer_padded`), so no d-wide
-      product of the first layer's output is formed at every position;
+      product of the first layer's output is formed at every position, and at long sequences the
+      first layer's pattern is formed in causal row blocks (`_causal_blocks`);
     - attention over all positions is fused scaled_dot_product_attention.
 
     `compiled`: the two-layer selected-query forward (what training runs) through `torch.compile`
@@ -216,12 +230,24 @@ def _readout(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     return U + U @ M, c @ U.t()
 
 
+# A group's [b, T, T] first-layer pattern at most this many floats, and at most 32 sequences a group:
+# larger groups mean fewer ops, smaller ones less padding of the queries and passes that stay in
+# cache; the balance was measured on 2 threads (docs/tuning.md, "Group size")
+_GROUP_PATTERN_FLOATS = 2**21
+_MAX_GROUP_SIZE = 32
+
+
+def _group_size(T: int) -> int:
+    """Sequences per group of `_by_groups` at sequence length T."""
+    return max(1, min(_MAX_GROUP_SIZE, _GROUP_PATTERN_FLOATS // (T * T)))
+
+
 def _by_groups(
     last_layer: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     tokens: torch.Tensor,
     positions: torch.Tensor,
-    group_size: int = 32,
-    max_groups: int = 16,
+    group_size: int | None = None,
+    max_groups: int = 64,
 ) -> torch.Tensor:
     """`last_layer(tokens, positions)` ([M, N] rows in row-major (b, t) order) computed on groups of
     sequences, returned in the caller's row order.
@@ -229,11 +255,12 @@ def _by_groups(
     The last layer's queries are padded to the largest count of selected positions within a group:
     a few sequences can have far more than the rest (a trigger whose output is itself repeats to
     the end: every later target is a 2nd+ occurrence), so the batch is sorted by count and cut into
-    groups of about `group_size` sequences (at most `max_groups`: each group costs a few dozen ops),
-    each padded to its own largest count. A group's [b, T, T] attention is also small enough to stay
-    in cache, and its backward scatters into nothing batch-sized.
+    groups of about `group_size` sequences (default `_group_size`; at most `max_groups`: each group
+    costs a few dozen ops), each padded to its own largest count. A group's [b, T, T] attention is
+    also small enough to stay in cache, and its backward scatters into nothing batch-sized.
     """
     B = tokens.shape[0]
+    group_size = group_size or _group_size(tokens.shape[1])
     by_count = torch.argsort(positions.sum(dim=1), stable=True)
     sorted_positions = positions[by_count]
     n_groups = max(1, min(max_groups, B // group_size))
@@ -307,6 +334,43 @@ def _two_layer_tables(model: nn.Module, T: int) -> _TwoLayerTables:
     )  # fmt: skip
 
 
+def _first_layer_scores(
+    t: _TwoLayerTables,
+    tokens: torch.Tensor,
+    query_tokens: torch.Tensor,
+    by_query_position: torch.Tensor,
+    pos_pos: torch.Tensor,
+) -> torch.Tensor:
+    """The first layer's scores [B, R, S] (causal, scaled) of R queries with tokens `query_tokens`
+    [B, R] over the first S keys: q_t·k_s = score_tok_tok[z_t, z_s] + score_pos_tok[t, z_s] +
+    score_tok_pos[z_t, s] + score_pos_pos[t, s], four table lookups; `by_query_position` holds the
+    queries' rows of score_pos_tok ([R, N] or [B, R, N]), `pos_pos` those of score_pos_pos, S columns.
+    The sums are taken in place in the one [B, R, S] tensor the gather writes (the lookups'
+    backwards do not read their outputs)."""
+    R, S = query_tokens.shape[1], pos_pos.shape[-1]
+    by_key_token = F.embedding(query_tokens, t.score_tok_tok).add_(by_query_position)  # [B, R, N]
+    scores = by_key_token.gather(2, tokens[:, None, :S].expand(-1, R, S))
+    return scores.add_(F.embedding(query_tokens, t.score_tok_pos[:, :S])).add_(pos_pos)
+
+
+# The first layer's pattern in causal row blocks (`_causal_blocks`): at least `_BLOCK_ROWS` rows a
+# block (smaller ones cost more ops than they save), at most `_MAX_BLOCKS` blocks (every block but
+# the last reads a slice of the products' weights, whose gradient is a zeroed copy; measured in
+# docs/tuning.md)
+_BLOCK_ROWS = 128
+_MAX_BLOCKS = 2
+
+
+def _causal_blocks(T: int) -> list[tuple[int, int]]:
+    """Row ranges [start, end) in which the first layer's pattern is computed: the rows of a block
+    attend to the keys before `end` only, so the blocks skip the part of the [T, T] pattern above
+    the diagonal blocks (a fraction (k - 1) / 2k of it with k blocks), in the scores, the softmax,
+    the products with the pattern and their gradients."""
+    k = max(1, min(_MAX_BLOCKS, T // _BLOCK_ROWS))
+    bounds = [T * i // k for i in range(k + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def _two_layer_padded(tokens: torch.Tensor, order: torch.Tensor, t: _TwoLayerTables) -> torch.Tensor:
     """Logits [B, Q, N] of a two-layer model at the queries `order` ([B, Q] positions, `_query_order`),
     the second layer read through the first's tables.
@@ -319,25 +383,44 @@ def _two_layer_padded(tokens: torch.Tensor, order: torch.Tensor, t: _TwoLayerTab
       B·T·T·d for the first layer's output;
     - values in logit space: x2_s W = x_s W + Σ_u A¹[s, u] (v_u W) with W = W_OV² W_Uᵀ, both
       [T, N] lookups in [N, N] and [T, N] tables.
+    A¹ is formed in causal row blocks (`_causal_blocks`), each read by one product with the
+    weights of both sums side by side, so its gradient is one product per block with no second
+    gradient to add. Its query rows are gathered from it when it is one block (short sequences,
+    where the op count matters most) and recomputed from the tables otherwise.
     """
-    B, T = tokens.shape
-    scores = _gathered(tokens, t.score_tok_tok, t.score_pos_tok).gather(
-        2, tokens.unsqueeze(1).expand(B, T, T)
-    )
-    pattern = (scores + F.embedding(tokens, t.score_tok_pos) + t.score_pos_pos).softmax(dim=-1)  # A¹
+    T, Q = tokens.shape[1], order.shape[1]
+    patterns = [
+        _first_layer_scores(
+            t, tokens, tokens[:, start:end], t.score_pos_tok[start:end], t.score_pos_pos[start:end, :end]
+        ).softmax(dim=-1)
+        for start, end in _causal_blocks(T)
+    ]  # A¹'s rows [start, end) over the keys before `end`: [B, end - start, end]
+    if len(patterns) == 1:
+        pattern_q = patterns[0].gather(1, order.unsqueeze(-1).expand(-1, -1, T))  # A¹'s query rows
+    else:
+        query_scores = _first_layer_scores(
+            t,
+            tokens,
+            tokens.gather(1, order),
+            F.embedding(order, t.score_pos_tok),
+            F.embedding(order, t.score_pos_pos),
+        )
+        pattern_q = query_scores.softmax(dim=-1)
     x, v = _gathered(tokens, t.E, t.P), _gathered(tokens, t.v_tok, t.v_pos)  # [B, T, d]
-    rows = order.unsqueeze(-1)
-    x2_query = torch.baddbmm(
-        x.gather(1, rows.expand(-1, -1, x.shape[-1])), pattern.gather(1, rows.expand(-1, -1, T)), v
-    )  # [B, Q, d]
+    x2_query = torch.baddbmm(x.gather(1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1])), pattern_q, v)
     query = x2_query if t.query is None else F.linear(x2_query, *t.query)
-    r = (query * t.scale) @ t.key
-    scores2 = torch.baddbmm(torch.bmm(r, x.mT), torch.bmm(r, v.mT), pattern.mT)  # [B, Q, T]
-    future = torch.arange(T, device=tokens.device) > rows
-    pattern2 = scores2.masked_fill(future, float("-inf")).softmax(dim=-1)
-    values = torch.baddbmm(
-        _gathered(tokens, t.out_x_tok, t.out_x_pos), pattern, _gathered(tokens, t.out_v_tok, t.out_v_pos)
-    )  # x2_s W + b: [B, T, N]
+    r = (query * t.scale) @ t.key  # [B, Q, d]
+    out_v = _gathered(tokens, t.out_v_tok, t.out_v_pos)  # v_u W: [B, T, N]
+    weights = torch.cat([torch.bmm(v, r.mT), out_v], dim=-1)  # r_q·v_u and v_u W: [B, T, Q + N]
+    # Σ_u A¹[s, u] (·) per block: [B, rows, Q + N]
+    mixed = [torch.bmm(p, weights if p.shape[-1] == T else weights[:, : p.shape[-1]]) for p in patterns]
+    mixed_scores, mixed_values = (mixed[0] if len(mixed) == 1 else torch.cat(mixed, dim=1)).split(
+        [Q, out_v.shape[-1]], dim=-1
+    )
+    scores2 = torch.baddbmm(mixed_scores.mT, r, x.mT)  # [B, Q, T]
+    future = torch.arange(T, device=tokens.device) > order.unsqueeze(-1)
+    pattern2 = scores2.masked_fill_(future, float("-inf")).softmax(dim=-1)
+    values = mixed_values + _gathered(tokens, t.out_x_tok, t.out_x_pos)  # x2_s W + b: [B, T, N]
     return torch.baddbmm(F.linear(x2_query, t.unembed, t.logit_bias), pattern2, values)
 
 

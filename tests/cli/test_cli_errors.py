@@ -53,6 +53,8 @@ ROWS: list[tuple[str, str]] = [
     ("train --lr inf", "--lr"),
     ("train --lr -0.1", "--lr"),
     ("train --lr fast", "--lr"),
+    ("train --lr-decay sideways", "--lr-decay"),
+    ("train --task markov-icl --lr-decay exp", "--lr-decay"),
     ("train --weight-decay nan", "--weight-decay"),
     ("train --weight-decay inf", "--weight-decay"),
     ("train --momentum 1.5", "--momentum"),

@@ -178,6 +178,10 @@ def test_small_experiments_run_and_write_json_png_headline(tmp_path, one_thread)
                 ]
             assert set(result.table["2L"].probe_steps[0]) == {"W_OV2", "W_KQ2", "W_KQ1"}
             assert set(result.table["1L"].probe_steps[0]) == {"W_OV"}
+            # where each 2-layer run stores its previous-token memory, as global-vs-icl reports it
+            assert len(result.previous_token) == len(result.runs["2L"])
+            for reading in result.previous_token:
+                assert sum(reading.first_occurrences) == pytest.approx(1.0)
         if name == "global-vs-icl":  # the memories, and where the previous-token memory is stored
             assert set(result.probe_steps) == set(result.probe_icl_correlation) == {"W_OV2", "W_KQ2", "W_KQ1"}
             icl = np.array(result.run.curve("eval/icl_acc"))

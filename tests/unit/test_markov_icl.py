@@ -11,6 +11,8 @@ import torch
 
 from birth.base.config_io import config_from_dict
 from birth.base.io import to_jsonable
+from birth.models.targets import insert_memories, orthogonal_blocks, orthogonal_embeddings
+from birth.models.transformer import ModelConfig, attn_linear
 from tasks.circuits import (
     follows_current_token,
     induction_mass,
@@ -30,8 +32,10 @@ from tasks.markov_icl import (
     stationary_law,
     strategy_laws,
 )
+from tasks.protocol import MemoryTargets, MemoryTask, memory_targets
 from tasks.registry import build_task
 from training.config import TrainConfig
+from training.evaluation import evaluate, standard_groups
 
 
 def test_registered_and_built_by_name():
@@ -171,3 +175,53 @@ def test_a_train_config_field_reads_back_as_its_own_task():
         config_from_dict(_HoldsARun, {"train": {"task": {"alpha": 1.0}}})
     with pytest.raises(ValueError, match=r"config\.train\.task_name: --task must be one of"):
         config_from_dict(_HoldsARun, {"train": {"task_name": "nope"}})
+
+
+# --- the recall probes on markov-icl ---------------------------------------------------------------
+
+
+def _hand_built(stored: bool) -> tuple[MarkovICL, torch.nn.Module]:
+    """A 2-layer simplified model on markov-icl (k = 4, T = 6) with orthogonal embeddings and the
+    memories of the statistical induction head written in: every state is a query (W_KQ² stores
+    w_E(k) -> W_OV¹ w_E(k) and W_OV² stores w_E(k) -> w_U(k) for all k) and W_KQ¹ p_{t+1} -> p_t.
+    `stored` False: each memory shifted by one (state k -> k + 1 mod k, position t+1 -> t+2)."""
+    task = MarkovICL(MarkovICLConfig(n_states=4, seq_len=6))
+    config = TrainConfig(task=task.config, model=ModelConfig(d_model=3 * 4 + 2 * 6))
+    model = config.build_model(task.vocab_size)
+    orthogonal_embeddings(model)
+    targets = memory_targets(task)
+    insert_memories(model, targets.triggers, scale=10.0)
+    if not stored:
+        blocks = orthogonal_blocks(4, 6)
+        # rows of W_O² (output dims: the unembeddings), of W_K² and W_K¹ (row-form QK with W_Q = I:
+        # query dims, the states and the positions) rolled by one
+        for layer, name, block in ((1, "o", "unembedding"), (1, "k", "tokens"), (0, "k", "positions")):
+            weight = attn_linear(model, layer, name).weight
+            rows = torch.arange(model.cfg.d_model)[blocks[block]]
+            with torch.no_grad():
+                weight[rows] = weight[rows.roll(1)].clone()
+    return task, model
+
+
+def test_markov_icl_stores_every_state_in_the_memories():
+    """markov-icl has no trigger set and no global bigram table: every state is a trigger and an
+    output (`tasks.protocol.memory_targets` gives every token, no W_F probe); its batches carry no
+    occurrence counter, so it is not a `MemoryTask` (no trigger-based attention probes)."""
+    task = MarkovICL(MarkovICLConfig(n_states=4))
+    assert memory_targets(task) == MemoryTargets(triggers=None, bigram=None)
+    assert not isinstance(task, MemoryTask)
+
+
+@pytest.mark.parametrize("stored", [True, False])
+def test_recall_probes_read_the_hand_built_statistical_induction_head(stored):
+    task, model = _hand_built(stored)
+    batch = task.sample(8, 0)
+    row = evaluate(model, batch, standard_groups(task, loss_on="all"))
+    probes = [row[f"probes/{name}"] for name in ("W_OV2", "W_KQ2", "W_KQ1")]
+    if stored:
+        assert probes == [1.0, 1.0, 1.0]
+        assert row["recall_all/W_KQ2"] == 1.0 and row["margin/W_OV2"] > 0 and row["margin/W_KQ2"] > 0
+    else:
+        assert probes[0] == probes[1] == 0.0  # every state's best candidate is the next one
+        # p_{t+1} picks p_{t-1}; p_1's row is now empty: its keys tie and the first, p_0, is a hit
+        assert probes[2] == pytest.approx(1 / 5)

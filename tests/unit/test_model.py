@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from birth.models import fast as fast_module
 from birth.models.transformer import (
     FULL_MODEL,
     NAMED_CONFIGS,
@@ -382,6 +383,34 @@ def test_fast_path_computes_the_reference_forward(name, one_thread):
                 fast_errors,
                 reference_errors,
             )
+
+
+@pytest.mark.parametrize("blocks", [2, 3])
+@pytest.mark.parametrize("name", [name for name in FAST_ARCHITECTURES if ARCHITECTURES[name].n_layers == 2])
+def test_fast_path_in_causal_blocks_computes_the_reference_forward(name, blocks, monkeypatch, one_thread):
+    """The two-layer selected-query forward with the first layer's pattern in causal row blocks
+    (`birth.models.fast._causal_blocks`: long sequences, the paper preset's; forced here at T = 16,
+    with uneven blocks for 3, and the 7 sequences in groups of 2, `_by_groups`) equals the reference
+    to float64 rounding, values and gradients."""
+    monkeypatch.setattr(fast_module, "_BLOCK_ROWS", 16 // blocks)
+    monkeypatch.setattr(fast_module, "_MAX_BLOCKS", blocks)
+    monkeypatch.setattr(fast_module, "_MAX_GROUP_SIZE", 2)
+    assert len(fast_module._causal_blocks(16)) == blocks
+    assert fast_module._group_size(16) == 2
+    model = _perturbed_fast_model(ARCHITECTURES[name], torch.float64)
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randint(0, 65, (7, 16), generator=gen)
+    targets = torch.randint(0, 65, (7, 16), generator=gen)
+    positions = torch.rand(7, 16, generator=gen) < torch.rand(7, 1, generator=gen)
+    positions[1] = False  # a sequence with no selected position
+    positions[2] = True  # and one with all: queries in every block
+    results = []
+    for logits in (reference_logits(model, tokens)[positions], fast_logits(model, tokens, positions)):
+        loss = F.cross_entropy(logits, targets[positions])
+        results.append((logits, torch.autograd.grad(loss, trainable_parameters(model), allow_unused=True)))
+    (expected, exact_grads), (got, grads) = results
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-9 * float(expected.detach().abs().max()))
+    assert max(_max_errors(grads, exact_grads)) <= 1e-9 * max(float(e.abs().max()) for e in exact_grads)
 
 
 @pytest.mark.parametrize("name", [name for name in FAST_ARCHITECTURES if ARCHITECTURES[name].n_layers == 2])

@@ -45,10 +45,17 @@ def bigram_train() -> TrainConfig:
 
 def markov_simplified(**changes) -> TrainConfig:
     """markov-phases' run on the 2-layer simplified model (d = 64, W_K¹, W_K², W_O² from zero, lr
-    0.03): the model whose W_O² has a hand-built copy memory to be held at."""
-    return markov_train(variant="simplified", d_model=64, trainable_init="zero", lr=0.03, steps=600).replace(
-        **changes
-    )
+    0.03 held constant, batch 64): the model whose W_O² has a hand-built copy memory to be held at.
+    The clamps move the start of the bigram phase, which a constant rate keeps comparable."""
+    return markov_train(
+        variant="simplified",
+        d_model=64,
+        trainable_init="zero",
+        lr=0.03,
+        lr_decay="none",
+        batch_size=64,
+        steps=600,
+    ).replace(**changes)
 
 
 @dataclass(frozen=True)

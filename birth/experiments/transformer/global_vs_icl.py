@@ -124,7 +124,11 @@ class GlobalVsIclProbeResult(GlobalVsIclResult):
     def headline(self) -> str:
         reached = sorted((s, k) for k, s in self.probe_steps.items() if s is not None)
         order = " → ".join(f"{k} ({s})" for s, k in reached) or "none"
-        missing = [k for k, s in self.probe_steps.items() if s is None]
+        missing = [
+            f"{k} (final {self.run.final[f'probes/{k}']:.2f})"
+            for k, s in self.probe_steps.items()
+            if s is None
+        ]
         correlation = ", ".join(f"{k} {r:.3f}" for k, r in self.probe_icl_correlation.items())
         return (
             super().headline() + f"; memories at {THRESHOLD}: {order}"
@@ -138,11 +142,11 @@ def plot_global_vs_icl(result: GlobalVsIclProbeResult, out_dir: Path) -> list[Pa
     plot_curves(axes[0][0], axes[0][1], result)
     axes[0][0].set_title("global bigrams: fast")
     run, ax = result.run, axes[0][1]
-    for name in result.probe_steps:
+    for name, step in result.probe_steps.items():
         r = result.probe_icl_correlation[name]
-        ax.plot(
-            run.steps(), run.curve(f"probes/{name}"), lw=1, alpha=0.8, label=f"{name} probe (r = {r:.2f})"
-        )
+        reached = "never" if step is None else f"step {step}"
+        label = f"{name} probe ({THRESHOLD} at {reached}, r = {r:.2f})"
+        ax.plot(run.steps(), run.curve(f"probes/{name}"), lw=1, alpha=0.8, label=label)
     ax.legend(fontsize=7)
     ax.set_title("induction head: slow; its memories")
     plot_previous_token_by_position(axes[0][2], result.previous_token)

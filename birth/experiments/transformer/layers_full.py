@@ -1,6 +1,8 @@
 """`layers-full`: 1 vs 2 layers of the full model over seeds: in-context accuracy and bigram loss,
 mean ± std; per run, the step at which each memory probe (the layer readings, probes/NAME) reaches
-0.9 and the correlation of its curve with the in-context accuracy's (`global_vs_icl.probe_tracking`)."""
+0.9 and the correlation of its curve with the in-context accuracy's (`global_vs_icl.probe_tracking`),
+and, per 2-layer run, where its final model stores the previous-token memory by position, beside
+the held-out attention on the previous token (`global_vs_icl.previous_token_by_position`)."""
 
 from __future__ import annotations
 
@@ -12,12 +14,26 @@ from birth.base.curves import mean_std
 from birth.base.io import new_figure, save_figure
 from birth.base.runtime import Device
 from birth.base.validate import Validated
-from birth.experiments.common import Seeds, Train, TrainedRun, eval_batch, run_seeds, train_runs
+from birth.experiments.common import (
+    Seeds,
+    Train,
+    TrainedRun,
+    eval_batch,
+    run_seeds,
+    train_runs,
+    trained_model,
+)
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.common import DEPTHS, PAPER_SEEDS, full_reference, full_train, tiny
-from birth.experiments.transformer.global_vs_icl import probe_tracking
+from birth.experiments.transformer.global_vs_icl import (
+    PreviousTokenByPosition,
+    plot_previous_token_by_position,
+    previous_token_by_position,
+    probe_tracking,
+)
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import BIGRAM_LOSS, ICL_ACC, bigram_floor
+from training.evaluation import THRESHOLD
 
 
 @dataclass(frozen=True)
@@ -44,6 +60,8 @@ class LayersFullResult(ExperimentResult):
     table: dict[str, FullDepthSummary]  # "2L", "1L"
     bigram_floor: float  # Bayes loss of the bigram targets of the evaluation batch
     runs: dict[str, list[TrainedRun]]  # "2L", "1L": one run per seed
+    # per 2-layer run, where its final model stores the previous-token memory, by position
+    previous_token: list[PreviousTokenByPosition]
 
     def headline(self) -> str:
         two, one = self.table["2L"], self.table["1L"]
@@ -56,11 +74,48 @@ class LayersFullResult(ExperimentResult):
                 f"{k} " + "/".join("never" if s.get(k) is None else str(s[k]) for s in two.probe_steps)
                 for k in (two.probe_steps[0] if two.probe_steps else {})
             )
+            + "; correlation with the in-context accuracy: "
+            + ", ".join(
+                f"{k} " + "/".join(f"{r[k]:.3f}" for r in two.probe_icl_correlation)
+                for k in (two.probe_icl_correlation[0] if two.probe_icl_correlation else {})
+            )
         )
 
 
+def plot_memory_probes(ax, result: LayersFullResult) -> None:
+    """The 2-layer runs' memory probes (probes/NAME) against their in-context accuracy, each labelled
+    with its 0.9 step and its correlation with the accuracy."""
+    summary = result.table["2L"]
+    for i, run in enumerate(result.runs["2L"]):
+        style = ("-", "--", ":")[i % 3]
+        label = f"in-context accuracy, seed {run.seed}"
+        ax.plot(run.steps(), run.curve(ICL_ACC), color="k", lw=1.5, ls=style, label=label)
+        for j, (name, step) in enumerate(summary.probe_steps[i].items()):
+            r = summary.probe_icl_correlation[i][name]
+            reached = "never" if step is None else str(step)
+            label = f"{name}, seed {run.seed}: 0.9 at {reached}, r = {r:.2f}"
+            ax.plot(
+                run.steps(),
+                run.curve(f"probes/{name}"),
+                color=f"C{j}",
+                lw=1,
+                alpha=0.8,
+                ls=style,
+                label=label,
+            )
+    ax.axhline(THRESHOLD, color="gray", lw=0.8, ls=":")
+    ax.set_ylabel("memory probe / in-context accuracy")
+    ax.set_title("2 layers: the memories (layer readings)")
+    ax.set_xlabel("step")
+    ax.legend(fontsize=6)
+
+
 def plot_layers_full(result: LayersFullResult, out_dir: Path) -> list[Path]:
-    fig, axes = new_figure(1, 2)
+    fig, axes = new_figure(1, 4)
+    plot_memory_probes(axes[0][2], result)
+    if result.previous_token:
+        plot_previous_token_by_position(axes[0][3], result.previous_token[0])
+        axes[0][3].set_title(f"previous-token memory by position, seed {result.runs['2L'][0].seed}")
     for key, color in (("2L", "tab:blue"), ("1L", "tab:orange")):
         for i, run in enumerate(result.runs[key]):
             label = f"{key[0]} layer{'s' if key == '2L' else ''}" if i == 0 else None
@@ -71,7 +126,7 @@ def plot_layers_full(result: LayersFullResult, out_dir: Path) -> list[Path]:
     axes[0][1].set_ylabel("bigram loss (counter 0)")
     axes[0][1].set_ylim(result.bigram_floor * 0.95, result.bigram_floor * 1.6)
     axes[0][0].set_title("full model: 2 layers vs 1 layer")
-    for ax in axes[0]:
+    for ax in axes[0][:2]:
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
     return save_figure(fig, out_dir, "layers_full")
@@ -107,7 +162,15 @@ def run_layers_full(
         table[key] = FullDepthSummary(
             *mean_std(icl), *mean_std(bigram), icl, bigram, [t[0] for t in tracking], [t[1] for t in tracking]
         )
-    return LayersFullResult(table=table, bigram_floor=bigram_floor(batch, stats.bigram_probs), runs=runs)
+    previous_token = [
+        previous_token_by_position(trained_model(out_dir, run.name), batch) for run in runs["2L"]
+    ]
+    return LayersFullResult(
+        table=table,
+        bigram_floor=bigram_floor(batch, stats.bigram_probs),
+        runs=runs,
+        previous_token=previous_token,
+    )
 
 
 def _number(value: float | None) -> float:
