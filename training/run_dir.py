@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,8 +51,33 @@ def read_run_config(run_dir: Path) -> TrainConfig:
     return TrainConfig.from_dict(obj, source=str(path))
 
 
-def prepare_run_dir(run_dir: Path, config: TrainConfig) -> list[Path]:
-    """Claim a fresh run directory and write its config; refuse one that already holds files.
+RUN_PREFIX = "seed"  # `birth train --seeds 0-7 --out OUT` writes OUT/seed0, ..., OUT/seed7 (a stack)
+
+
+def _is_stack_run(run_dir: Path) -> bool:
+    return re.fullmatch(rf"{RUN_PREFIX}\d+", run_dir.name) is not None
+
+
+def stack_runs(out: Path) -> list[Path] | None:
+    """The run directories of a stacked output directory (OUT/seedN with a config.json, in seed
+    order), or None when `out` is not one (a run directory, or no runs in it)."""
+    out = Path(out)
+    if (out / CONFIG).is_file() or not out.is_dir():
+        return None
+    runs = [d for d in out.iterdir() if _is_stack_run(d) and (d / CONFIG).is_file()]
+    return sorted(runs, key=lambda d: int(d.name.removeprefix(RUN_PREFIX))) or None
+
+
+def stack_dir(run_dirs: list[Path] | tuple[Path, ...]) -> Path | None:
+    """OUT when `run_dirs` are the OUT/seedN of one stack (what resumes them: `birth train --resume
+    OUT`), else None (each run resumes alone)."""
+    out = Path(run_dirs[0]).parent
+    return out if all(Path(d).parent == out and _is_stack_run(Path(d)) for d in run_dirs) else None
+
+
+def prepare_run_dir(run_dir: Path, config: TrainConfig, resume_dir: Path | None = None) -> list[Path]:
+    """Claim a fresh run directory and write its config; refuse one that already holds files,
+    naming `--resume resume_dir` (default: the run directory itself) as the way to continue it.
 
     The claim is atomic across processes (`birth.base.io.claim_output_dir`): of two sweep agents given
     the same --out, exactly one starts. Returns the directories this call created (the run
@@ -69,7 +95,7 @@ def prepare_run_dir(run_dir: Path, config: TrainConfig) -> list[Path]:
         if run_dir.is_dir():  # not empty, or claimed this instant by another process
             raise OutputError(
                 f"run directory {run_dir} already exists and is not empty; "
-                f"use --resume {run_dir} to continue it or choose another --out"
+                f"use --resume {resume_dir or run_dir} to continue it or choose another --out"
             ) from None
         raise
     atomic_write_json(run_dir / CONFIG, config.to_dict())

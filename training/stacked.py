@@ -35,8 +35,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from birth.base.io import OutputError
-from birth.base.memory_errors import as_out_of_memory
 from birth.base.runtime import resolve_device
 from birth.base.seeds import check_seed
 from birth.models.fast import supports_fast_path
@@ -44,13 +42,13 @@ from birth.models.stacked import StackedForward
 from tasks.protocol import TokenBatch, sample_many
 from training.allocator import keep_freed_memory
 from training.config import TrainConfig
-from training.run_dir import CONFIG, prepare_run_dir, remove_new_run, resume_point
+from training.run_dir import RUN_PREFIX, prepare_run_dir, remove_new_run, resume_point, stack_dir, stack_runs
 from training.trainer import (
     RunResult,
     _finish,
     _Loop,
-    _oom_sizes,
     _open_run,
+    _out_of_memory,
     _parts,
     _StepState,
     _stop_on_signals,
@@ -63,7 +61,6 @@ MAX_RUNS = 4096  # runs in one stack, whatever the memory says
 BATCHED_MAX_TOKENS = 4096  # CPU: batch_size x seq_len per run up to which the step is batched
 SELECTED_MIN_TOKENS = 2048  # batch_size x seq_len from which the batched step forms selected queries only
 STACK_INDEX = "stack_index"  # TrainingRun.extras: the run's place in the stack
-RUN_PREFIX = "seed"  # `birth train --seeds 0-7 --out OUT` writes OUT/seed0, ..., OUT/seed7
 _BYTES = 4  # float32
 
 
@@ -90,16 +87,6 @@ def parse_seeds(text: str, option: str = SEEDS) -> tuple[int, ...]:
     if repeated:
         raise ValueError(f"{option}: seed {repeated[0]} is given twice")
     return tuple(seeds)
-
-
-def stack_runs(out: Path) -> list[Path] | None:
-    """The run directories of a stacked output directory (OUT/seedN with a config.json, in seed
-    order), or None when `out` is not one (a run directory, or no runs in it)."""
-    out = Path(out)
-    if (out / CONFIG).is_file() or not out.is_dir():
-        return None
-    runs = [d for d in out.iterdir() if re.fullmatch(rf"{RUN_PREFIX}\d+", d.name) and (d / CONFIG).is_file()]
-    return sorted(runs, key=lambda d: int(d.name.removeprefix(RUN_PREFIX))) or None
 
 
 def stack_key(config: TrainConfig) -> tuple:
@@ -202,7 +189,7 @@ def train_stacked(
     flag = _StopFlag()
     try:
         for config, run_dir, point, run_parts in zip(configs, run_dirs, points, parts):
-            created.append(None if resume else _prepare_stack_dir(run_dir, config, run_dirs))
+            created.append(None if resume else prepare_run_dir(run_dir, config, stack_dir(run_dirs)))
             loops.append(
                 _open_run(config, run_dir, dev, point, resume=resume, parts=run_parts, callbacks=(),
                           groups=None, log=log)
@@ -223,28 +210,11 @@ def train_stacked(
             if created[i] is not None and (i >= len(loops) or loops[i].n_updates == 0):
                 remove_new_run(run_dir, created[i])
         phase = f"at step {max(loop.run.step for loop in loops)}" if loops else "building the models"
-        oom = (
-            as_out_of_memory(err, _oom_sizes(configs[0], phase), phase, dev)
-            if isinstance(err, Exception)
-            else None
-        )
+        oom = _out_of_memory(err, configs[0], phase, dev)
         if oom is not None:
             raise oom from None
         raise
     return [_finish(loop, run_parts, elapsed, log) for loop, run_parts in zip(loops, parts)]
-
-
-def _prepare_stack_dir(run_dir: Path, config: TrainConfig, run_dirs: Sequence[Path]) -> list[Path]:
-    """`prepare_run_dir`, whose refusal of an existing directory names `--resume OUT` (what resumes
-    a stack: `birth train --resume OUT`) where the runs are the OUT/seedN of one stack."""
-    try:
-        return prepare_run_dir(run_dir, config)
-    except OutputError as err:
-        out = run_dir.parent
-        one_stack = all(d.parent == out and re.fullmatch(rf"{RUN_PREFIX}\d+", d.name) for d in run_dirs)
-        if one_stack and f"--resume {run_dir} " in str(err):
-            raise OutputError(str(err).replace(f"--resume {run_dir} ", f"--resume {out} ")) from None
-        raise
 
 
 def _run_steps(

@@ -147,6 +147,13 @@ def _oom_sizes(config: TrainConfig, where: str) -> str:
     return f"--d-model {m.d_model}, --seq-len {t.seq_len}, --batch-size {o.batch_size}"
 
 
+def _out_of_memory(
+    err: BaseException, config: TrainConfig, where: str, dev: torch.device
+) -> OutOfMemory | None:
+    """`err` as the one-line OutOfMemory naming the sizes to lower (None: it is no out-of-memory)."""
+    return as_out_of_memory(err, _oom_sizes(config, where), where, dev)
+
+
 @dataclass
 class _StepState:
     """A step between its two halves (`_Loop.begin`, `_Loop.conclude`)."""
@@ -415,11 +422,7 @@ def train(
             remove_new_run(run_dir, created)
         if loop is not None and loop.n_updates:
             phase = f"at step {loop.run.step}"
-        oom = (
-            as_out_of_memory(err, _oom_sizes(config, phase), phase, dev)
-            if isinstance(err, Exception)
-            else None
-        )
+        oom = _out_of_memory(err, config, phase, dev)
         if oom is not None:
             raise oom from None
         raise

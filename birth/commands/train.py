@@ -25,7 +25,7 @@ from birth.base.runtime import WandbMode, resolve_device
 from birth.cli import CLIError, parse_dataclass, print_config, read_yaml
 from tasks.registry import DEFAULT_TASK, get_task
 from training.config import PRESETS, TASK_NAME, PresetName, TrainConfig
-from training.run_dir import read_run_config
+from training.run_dir import RUN_PREFIX, read_run_config, stack_runs
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,6 @@ def _base_config(argv: list[str]) -> TrainConfig:
 
 def _first_run(run_dir: Path) -> Path:
     """A run directory, or the first run of a stacked one (`birth train --seeds`)."""
-    from training.stacked import stack_runs  # the trainer's imports: only when resuming
-
     runs = stack_runs(run_dir)
     return runs[0] if runs else run_dir
 
@@ -167,7 +165,7 @@ def run(argv: list[str], prog: str) -> int:
 def _run_stacked(cmd: TrainCommand, argv: list[str], out: Path) -> int:
     """`--seeds`: one run per seed in OUT/seedN, trained side by side; `--resume OUT` of such runs."""
     # the trainer's imports: see `run`
-    from training.stacked import RUN_PREFIX, check_stack_memory, parse_seeds, stack_runs, train_stacked
+    from training.stacked import check_stack_memory, parse_seeds, train_stacked
     from training.trainer import print_summary
 
     if cmd.resume is not None:
