@@ -28,6 +28,9 @@ TINY = QUICK.replace(
     lr=0.5,
 )
 
+# what `birth inspect --out` writes for a 2-layer model with one head per layer
+INSPECT_FILES = {"attention_layer1.png", "attention_layer2.png", "attention.html", "scores.json"}
+
 
 def _quiet(*_args) -> None:
     pass
@@ -50,12 +53,7 @@ def test_inspect_writes_heatmaps_html_and_scores(runs, tmp_path, capsys):
     out = tmp_path / "inspect"
     assert cli_main(["inspect", str(ckpt), "--out", str(out), "--batch-size", "8"]) == 0
     printed = capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {
-        "attention_layer1.png",
-        "attention_layer2.png",
-        "attention.html",
-        "scores.json",
-    }
+    assert {p.name for p in out.iterdir()} == INSPECT_FILES
     scores = json.loads((out / "scores.json").read_text())
     assert scores["step"] == 12 and scores["n_layers"] == 2
     prev = scores["triggered_bigram"]["layer1"]["previous_token"]
@@ -212,12 +210,7 @@ def test_inspect_and_plot_a_markov_icl_run(tmp_path, capsys):
     out = tmp_path / "inspect"
     assert cli_main(["inspect", str(run), "--out", str(out), "--batch-size", "16"]) == 0
     printed = capsys.readouterr().out
-    assert {p.name for p in out.iterdir()} == {
-        "attention_layer1.png",
-        "attention_layer2.png",
-        "attention.html",
-        "scores.json",
-    }
+    assert {p.name for p in out.iterdir()} == INSPECT_FILES
     scores = json.loads((out / "scores.json").read_text())
     assert scores["task"] == "markov-icl" and "triggered_bigram" not in scores
     part, logged = scores["markov_icl"], read_metrics(run / "metrics.jsonl")[-1]

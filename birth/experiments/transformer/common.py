@@ -4,13 +4,20 @@ studies' base run, crossings over seeds, and the global-vs-icl measurement of th
 from __future__ import annotations
 
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from birth.base.curves import first_crossing, first_crossing_below
-from birth.experiments.common import TrainedRun, eval_batch, experiment_train, train_run
+from birth.experiments.common import (
+    TrainedRun,
+    eval_batch,
+    experiment_train,
+    run_seeds,
+    train_run,
+    train_runs,
+)
 from birth.experiments.registry import ExperimentResult
 from birth.models.targets import MEMORIES
 from tasks.shakespeare import CorpusStats, load_stats
@@ -118,6 +125,30 @@ def study_outcome(base: TrainConfig, stats: CorpusStats, runs: list[TrainedRun])
         probes=probe_crossings(runs),
         runs=runs,
     )
+
+
+def train_depths(
+    train: TrainConfig,
+    seeds: int,
+    out_dir: Path,
+    study: str,
+    *,
+    device: str,
+    progress: bool,
+    log: Callable[[str], None],
+) -> dict[str, list[TrainedRun]]:
+    """The runs of `layers` and `layers-full`: `seeds` seeds of `train` at each depth of DEPTHS,
+    keyed "2L", "1L" (a depth's seeds train side by side, `train_runs`)."""
+    runs: dict[str, list[TrainedRun]] = {}
+    for layers in DEPTHS:
+        key = f"{layers}L"
+        depth_seeds = run_seeds(train, seeds)
+        for seed in depth_seeds:
+            log(f"[{study}] {layers} layer(s), seed {seed}: {train.optim.steps} steps")
+        trains = [train.replace(n_layers=layers, seed=seed) for seed in depth_seeds]
+        names = [f"{key}-seed{seed}" for seed in depth_seeds]
+        runs[key] = train_runs(trains, out_dir, names, device=device, progress=progress, log=log)
+    return runs
 
 
 def mean_curve(runs: Sequence[TrainedRun], key: str) -> tuple[list[int], list[float]]:

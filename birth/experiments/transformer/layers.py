@@ -10,9 +10,9 @@ from birth.base.curves import mean_std
 from birth.base.io import new_figure, save_figure
 from birth.base.runtime import Device
 from birth.base.validate import Validated
-from birth.experiments.common import Seeds, Train, TrainedRun, run_seeds, train_runs
+from birth.experiments.common import Seeds, Train, TrainedRun
 from birth.experiments.registry import ExperimentResult, register
-from birth.experiments.transformer.common import DEPTHS, PAPER_SEEDS, paper, quick, tiny
+from birth.experiments.transformer.common import PAPER_SEEDS, paper, quick, tiny, train_depths
 from tasks.triggered_bigram import ICL_ACC
 
 
@@ -70,17 +70,12 @@ def plot_layers(result: LayersResult, out_dir: Path) -> list[Path]:
     small=lambda: LayersConfig(train=tiny(), seeds=1, device="cpu"),
 )
 def run_layers(config: LayersConfig, out_dir: Path, *, log=print, progress: bool = True) -> LayersResult:
+    runs = train_depths(
+        config.train, config.seeds, out_dir, "layers", device=config.device, progress=progress, log=log
+    )
     table: dict[str, DepthSummary] = {}
-    runs: dict[str, list[TrainedRun]] = {}
-    for layers in DEPTHS:
-        key = f"{layers}L"
-        seeds = run_seeds(config.train, config.seeds)
-        for seed in seeds:
-            log(f"[layers] {layers} layer(s), seed {seed}: {config.train.optim.steps} steps")
-        trains = [config.train.replace(n_layers=layers, seed=seed) for seed in seeds]
-        names = [f"{key}-seed{seed}" for seed in seeds]
-        runs[key] = train_runs(trains, out_dir, names, device=config.device, progress=progress, log=log)
-        accs = [run.final[ICL_ACC] for run in runs[key]]
+    for key, depth_runs in runs.items():
+        accs = [run.final[ICL_ACC] for run in depth_runs]
         mean, std = mean_std(accs)
         table[key] = DepthSummary(mean, std, accs)
     return LayersResult(table=table, runs=runs)

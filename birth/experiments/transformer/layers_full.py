@@ -19,12 +19,16 @@ from birth.experiments.common import (
     Train,
     TrainedRun,
     eval_batch,
-    run_seeds,
-    train_runs,
     trained_model,
 )
 from birth.experiments.registry import ExperimentResult, register
-from birth.experiments.transformer.common import DEPTHS, PAPER_SEEDS, full_reference, full_train, tiny
+from birth.experiments.transformer.common import (
+    PAPER_SEEDS,
+    full_reference,
+    full_train,
+    tiny,
+    train_depths,
+)
 from birth.experiments.transformer.global_vs_icl import (
     PreviousTokenByPosition,
     plot_previous_token_by_position,
@@ -146,16 +150,11 @@ def run_layers_full(
 ) -> LayersFullResult:
     stats = load_stats()
     _, batch = eval_batch(config.train, stats)
+    runs = train_depths(
+        config.train, config.seeds, out_dir, "layers-full", device=config.device, progress=progress, log=log
+    )
     table: dict[str, FullDepthSummary] = {}
-    runs: dict[str, list[TrainedRun]] = {}
-    for layers in DEPTHS:
-        key = f"{layers}L"
-        seeds = run_seeds(config.train, config.seeds)
-        for seed in seeds:
-            log(f"[layers-full] {layers} layer(s), seed {seed}: {config.train.optim.steps} steps")
-        trains = [config.train.replace(n_layers=layers, seed=seed) for seed in seeds]
-        names = [f"{key}-seed{seed}" for seed in seeds]
-        runs[key] = train_runs(trains, out_dir, names, device=config.device, progress=progress, log=log)
+    for key in runs:
         icl = [_number(run.final.get(ICL_ACC)) for run in runs[key]]
         bigram = [_number(run.final.get(BIGRAM_LOSS)) for run in runs[key]]
         tracking = [probe_tracking(run) for run in runs[key]]

@@ -28,6 +28,8 @@ Ablation = Literal["none", "mlp", "value"]
 # what each ablation zeroes: the MLP's output, or the attention's values (so its whole output)
 ABLATION_HOOKS: dict[str, str] = {"mlp": "blocks.0.hook_mlp_out", "value": "blocks.0.attn.hook_v"}
 ALL_FACTS_SEED = 7_000_003  # noise and positions of the sequences that enumerate every fact
+# the task and run length of the experiments' small(): a few seconds, for the tests
+SMALL_FACTS = dict(n_subjects=8, n_relations=2, answers_per_relation=4, n_noise=4, seq_len=4, steps=60)
 
 
 @dataclass(frozen=True)

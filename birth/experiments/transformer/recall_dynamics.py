@@ -24,7 +24,7 @@ from birth.base.io import new_figure, save_figure
 from birth.base.validate import Float, Int
 from birth.experiments.common import Positive, TrainedRun, train_run
 from birth.experiments.registry import ExperimentResult, register
-from birth.experiments.transformer.recall_common import FactsConfig
+from birth.experiments.transformer.recall_common import SMALL_FACTS, FactsConfig
 from tasks.factual_recall import ANSWER_LOSS, FACT_ACC, RELATION_ACC, FactualRecall
 
 RELATION_LEVEL = 0.9  # "predicts from the relation": this fraction of answers in the right set
@@ -129,12 +129,7 @@ def plot_recall_dynamics(result: RecallDynamicsResult, out_dir: Path) -> list[Pa
         seeds=5,
     ),
     small=lambda: RecallDynamicsConfig(
-        n_subjects=8,
-        n_relations=2,
-        answers_per_relation=4,
-        n_noise=4,
-        seq_len=4,
-        steps=60,
+        **SMALL_FACTS,
         eval_every=10,
         d_model=8,
         mlp_multiple=1,

@@ -24,6 +24,7 @@ from birth.base.validate import Int, Ints, check_ints
 from birth.experiments.common import train_run, trained_model
 from birth.experiments.registry import ExperimentResult, register
 from birth.experiments.transformer.recall_common import (
+    SMALL_FACTS,
     FactsConfig,
     fact_accuracy,
     parameter_counts,
@@ -166,14 +167,9 @@ def plot_recall_tradeoff(result: RecallTradeoffResult, out_dir: Path) -> list[Pa
         seeds=3,
     ),
     small=lambda: RecallTradeoffConfig(
-        n_subjects=8,
-        n_relations=2,
-        answers_per_relation=4,
-        n_noise=4,
-        seq_len=4,
+        **SMALL_FACTS,
         lr=0.03,
         batch_size=64,
-        steps=60,
         dims=(4, 16),
         mlp_multiples=(0, 2),
     ),
