@@ -91,6 +91,11 @@ def parse_dataclass(cls: type[T], default: T, args: Sequence[str], prog: str, de
     return _restored(parsed)
 
 
+def _unannotated(hint: Any) -> Any:
+    """The type of `Annotated[type, ...]`, or `hint` itself."""
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+
+
 _RETYPED = "_birth_retyped"  # marks the subclasses `_retyped` makes
 
 
@@ -114,7 +119,7 @@ def _retyped(cls: type[T], default: T) -> tuple[type[T], T]:
         kind, values[f.name] = _retyped(type(value), value)
         hint = hints[f.name]
         extras = hint.__metadata__ if typing.get_origin(hint) is typing.Annotated else ()
-        if kind is not (typing.get_args(hint)[0] if extras else hint):
+        if kind is not _unannotated(hint):
             annotation = typing.Annotated[(kind, *extras)] if extras else kind
             changed.append(
                 (f.name, annotation, dataclasses.field(default_factory=lambda v=values[f.name]: v))
@@ -149,11 +154,11 @@ def _leaf_names_unique(cls: type) -> bool:
     names: list[str] = []
 
     def walk(kind: Any) -> None:
-        kind = typing.get_args(kind)[0] if typing.get_origin(kind) is typing.Annotated else kind
+        kind = _unannotated(kind)
         if not dataclasses.is_dataclass(kind):
             return
         for name, hint in typing.get_type_hints(kind, include_extras=True).items():
-            inner = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
+            inner = _unannotated(hint)
             if dataclasses.is_dataclass(inner):
                 walk(inner)
             else:
