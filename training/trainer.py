@@ -26,7 +26,13 @@ from birth.base.io import atomic_write_json
 from birth.base.memory_errors import OutOfMemory, as_out_of_memory
 from birth.base.runtime import resolve_device
 from birth.base.seeds import step_seed
-from birth.models.transformer import fast_logits, native, supports_fast_path, trainable_parameters
+from birth.models.transformer import (
+    fast_cross_entropy,
+    fast_logits,
+    native,
+    supports_fast_path,
+    trainable_parameters,
+)
 from tasks.protocol import Task, TokenBatch
 from training.allocator import keep_freed_memory
 from training.callbacks import Callback, Checkpoints, MetricsLog, OnStep, ProgressBar, TrainingRun, Wandb
@@ -104,9 +110,9 @@ def training_loss(
     if config.run.fast_path and supports_fast_path(config.model):
         # the fast path evaluates the last layer at the selected queries only; other architectures
         # (several heads, LayerNorm, a ReLU MLP) train through the TransformerLens forward
-        logits = fast_logits(model, batch.inputs, mask if loss_on == "outputs" else None, compiled=compiled)
-        if loss_on != "outputs":
-            logits = logits[mask]
+        if loss_on == "outputs":
+            return fast_cross_entropy(model, batch.inputs, mask, batch.targets, compiled=compiled)
+        logits = fast_logits(model, batch.inputs, compiled=compiled)[mask]
     else:
         logits = model(batch.inputs)[mask]
     return F.cross_entropy(logits, batch.targets[mask])

@@ -11,6 +11,9 @@ N + T rows instead of B·T: W_K¹'s keys, the layer-1 values W_OV¹ x, their ima
 layer's W_O² W_V² W_U, and the first layer's scores themselves. What stays B·T·T work is attention:
 the first layer's scores and softmax, and the weighted sums that the second layer reads; at long
 sequences these are computed in causal row blocks that skip part of the pattern's zero upper half.
+Two steps of the two-layer training forward have hand-written backwards (`_SecondLayerInput`,
+`_QueryAttention`): they sum a tensor's gradients as they form them and write large tensors once,
+where the composed ops would make more passes over memory (what bounds a CPU step here).
 """
 
 from __future__ import annotations
@@ -135,10 +138,10 @@ def fast_logits(
       (h + h W_F) W_U = h (I + W_F) W_U;
     - with `positions`, the last layer attends from the selected queries only, with W_K applied
       to those queries instead of to every key, and sequences are processed in groups of similar
-      query counts (`_by_groups`); with two layers the first layer's scores are table lookups and
-      the second layer reads the first through its tables (`_two_layer_padded`), so no d-wide
-      product of the first layer's output is formed at every position, and at long sequences the
-      first layer's pattern is formed in causal row blocks (`_causal_blocks`);
+      query counts (`_by_groups`); with two layers the first layer's scores are table lookups, its
+      pattern is formed in causal row blocks at long sequences (`_causal_blocks`), and the second
+      layer reads the first either at every position or through its tables at the queries only,
+      whichever costs less (`_two_layer_padded`);
     - attention over all positions is fused scaled_dot_product_attention.
 
     `compiled`: the two-layer selected-query forward (what training runs) through `torch.compile`
@@ -155,6 +158,44 @@ def fast_logits(
     else:
         last_layer = lambda z, selected: _all_positions(model, z, selected=selected)[0]  # noqa: E731
     return _by_groups(last_layer, tokens, positions)
+
+
+# the target of a padded query in `fast_cross_entropy`: F.cross_entropy ignores it
+_PADDING_TARGET = -100
+
+
+def fast_cross_entropy(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    positions: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    compiled: bool = False,
+) -> torch.Tensor:
+    """`F.cross_entropy(fast_logits(model, tokens, positions), targets[positions])`: the training
+    loss, the mean over the positions the boolean mask `positions` [B, T] selects (at least one).
+
+    With two layers each group of sequences (`_by_groups`) adds the loss of its padded queries,
+    the padding ignored, so the logits are never put back in the caller's row order (a gather
+    forward, a scatter of [M, N] backward); equal to the former up to the order of the sum."""
+    nm = _checked(model, tokens)
+    if len(nm.layers) != 2:
+        return F.cross_entropy(fast_logits(model, tokens, positions, compiled=compiled), targets[positions])
+    tables = _two_layer_tables(model, tokens.shape[1])
+    padded = _compiled_two_layer_padded() if compiled else _two_layer_padded
+    by_count = torch.argsort(positions.sum(dim=1), stable=True)
+    total = tables.unembed.new_zeros(())
+    for group in _sorted_groups(by_count, _group_size(tokens.shape[1])):
+        order, valid = _query_order(positions[group])
+        if not valid.any():
+            continue
+        picked = targets[group].gather(1, order).masked_fill_(~valid, _PADDING_TARGET)
+        logits = padded(tokens[group], order, tables)
+        loss = F.cross_entropy(
+            logits.flatten(0, 1), picked.flatten(), ignore_index=_PADDING_TARGET, reduction="sum"
+        )
+        total = total + loss
+    return total / positions.sum()
 
 
 def fast_logits_and_patterns(
@@ -259,17 +300,13 @@ def _by_groups(
     costs a few dozen ops), each padded to its own largest count. A group's [b, T, T] attention is
     also small enough to stay in cache, and its backward scatters into nothing batch-sized.
     """
-    B = tokens.shape[0]
     group_size = group_size or _group_size(tokens.shape[1])
     by_count = torch.argsort(positions.sum(dim=1), stable=True)
-    sorted_positions = positions[by_count]
-    n_groups = max(1, min(max_groups, B // group_size))
     pieces = [
-        last_layer(group_tokens, group_positions)
-        for group_tokens, group_positions in zip(
-            tokens[by_count].chunk(n_groups), sorted_positions.chunk(n_groups)
-        )
+        last_layer(tokens[group], positions[group])
+        for group in _sorted_groups(by_count, group_size, max_groups)
     ]
+    sorted_positions = positions[by_count]
     # the pieces hold the sorted rows' selected positions in row-major order: number them, then
     # read the numbers back in the caller's row order
     rank = torch.empty_like(sorted_positions, dtype=torch.long)
@@ -277,6 +314,12 @@ def _by_groups(
     index = torch.empty_like(rank)
     index[by_count] = rank
     return torch.cat(pieces)[index[positions]]
+
+
+def _sorted_groups(by_count: torch.Tensor, group_size: int, max_groups: int = 64) -> tuple[torch.Tensor, ...]:
+    """`_by_groups`' groups: the sequences `by_count` (sorted by their count of selected positions)
+    cut into about `group_size` consecutive ones, at most `max_groups` groups."""
+    return by_count.chunk(max(1, min(max_groups, len(by_count) // group_size)))
 
 
 def _query_order(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -307,6 +350,8 @@ class _TwoLayerTables(NamedTuple):
     out_x_pos: torch.Tensor  # [T, N]
     out_v_tok: torch.Tensor  # [N, N] v W_OV² W_Uᵀ
     out_v_pos: torch.Tensor  # [T, N]
+    out_map: torch.Tensor  # [d, N] W_OV² W_Uᵀ: out_x_tok = E out_map + out_bias
+    out_bias: torch.Tensor  # [N]
     unembed: torch.Tensor  # [N, d] W_U (with a linear W_F folded in)
     logit_bias: torch.Tensor | None  # [N]
     scale: float
@@ -330,7 +375,8 @@ def _two_layer_tables(model: nn.Module, T: int) -> _TwoLayerTables:
     query = None if _is_frozen_identity(second.q) else (second.q.weight, second.q.bias)
     return _TwoLayerTables(
         E, P, q_tok @ k_tok.t(), q_pos @ k_tok.t(), q_tok @ k_pos.t(), q_pos @ k_pos.t() + _causal_bias(T, E),
-        v_tok, v_pos, query, second.k.weight, out_x_tok, out_x_pos, out_v_tok, out_v_pos, U, logit_bias, scale,
+        v_tok, v_pos, query, second.k.weight, out_x_tok, out_x_pos, out_v_tok, out_v_pos, w_out, b_out, U,
+        logit_bias, scale,
     )  # fmt: skip
 
 
@@ -357,8 +403,8 @@ def _first_layer_scores(
 # block (smaller ones cost more ops than they save), at most `_MAX_BLOCKS` blocks (every block but
 # the last reads a slice of the products' weights, whose gradient is a zeroed copy; measured in
 # docs/tuning.md)
-_BLOCK_ROWS = 128
-_MAX_BLOCKS = 2
+_BLOCK_ROWS = 64
+_MAX_BLOCKS = 4
 
 
 def _causal_blocks(T: int) -> list[tuple[int, int]]:
@@ -372,21 +418,16 @@ def _causal_blocks(T: int) -> list[tuple[int, int]]:
 
 
 def _two_layer_padded(tokens: torch.Tensor, order: torch.Tensor, t: _TwoLayerTables) -> torch.Tensor:
-    """Logits [B, Q, N] of a two-layer model at the queries `order` ([B, Q] positions, `_query_order`),
-    the second layer read through the first's tables.
+    """Logits [B, Q, N] of a two-layer model at the queries `order` ([B, Q] positions, `_query_order`).
 
-    With A¹ the first pattern and v_u = W_OV¹ x_u (+ bias) its values (tables), the second layer's
-    input is x2_s = x_s + Σ_u A¹[s, u] v_u. It is formed at the Q queries only; every other use of
-    x2_s goes through a map pushed into the tables:
-    - scores: x2_q·(W_K² x2_s) = r_q·x_s + Σ_u A¹[s, u] (r_q·v_u) with r_q = W_K²ᵀ q2_q (the key
-      bias adds q·b_K to every key alike, which softmax ignores): B·Q·T·(2d + T) FLOPs instead of
-      B·T·T·d for the first layer's output;
-    - values in logit space: x2_s W = x_s W + Σ_u A¹[s, u] (v_u W) with W = W_OV² W_Uᵀ, both
-      [T, N] lookups in [N, N] and [T, N] tables.
-    A¹ is formed in causal row blocks (`_causal_blocks`), each read by one product with the
-    weights of both sums side by side, so its gradient is one product per block with no second
-    gradient to add. Its query rows are gathered from it when it is one block (short sequences,
-    where the op count matters most) and recomputed from the tables otherwise.
+    A¹, the first layer's pattern, is formed in causal row blocks (`_causal_blocks`) from the score
+    tables. With v_u = W_OV¹ x_u (+ bias) its values, the second layer's input is
+    x2_s = x_s + Σ_u A¹[s, u] v_u, read in one of two ways, whichever `_reads_first_layer_at_queries`
+    finds cheaper for this group's query count:
+    - at every position (`_second_layer_everywhere`): x2 is formed once, [B, T, d], and the second
+      layer attends from the Q queries over it;
+    - at the queries only (`_second_layer_at_queries`): x2 is formed at the Q queries, and every
+      other use of it goes through a map pushed into the tables (few queries, long sequences).
     """
     T, Q = tokens.shape[1], order.shape[1]
     patterns = [
@@ -395,6 +436,65 @@ def _two_layer_padded(tokens: torch.Tensor, order: torch.Tensor, t: _TwoLayerTab
         ).softmax(dim=-1)
         for start, end in _causal_blocks(T)
     ]  # A¹'s rows [start, end) over the keys before `end`: [B, end - start, end]
+    if _reads_first_layer_at_queries(Q, T, *t.out_map.shape):
+        return _second_layer_at_queries(tokens, order, t, patterns)
+    x2 = _SecondLayerInput.apply(tokens, t.E, t.P, t.v_tok, t.v_pos, *patterns)[0]
+    return _second_layer_everywhere(x2, order, t)
+
+
+# The queries-only reading of the first layer is taken where forming x2 everywhere needs more than
+# this many times its matmul FLOPs: per FLOP it costs more (more ops, more passes over [B, T, ·]
+# tensors); measured in docs/tuning.md ("Reading the first layer")
+_EVERYWHERE_FLOP_ALLOWANCE = 1.5
+
+
+def _reads_first_layer_at_queries(Q: int, T: int, d: int, N: int) -> bool:
+    """Whether `_two_layer_padded` reads the first layer at the Q queries only (`_second_layer_at_queries`)
+    rather than forming x2 at every position (`_second_layer_everywhere`): by their forward matmul
+    FLOPs per sequence (the products they share left out), the former weighted by
+    `_EVERYWHERE_FLOP_ALLOWANCE`."""
+    area = sum((end - start) * end for start, end in _causal_blocks(T))  # A¹'s computed entries
+    everywhere = area * d + (Q + N) * T * d + Q * T * N  # A¹ v; [r, W]ᵀ x2ᵀ; pattern x2 W
+    at_queries = 3 * Q * T * d + area * (Q + N) + Q * T * N  # A¹_q v, v rᵀ, r xᵀ; A¹ [v rᵀ, v W]; ...
+    return everywhere > _EVERYWHERE_FLOP_ALLOWANCE * at_queries
+
+
+def _second_layer_everywhere(x2: torch.Tensor, order: torch.Tensor, t: _TwoLayerTables) -> torch.Tensor:
+    """Logits [B, Q, N] at the queries `order` from the second layer's input x2 [B, T, d] at every
+    position (`_SecondLayerInput`): W_K² moves to the queries' side (r_q = W_K²ᵀ q_q; the key
+    bias adds the same r·b_K to every key, which softmax ignores) and the value path to logit space
+    (W = W_OV² W_Uᵀ), so the attention is `_QueryAttention`'s."""
+    if t.query is None:
+        query_map, query_bias = t.key * t.scale, None
+    else:
+        weight, bias_q = t.query  # q = x2 W_Qᵀ + b_Q, r = q W_K (scaled)
+        query_map = (weight.t() * t.scale) @ t.key
+        query_bias = None if bias_q is None else (bias_q * t.scale) @ t.key
+    future = torch.arange(x2.shape[1], device=x2.device) > order.unsqueeze(-1)
+    attended, x2_query = _QueryAttention.apply(x2, order, future, query_map, query_bias, t.out_map)[:2]
+    # the rows of the pattern sum to one: the value bias passes through unchanged
+    return F.linear(x2_query, t.unembed, t.logit_bias).add_(attended).add_(t.out_bias)
+
+
+def _second_layer_at_queries(
+    tokens: torch.Tensor, order: torch.Tensor, t: _TwoLayerTables, patterns: list[torch.Tensor]
+) -> torch.Tensor:
+    """Logits [B, Q, N] at the queries `order`, the second layer read through the first's tables,
+    A¹ given in causal row blocks (`patterns`).
+
+    x2 is formed at the Q queries only; every other use of x2_s goes through a map pushed into
+    the tables:
+    - scores: x2_q·(W_K² x2_s) = r_q·x_s + Σ_u A¹[s, u] (r_q·v_u) with r_q = W_K²ᵀ q2_q (the key
+      bias adds q·b_K to every key alike, which softmax ignores): B·Q·T·(2d + T) FLOPs instead of
+      B·T·T·d for the first layer's output;
+    - values in logit space: x2_s W = x_s W + Σ_u A¹[s, u] (v_u W) with W = W_OV² W_Uᵀ, both
+      [T, N] lookups in [N, N] and [T, N] tables.
+    Each block of A¹ is read by one product with the weights of both sums side by side, so its
+    gradient is one product per block with no second gradient to add. A¹'s query rows are gathered
+    from it when it is one block (short sequences, where the op count matters most) and recomputed
+    from the tables otherwise.
+    """
+    T, Q = tokens.shape[1], order.shape[1]
     if len(patterns) == 1:
         pattern_q = patterns[0].gather(1, order.unsqueeze(-1).expand(-1, -1, T))  # A¹'s query rows
     else:
@@ -422,6 +522,141 @@ def _two_layer_padded(tokens: torch.Tensor, order: torch.Tensor, t: _TwoLayerTab
     pattern2 = scores2.masked_fill_(future, float("-inf")).softmax(dim=-1)
     values = mixed_values + _gathered(tokens, t.out_x_tok, t.out_x_pos)  # x2_s W + b: [B, T, N]
     return torch.baddbmm(F.linear(x2_query, t.unembed, t.logit_bias), pattern2, values)
+
+
+def _lookup_sum(tokens: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """tok[z_t] + pos[t] for every (b, t), [B, T, ·], in one pass over the output
+    (`F.embedding_bag` over the stacked tables); for use without autograd. Under vmap, which has
+    no rule for `embedding_bag`, a lookup and a sum (`_gathered`)."""
+    if any(_batched(a) for a in (tokens, tok, pos)):
+        return _gathered(tokens, tok, pos)
+    N, T = tok.shape[0], tokens.shape[1]
+    rows = torch.stack([tokens, torch.arange(N, N + T, device=tokens.device).expand_as(tokens)], dim=-1)
+    summed = F.embedding_bag(rows.view(-1, 2), torch.cat([tok, pos[:T]]), mode="sum")
+    return summed.view(*tokens.shape, -1)
+
+
+def _lookup_sum_grads(
+    tokens: torch.Tensor, d_out: torch.Tensor, n_tok: int, tok_needed: bool, pos_needed: bool
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The gradients of the tables (tok [n_tok, ·], pos [T, ·]) of `_lookup_sum(tokens, tok, pos)`
+    given its output's gradient `d_out`; None where not needed."""
+    d_tok = d_pos = None
+    if tok_needed:
+        d_tok = d_out.new_zeros(n_tok, d_out.shape[-1]).index_add_(0, tokens.flatten(), d_out.flatten(0, 1))
+    if pos_needed:
+        d_pos = d_out.sum(dim=0)
+    return d_tok, d_pos
+
+
+class _SecondLayerInput(torch.autograd.Function):
+    """`apply(tokens, E, P, v_tok, v_pos, *patterns)` = (x2, v): the second layer's input
+    x2 = x + A¹ v at every position, with x = E[z] + P and v = v_tok[z] + v_pos the lookups and A¹
+    given as its causal row blocks `patterns` (`_causal_blocks`); v is returned for the backward
+    only (not differentiable).
+
+    Its forward writes x2 once and adds each block's A¹ v to its rows in place, where the
+    composed ops would copy x into every block's product and concatenate the blocks: three fewer
+    passes over a [B, T, d] tensor. Its backward is the composed one's."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(tokens, E, P, v_tok, v_pos, *patterns):
+        x2 = _lookup_sum(tokens, E, P)
+        v = _lookup_sum(tokens, v_tok, v_pos)
+        for (start, end), pattern in zip(_causal_blocks(tokens.shape[1]), patterns):
+            # a fresh product added in place: an in-place product into the rows is slower
+            x2[:, start:end].add_(torch.bmm(pattern, v[:, :end]))
+        return x2, v
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        tokens, E, _, _, _, *patterns = inputs
+        ctx.save_for_backward(tokens, output[1], *patterns)
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)
+        ctx.n_tokens = E.shape[0]
+
+    @staticmethod
+    def backward(ctx, d_x2, _d_v):
+        tokens, v, *patterns = ctx.saved_tensors
+        if d_x2 is None:
+            return (None,) * (5 + len(patterns))
+        blocks = _causal_blocks(tokens.shape[1])
+        d_patterns = [torch.bmm(d_x2[:, start:end], v[:, :end].mT) for start, end in blocks]
+        needs = ctx.needs_input_grad
+        d_E, d_P = _lookup_sum_grads(tokens, d_x2, ctx.n_tokens, needs[1], needs[2])
+        d_v_tok = d_v_pos = None
+        if needs[3] or needs[4]:
+            d_v = torch.zeros_like(v)
+            for (start, end), pattern in zip(blocks, patterns):
+                d_v[:, :end] += torch.bmm(pattern.mT, d_x2[:, start:end])
+            d_v_tok, d_v_pos = _lookup_sum_grads(tokens, d_v, ctx.n_tokens, needs[3], needs[4])
+        return (None, d_E, d_P, d_v_tok, d_v_pos, *d_patterns)
+
+
+class _QueryAttention(torch.autograd.Function):
+    """`apply(x2, order, future, query_map, query_bias, value_map)` = (out, x2_q, ...): the second
+    layer's attention from the queries `order` ([B, Q] positions) over every key, its values
+    mapped by `value_map` W ([d, N]):
+
+        x2_q = x2[order],  r = x2_q M + c,  A² = softmax(r x2ᵀ, masked by `future`),  out = A² x2 W
+
+    with M = `query_map` [d, d] and c = `query_bias` [d] or None. r and Wᵀ take one product with
+    x2 side by side ([r; Wᵀ] x2ᵀ: the scores and the values (x2 W)ᵀ at once), and the backward sums
+    every gradient of x2 (the keys', the values', the query rows') into one tensor as it forms it,
+    where autograd would add three. The further outputs are for the backward only."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x2, order, future, query_map, query_bias, value_map):
+        x2_query = x2.gather(1, order.unsqueeze(-1).expand(-1, -1, x2.shape[-1]))
+        r = x2_query @ query_map
+        if query_bias is not None:
+            r = r + query_bias
+        Q = r.shape[1]
+        left = torch.cat([r, value_map.mT.expand(r.shape[0], -1, -1)], dim=1)  # [B, Q + N, d]
+        products = torch.bmm(left, x2.mT)  # scores [B, Q, T] over (x2 W)ᵀ [B, N, T]
+        pattern = products[:, :Q].masked_fill_(future, float("-inf")).softmax(dim=-1)
+        return torch.bmm(pattern, products[:, Q:].mT), x2_query, left, pattern, products
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x2, order, _, query_map, query_bias, _ = inputs
+        _, x2_query, left, pattern, products = output
+        ctx.save_for_backward(x2, order, query_map, x2_query, left, pattern, products)
+        ctx.has_bias = query_bias is not None
+        ctx.mark_non_differentiable(left, pattern, products)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, d_out, d_query_rows, *_):
+        x2, order, query_map, x2_query, left, pattern, products = ctx.saved_tensors
+        Q = pattern.shape[1]
+        d_rows = d_query_rows
+        d_x2 = d_map = d_bias = d_value_map = None
+        if d_out is not None:
+            d_pattern = torch.bmm(d_out, products[:, Q:])
+            d_scores = d_pattern.sub_((d_pattern * pattern).sum(dim=-1, keepdim=True)).mul_(pattern)
+            d_values_t = torch.bmm(d_out.mT, pattern)  # [B, N, T]
+            d_x2 = torch.bmm(d_scores.mT, left[:, :Q])
+            # in place (one pass fewer) except under vmap, which has no rule for baddbmm_
+            d_x2 = (torch.baddbmm if _batched(d_x2) else torch.Tensor.baddbmm_)(
+                d_x2, d_values_t.mT, left[:, Q:]
+            )
+            d_r = torch.bmm(d_scores, x2)
+            d_value_map = torch.bmm(d_values_t, x2).sum(dim=0).t()
+            d_map = x2_query.flatten(0, 1).t() @ d_r.flatten(0, 1)
+            d_bias = d_r.sum(dim=(0, 1)) if ctx.has_bias else None
+            from_r = d_r @ query_map.t()
+            d_rows = from_r if d_rows is None else from_r.add_(d_rows)
+        if d_rows is not None:
+            if d_x2 is None:
+                d_x2 = torch.zeros_like(x2)
+            d_x2.scatter_add_(1, order.unsqueeze(-1).expand(-1, -1, x2.shape[-1]), d_rows)
+        return d_x2, None, None, d_map, d_bias, d_value_map
 
 
 def _two_layer_selected(

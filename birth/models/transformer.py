@@ -11,7 +11,8 @@
 - `initialization`: the seeded draws and which weights train per variant;
 - `weights`: where each weight lives in the bridge (`attn_linear`, `mlp_linear`, `layer_norm`, ...);
 - `fast`: `fast_logits`, the same function with fewer FLOPs for the architectures
-  `supports_fast_path` accepts (training uses it), and `fast_logits_and_patterns` (evaluation).
+  `supports_fast_path` accepts, `fast_cross_entropy` (the training loss through it) and
+  `fast_logits_and_patterns` (evaluation).
 
 `tests/unit/test_model.py` holds the bridge and the fast path equal to the reference, values and
 gradients. docs/model.md describes every option.
@@ -35,7 +36,13 @@ from birth.models.config import (
     TrainableInit,
     Variant,
 )
-from birth.models.fast import fast_logits, fast_logits_and_patterns, fast_path_obstacle, supports_fast_path
+from birth.models.fast import (
+    fast_cross_entropy,
+    fast_logits,
+    fast_logits_and_patterns,
+    fast_path_obstacle,
+    supports_fast_path,
+)
 from birth.models.initialization import initialize, sinusoidal_positions, trainable_matrices
 from birth.models.reference import ReferenceTransformer, reference_logits
 from birth.models.weights import (
@@ -66,6 +73,7 @@ __all__ = [
     "apply_mlp",
     "attn_linear",
     "build_model",
+    "fast_cross_entropy",
     "fast_logits",
     "fast_logits_and_patterns",
     "fast_path_obstacle",

@@ -22,6 +22,7 @@ import torch
 import training.stacked
 from birth.base.seeds import step_seed
 from birth.cli import main
+from birth.models import fast
 from birth.models.fast import fast_logits
 from birth.models.stacked import StackedForward
 from training.config import FULL, QUICK
@@ -68,7 +69,11 @@ def assert_close_rows(a: list[dict], b: list[dict]) -> None:
                 assert math.isclose(ra[key], value, rel_tol=RELATIVE, abs_tol=ABSOLUTE), (ra["step"], key)
 
 
-FORWARDS = ("every position", "selected queries")  # the batched step's two forwards
+# the two ways the selected-query forward reads the first layer, each forced by its FLOP allowance
+# (`birth.models.fast._reads_first_layer_at_queries`)
+READINGS = {"x2 everywhere": math.inf, "at the queries": 0.0}
+# the batched step's forwards: every position, or the selected queries read either way
+FORWARDS = ("every position", *(f"selected queries, {reading}" for reading in READINGS))
 
 
 @contextmanager
@@ -76,8 +81,9 @@ def batched_forward(forward: str) -> Iterator[None]:
     """The batched step through `forward`; the selected queries are the default only from
     SELECTED_MIN_TOKENS tokens per batch, more than these small runs have."""
     with pytest.MonkeyPatch.context() as patch:
-        if forward == "selected queries":
+        if forward.startswith("selected queries"):
             patch.setattr(training.stacked, "SELECTED_MIN_TOKENS", 0)
+            patch.setattr(fast, "_EVERYWHERE_FLOP_ALLOWANCE", READINGS[forward.split(", ")[1]])
         yield
 
 
@@ -178,8 +184,10 @@ def test_stacked_every_position_equals_each_models_own(one_thread, model):
         )
 
 
+@pytest.mark.parametrize("reading", list(READINGS))
 @pytest.mark.parametrize("model", FAST_PATH_MODELS.values(), ids=FAST_PATH_MODELS.keys())
-def test_stacked_selected_queries_equal_each_models_own(one_thread, model):
+def test_stacked_selected_queries_equal_each_models_own(one_thread, model, reading, monkeypatch):
+    monkeypatch.setattr(fast, "_EVERYWHERE_FLOP_ALLOWANCE", READINGS[reading])
     configs = [CONFIG.replace(seed=s, batch_size=32, trigger_mode="random", **model) for s in SEEDS]
     task = configs[0].build_task(torch.device("cpu"))
     models = [c.build_model(task.vocab_size, device="cpu") for c in configs]

@@ -19,6 +19,7 @@ from birth.models.transformer import (
     ReferenceTransformer,
     attn_linear,
     build_model,
+    fast_cross_entropy,
     fast_logits,
     fast_logits_and_patterns,
     layer_norm,
@@ -270,6 +271,16 @@ ARCHITECTURES = {
     ),
 }
 FAST_ARCHITECTURES = [name for name, config in ARCHITECTURES.items() if supports_fast_path(config)]
+TWO_LAYER_FAST = [name for name in FAST_ARCHITECTURES if ARCHITECTURES[name].n_layers == 2]
+# the two ways the two-layer selected-query forward reads the first layer
+# (`birth.models.fast._reads_first_layer_at_queries`), each forced by its FLOP allowance
+READINGS = {"x2 everywhere": math.inf, "at the queries": 0.0}
+
+
+@pytest.fixture(params=list(READINGS))
+def reading(request, monkeypatch) -> str:
+    monkeypatch.setattr(fast_module, "_EVERYWHERE_FLOP_ALLOWANCE", READINGS[request.param])
+    return request.param
 
 
 def _keep_identity_query(model, config) -> None:
@@ -337,7 +348,7 @@ def _max_errors(got, exact) -> list[float]:
 
 
 @pytest.mark.parametrize("name", FAST_ARCHITECTURES)
-def test_fast_path_computes_the_reference_forward(name, one_thread):
+def test_fast_path_computes_the_reference_forward(name, reading, one_thread):
     """fast_logits equals the reference on the same weights, values and gradients, on every position
     and on selected ones (the training loss's): to float64 rounding in float64; in float32 within
     the tolerances below of the float32 reference, or at least as close to the float64 one as the
@@ -386,8 +397,10 @@ def test_fast_path_computes_the_reference_forward(name, one_thread):
 
 
 @pytest.mark.parametrize("blocks", [2, 3])
-@pytest.mark.parametrize("name", [name for name in FAST_ARCHITECTURES if ARCHITECTURES[name].n_layers == 2])
-def test_fast_path_in_causal_blocks_computes_the_reference_forward(name, blocks, monkeypatch, one_thread):
+@pytest.mark.parametrize("name", TWO_LAYER_FAST)
+def test_fast_path_in_causal_blocks_computes_the_reference_forward(
+    name, blocks, reading, monkeypatch, one_thread
+):
     """The two-layer selected-query forward with the first layer's pattern in causal row blocks
     (`birth.models.fast._causal_blocks`: long sequences, the paper preset's; forced here at T = 16,
     with uneven blocks for 3, and the 7 sequences in groups of 2, `_by_groups`) equals the reference
@@ -413,7 +426,32 @@ def test_fast_path_in_causal_blocks_computes_the_reference_forward(name, blocks,
     assert max(_max_errors(grads, exact_grads)) <= 1e-9 * max(float(e.abs().max()) for e in exact_grads)
 
 
-@pytest.mark.parametrize("name", [name for name in FAST_ARCHITECTURES if ARCHITECTURES[name].n_layers == 2])
+@pytest.mark.parametrize("name", FAST_ARCHITECTURES)
+def test_fast_cross_entropy_is_the_loss_of_the_reference_logits(name, reading, monkeypatch, one_thread):
+    """The training loss through the fast path (`fast_cross_entropy`: per group of sequences, the
+    padded queries ignored, never gathered back into row order) equals the cross-entropy of the
+    reference logits at the selected positions, value and gradients, to float64 rounding; with the
+    7 sequences in groups of 2, a sequence with no selected position and one with all."""
+    monkeypatch.setattr(fast_module, "_MAX_GROUP_SIZE", 2)
+    model = _perturbed_fast_model(ARCHITECTURES[name], torch.float64)
+    gen = torch.Generator().manual_seed(11)
+    tokens = torch.randint(0, 65, (7, 16), generator=gen)
+    targets = torch.randint(0, 65, (7, 16), generator=gen)
+    positions = torch.rand(7, 16, generator=gen) < torch.rand(7, 1, generator=gen)
+    positions[3], positions[5] = False, True
+    params = trainable_parameters(model)
+    results = []
+    for loss in (
+        F.cross_entropy(reference_logits(model, tokens)[positions], targets[positions]),
+        fast_cross_entropy(model, tokens, positions, targets),
+    ):
+        results.append((loss, torch.autograd.grad(loss, params, allow_unused=True)))
+    (expected, exact_grads), (got, grads) = results
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0.0)
+    assert max(_max_errors(grads, exact_grads)) <= 1e-9 * max(float(e.abs().max()) for e in exact_grads)
+
+
+@pytest.mark.parametrize("name", TWO_LAYER_FAST)
 def test_fast_path_patterns_equal_the_hooked_forward(name, one_thread):
     """The evaluation's fast forward returns the logits and the attention patterns of the hooked
     TransformerLens forward the attention probes read."""
