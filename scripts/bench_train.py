@@ -82,9 +82,7 @@ class Bench:
         return training_loss(self.model, batch, self.config, self.task)
 
     def compiled_loss(self, batch) -> torch.Tensor:
-        mask = self.task.loss_mask(batch, self.config.optim.loss_on)
-        logits = fast_logits(self.model, batch.inputs, mask, compiled=True)
-        return F.cross_entropy(logits, batch.targets[mask])
+        return training_loss(self.model, batch, self.config, self.task, compiled=True)
 
     def step(self, loss_fn: Callable, step: int) -> float:
         return self.timed_step(loss_fn, step)[0]
@@ -114,14 +112,15 @@ class Bench:
         return time.perf_counter() - t0
 
     def shapes(self) -> list[tuple[int, int, int, int]]:
-        """The step's largest products: [group, Q, d] x [d, T] at the mean query count, the
-        first layer's [B, T, T] x [T, N] sums, and a [B·T, d] x [d, d] linear."""
+        """The step's largest products, at the mean query count q: a block of the first layer's
+        pattern times its values ([group, T/4, T] x [T, d]), the second layer's scores and values
+        ([group, q + N, d] x [d, T]) and the query map ([group·q, d] x [d, d])."""
         batch = self.batch(0)
         B, T = batch.inputs.shape
         d, N = self.config.model.d_model, self.task.vocab_size
         q = max(1, int(self.task.loss_mask(batch, self.config.optim.loss_on).sum(dim=1).float().mean()))
         group = min(B, 32)
-        return [(group, q, d, T), (group, T, T, N), (1, B * T, d, d)]
+        return [(group, max(1, T // 4), T, d), (group, q + N, d, T), (1, group * q, d, d)]
 
 
 def run_preset(name: str, repeats: int, compiled: bool, eager_default: float) -> None:

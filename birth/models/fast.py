@@ -679,7 +679,15 @@ def _two_layer_selected(
 @functools.cache
 def _compiled_two_layer_padded() -> Callable[..., torch.Tensor]:
     # dynamic: the number of queries Q changes from group to group and step to step
-    return torch.compile(_two_layer_padded, dynamic=True)
+    compiled = torch.compile(_two_layer_padded, dynamic=True)
+
+    def padded(tokens: torch.Tensor, order: torch.Tensor, tables: _TwoLayerTables) -> torch.Tensor:
+        # the sequence length stays static (one compile per length): inductor's CPU code generation
+        # fails on the causal blocks' bounds as functions of a symbolic length
+        torch._dynamo.mark_static(tokens, 1)
+        return compiled(tokens, order, tables)
+
+    return padded
 
 
 def _padded_query_logits(
