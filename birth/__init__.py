@@ -26,6 +26,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "ModelConfig": ("birth.models.transformer", "ModelConfig"),
     "build_model": ("birth.models.transformer", "build_model"),
     "fast_logits": ("birth.models.transformer", "fast_logits"),
+    "fast_cross_entropy": ("birth.models.transformer", "fast_cross_entropy"),
     "supports_fast_path": ("birth.models.transformer", "supports_fast_path"),
     "FULL_MODEL": ("birth.models.transformer", "FULL_MODEL"),
     "SIMPLIFIED_FFN": ("birth.models.transformer", "SIMPLIFIED_FFN"),
