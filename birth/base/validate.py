@@ -144,6 +144,17 @@ class Float(Constraint):
 
 
 @dataclass(frozen=True)
+class OrNone(Constraint):
+    """None, or a value `inner` accepts."""
+
+    inner: Constraint
+
+    def check(self, name: str, value: Any) -> None:
+        if value is not None:
+            self.inner.check(name, value)
+
+
+@dataclass(frozen=True)
 class Ints(Constraint):
     """A non-empty list of integers >= low."""
 

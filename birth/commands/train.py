@@ -22,6 +22,7 @@ import tyro
 
 from birth.base.io import check_writable
 from birth.base.runtime import WandbMode, resolve_device
+from birth.base.validate import Int, OrNone, Validated
 from birth.cli import CLIError, parse_dataclass, print_config, read_yaml
 from tasks.registry import DEFAULT_TASK, get_task
 from training.config import PRESETS, TASK_NAME, PresetName, TrainConfig
@@ -29,7 +30,7 @@ from training.run_dir import RUN_PREFIX, read_run_config, stack_runs
 
 
 @dataclass(frozen=True)
-class TrainCommand:
+class TrainCommand(Validated):
     config: TrainConfig = field(default_factory=TrainConfig)
     task: str = DEFAULT_TASK  # the registered task to train on (tasks.registry)
     preset: PresetName = "quick"  # base config that the flags override
@@ -43,7 +44,8 @@ class TrainCommand:
     )
     wandb: WandbMode = "offline"  # W&B logging (offline: files in RUN_DIR/wandb)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch CPU threads (default: torch's choice); recorded with the run
+    # torch CPU threads (default: torch's choice); recorded with the run
+    threads: Annotated[int | None, OrNone(Int(1))] = None
     progress: bool = True  # progress bar
     # train these seeds side by side in one process (0-7, or a list 0,3,5): one run directory per
     # seed, OUT/seed0, ... (training.stacked); --resume OUT continues them all
@@ -118,8 +120,6 @@ def run(argv: list[str], prog: str) -> int:
     # (docs/tuning.md, "Start-up") that --print-config and a bad flag need not wait for
     from training.trainer import print_summary, train
 
-    if cmd.threads is not None and cmd.threads < 1:
-        raise CLIError(f"--threads must be >= 1, got {cmd.threads}")
     if cmd.resume is not None:
         if cmd.out is not None:
             raise CLIError("give either --resume RUN_DIR or --out, not both")

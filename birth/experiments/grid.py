@@ -55,7 +55,7 @@ from typing import Annotated, Any, Literal
 from birth.base.config_io import coerce, config_from_dict, load_yaml_file
 from birth.base.io import check_writable, to_jsonable
 from birth.base.runtime import WandbMode
-from birth.base.validate import Constraint, Float, Int, Validated
+from birth.base.validate import Float, Int, OrNone, Validated
 from birth.experiments import registry
 from tasks.shakespeare import load_stats
 from tasks.triggered_bigram import ICL_ACC
@@ -149,17 +149,6 @@ class Target:
 
 # --------------------------------------------------------------------------------------------
 # the spec file: typed sections, read by the same loader as `--config` (`config_from_dict`)
-
-
-@dataclass(frozen=True)
-class OrNone(Constraint):
-    """None, or a value `inner` accepts."""
-
-    inner: Constraint
-
-    def check(self, name: str, value: Any) -> None:
-        if value is not None:
-            self.inner.check(name, value)
 
 
 @dataclass(frozen=True)
