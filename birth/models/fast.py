@@ -181,16 +181,14 @@ def fast_cross_entropy(
     nm = _checked(model, tokens)
     if len(nm.layers) != 2:
         return F.cross_entropy(fast_logits(model, tokens, positions, compiled=compiled), targets[positions])
-    tables = _two_layer_tables(model, tokens.shape[1])
-    padded = _compiled_two_layer_padded() if compiled else _two_layer_padded
-    by_count = torch.argsort(positions.sum(dim=1), stable=True)
-    total = tables.unembed.new_zeros(())
-    for group in _sorted_groups(by_count, _group_size(tokens.shape[1])):
+    at_queries = _two_layer_queries(model, tokens.shape[1], compiled)
+    total = 0.0
+    for group in _sorted_groups(positions)[1]:
         order, valid = _query_order(positions[group])
         if not valid.any():
             continue
         picked = targets[group].gather(1, order).masked_fill_(~valid, _PADDING_TARGET)
-        logits = padded(tokens[group], order, tables)
+        logits = at_queries(tokens[group], order)
         loss = F.cross_entropy(
             logits.flatten(0, 1), picked.flatten(), ignore_index=_PADDING_TARGET, reduction="sum"
         )
@@ -300,12 +298,8 @@ def _by_groups(
     costs a few dozen ops), each padded to its own largest count. A group's [b, T, T] attention is
     also small enough to stay in cache, and its backward scatters into nothing batch-sized.
     """
-    group_size = group_size or _group_size(tokens.shape[1])
-    by_count = torch.argsort(positions.sum(dim=1), stable=True)
-    pieces = [
-        last_layer(tokens[group], positions[group])
-        for group in _sorted_groups(by_count, group_size, max_groups)
-    ]
+    by_count, groups = _sorted_groups(positions, group_size, max_groups)
+    pieces = [last_layer(tokens[group], positions[group]) for group in groups]
     sorted_positions = positions[by_count]
     # the pieces hold the sorted rows' selected positions in row-major order: number them, then
     # read the numbers back in the caller's row order
@@ -316,10 +310,15 @@ def _by_groups(
     return torch.cat(pieces)[index[positions]]
 
 
-def _sorted_groups(by_count: torch.Tensor, group_size: int, max_groups: int = 64) -> tuple[torch.Tensor, ...]:
-    """`_by_groups`' groups: the sequences `by_count` (sorted by their count of selected positions)
-    cut into about `group_size` consecutive ones, at most `max_groups` groups."""
-    return by_count.chunk(max(1, min(max_groups, len(by_count) // group_size)))
+def _sorted_groups(
+    positions: torch.Tensor, group_size: int | None = None, max_groups: int = 64
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(by_count, groups) of `_by_groups`: the sequences sorted by their count of selected
+    `positions` [B, T], and that order cut into about `group_size` (default `_group_size`)
+    consecutive ones, at most `max_groups` groups."""
+    by_count = torch.argsort(positions.sum(dim=1), stable=True)
+    group_size = group_size or _group_size(positions.shape[1])
+    return by_count, by_count.chunk(max(1, min(max_groups, len(by_count) // group_size)))
 
 
 def _query_order(positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -470,8 +469,7 @@ def _second_layer_everywhere(x2: torch.Tensor, order: torch.Tensor, t: _TwoLayer
         weight, bias_q = t.query  # q = x2 W_Qᵀ + b_Q, r = q W_K (scaled)
         query_map = (weight.t() * t.scale) @ t.key
         query_bias = None if bias_q is None else (bias_q * t.scale) @ t.key
-    future = torch.arange(x2.shape[1], device=x2.device) > order.unsqueeze(-1)
-    attended, x2_query = _QueryAttention.apply(x2, order, future, query_map, query_bias, t.out_map)[:2]
+    attended, x2_query = _QueryAttention.apply(x2, order, query_map, query_bias, t.out_map)[:2]
     # the rows of the pattern sum to one: the value bias passes through unchanged
     return F.linear(x2_query, t.unembed, t.logit_bias).add_(attended).add_(t.out_bias)
 
@@ -532,7 +530,7 @@ def _lookup_sum(tokens: torch.Tensor, tok: torch.Tensor, pos: torch.Tensor) -> t
         return _gathered(tokens, tok, pos)
     N, T = tok.shape[0], tokens.shape[1]
     rows = torch.stack([tokens, torch.arange(N, N + T, device=tokens.device).expand_as(tokens)], dim=-1)
-    summed = F.embedding_bag(rows.view(-1, 2), torch.cat([tok, pos[:T]]), mode="sum")
+    summed = F.embedding_bag(rows.view(-1, 2), torch.cat([tok, pos]), mode="sum")
     return summed.view(*tokens.shape, -1)
 
 
@@ -597,11 +595,11 @@ class _SecondLayerInput(torch.autograd.Function):
 
 
 class _QueryAttention(torch.autograd.Function):
-    """`apply(x2, order, future, query_map, query_bias, value_map)` = (out, x2_q, ...): the second
-    layer's attention from the queries `order` ([B, Q] positions) over every key, its values
+    """`apply(x2, order, query_map, query_bias, value_map)` = (out, x2_q, ...): the second layer's
+    attention from the queries `order` ([B, Q] positions) over the keys up to each, its values
     mapped by `value_map` W ([d, N]):
 
-        x2_q = x2[order],  r = x2_q M + c,  A² = softmax(r x2ᵀ, masked by `future`),  out = A² x2 W
+        x2_q = x2[order],  r = x2_q M + c,  A² = softmax(r x2ᵀ, causal),  out = A² x2 W
 
     with M = `query_map` [d, d] and c = `query_bias` [d] or None. r and Wᵀ take one product with
     x2 side by side ([r; Wᵀ] x2ᵀ: the scores and the values (x2 W)ᵀ at once), and the backward sums
@@ -611,7 +609,7 @@ class _QueryAttention(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(x2, order, future, query_map, query_bias, value_map):
+    def forward(x2, order, query_map, query_bias, value_map):
         x2_query = x2.gather(1, order.unsqueeze(-1).expand(-1, -1, x2.shape[-1]))
         r = x2_query @ query_map
         if query_bias is not None:
@@ -619,12 +617,13 @@ class _QueryAttention(torch.autograd.Function):
         Q = r.shape[1]
         left = torch.cat([r, value_map.mT.expand(r.shape[0], -1, -1)], dim=1)  # [B, Q + N, d]
         products = torch.bmm(left, x2.mT)  # scores [B, Q, T] over (x2 W)ᵀ [B, N, T]
+        future = torch.arange(x2.shape[1], device=x2.device) > order.unsqueeze(-1)
         pattern = products[:, :Q].masked_fill_(future, float("-inf")).softmax(dim=-1)
         return torch.bmm(pattern, products[:, Q:].mT), x2_query, left, pattern, products
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x2, order, _, query_map, query_bias, _ = inputs
+        x2, order, query_map, query_bias, _ = inputs
         _, x2_query, left, pattern, products = output
         ctx.save_for_backward(x2, order, query_map, x2_query, left, pattern, products)
         ctx.has_bias = query_bias is not None
@@ -656,22 +655,31 @@ class _QueryAttention(torch.autograd.Function):
             if d_x2 is None:
                 d_x2 = torch.zeros_like(x2)
             d_x2.scatter_add_(1, order.unsqueeze(-1).expand(-1, -1, x2.shape[-1]), d_rows)
-        return d_x2, None, None, d_map, d_bias, d_value_map
+        return d_x2, None, d_map, d_bias, d_value_map
+
+
+def _two_layer_queries(
+    model: nn.Module, T: int, compiled: bool = False
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """`(tokens, order) ↦` the logits [B, Q, N] at the queries `order` (`_two_layer_padded`), its
+    tables computed once for every group of sequences; `compiled`: through `torch.compile`."""
+    tables = _two_layer_tables(model, T)
+    padded = _compiled_two_layer_padded() if compiled else _two_layer_padded
+    return lambda tokens, order: padded(tokens, order, tables)
 
 
 def _two_layer_selected(
     model: nn.Module, T: int, compiled: bool = False
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """`(tokens, positions) ↦ model(tokens)[positions]` for two layers (`_two_layer_padded`), its
-    tables computed once for every group of sequences; `compiled`: through `torch.compile`."""
-    tables = _two_layer_tables(model, T)
-    padded = _compiled_two_layer_padded() if compiled else _two_layer_padded
+    """`(tokens, positions) ↦ model(tokens)[positions]` for two layers (`_two_layer_queries`)."""
+    at_queries = _two_layer_queries(model, T, compiled)
+    unembed = native(model).head.weight  # [N, d]
 
     def group(tokens: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         order, valid = _query_order(positions)
         if not valid.any():
-            return tables.unembed.new_zeros(0, tables.unembed.shape[0])
-        return padded(tokens, order, tables)[valid]
+            return unembed.new_zeros(0, unembed.shape[0])
+        return at_queries(tokens, order)[valid]
 
     return group
 

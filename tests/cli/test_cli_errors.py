@@ -73,6 +73,7 @@ ROWS: list[tuple[str, str]] = [
     ("train --seed 99999999999999999999", "--seed"),
     ("train --threads 0", "--threads"),
     ("train --threads -1", "--threads"),
+    ("train --threads 1.5", "--threads"),
     ("train --device bogus", "--device"),
     ("train --bogus", "--bogus"),
     ("train --out {file}", "--out"),
